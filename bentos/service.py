@@ -1,0 +1,179 @@
+"""The semflow Bento: embed, similarity, search, classify and rank over HTTP.
+
+Wiring only: every endpoint calls `semflow.serving.Engine`. A pure-ASGI guard
+(`semflow.serving.http.GuardMiddleware`) checks the API key, the body size and the JSON
+schema first, so bad input gets a 401/403/413/422 sentence before any model code runs.
+Errors raised by the engine are mapped to their status (409 model mismatch, 503 no
+classifier or no index) by `semflow.serving.errors.status_for`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import bentoml
+import numpy as np
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from semflow.config import get_settings
+from semflow.serving import Engine, status_for
+from semflow.serving.auth import ANONYMOUS
+from semflow.serving.batching import MicroBatcher
+from semflow.serving.http import PRINCIPAL, GuardMiddleware
+from semflow.serving.schemas import (
+    Candidate,
+    ClassifyRequest,
+    EmbedRequest,
+    EncodeRequest,
+    JobRequest,
+    RankRequest,
+    SearchRequest,
+    SimilarityRequest,
+)
+
+log = logging.getLogger("semflow.service")
+_S = get_settings()
+
+
+def _error(err: Exception) -> JSONResponse:
+    status = status_for(err)
+    if status >= 500 and status != 503:
+        log.exception("unexpected error", exc_info=err)
+        return JSONResponse({"error": "internal error; see the server log"}, status)
+    return JSONResponse({"error": str(err)}, status)
+
+
+def _answer(fn: Callable[[], Any], ctx: bentoml.Context | None = None) -> Any:
+    """Run an endpoint body; a known error becomes `{"error": sentence}` with its status."""
+    try:
+        return fn()
+    except Exception as err:
+        resp = _error(err)
+        if ctx is not None:  # BentoML applies ctx's status over a returned Response
+            ctx.response.status_code = resp.status_code
+        return resp
+
+
+async def _get(request: Request) -> JSONResponse:
+    """GET /labels, /model, /health (a plain ASGI app: BentoML APIs are POST-only)."""
+    svc = bentoml.get_current_service()
+    if svc is None:
+        return JSONResponse({"error": "the service is still starting"}, 503)
+    engine: Engine = svc.engine
+    fn = {"/labels": engine.labels, "/model": engine.model_info, "/health": engine.health}[
+        request.url.path
+    ]
+    out = await run_in_threadpool(_answer, fn)
+    return out if isinstance(out, JSONResponse) else JSONResponse(out)
+
+
+info_app = Starlette(
+    routes=[Route(p, _get, methods=["GET"]) for p in ("/labels", "/model", "/health")]
+)
+
+
+@bentoml.service(
+    name="semflow",
+    # One worker: the embedded index is opened by one process; scale out on Qdrant server.
+    workers=1,
+    threads=4,
+    traffic={"timeout": _S.request_timeout_s, "max_concurrency": _S.max_concurrency},
+    labels={"project": "semflow"},
+)
+class Semflow:
+    def __init__(self) -> None:
+        self.engine = Engine(get_settings())
+        self.batcher = MicroBatcher(
+            self.engine.encode, _S.embed_max_batch_size, _S.embed_max_latency_ms
+        )
+
+    def __is_ready__(self) -> bool:
+        return self.engine.health()["status"] in ("ready", "degraded")
+
+    @bentoml.on_shutdown
+    def _close(self) -> None:
+        self.batcher.close()
+        self.engine.close()
+
+    @bentoml.api(input_spec=EmbedRequest)
+    async def embed(self, texts: list[str], normalize: bool = True) -> dict[str, Any]:
+        """Embed texts (adaptive micro-batching across concurrent requests)."""
+        try:
+            if normalize:
+                vectors = await self.batcher.encode(texts)
+            else:
+                vectors = self.engine.encode(texts, normalize=False)
+        except Exception as err:
+            return _error(err)
+        return self.engine.embed_response(vectors)
+
+    # BentoML's own adaptive batching; a latency bound of 50 ms made the dispatcher shed
+    # most requests under load ("process is overloaded"), so it is generous here.
+    @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=2000, input_spec=EncodeRequest)
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Raw batched endpoint: a JSON list of texts -> a list of normalised vectors."""
+        return self.engine.encode(texts)
+
+    @bentoml.api
+    def echo(self, text: str) -> str:
+        """A trivial endpoint: the HTTP floor for benchmarks."""
+        return text
+
+    @bentoml.api(input_spec=SimilarityRequest)
+    def similarity(self, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+        """Cosine similarity of each [a, b] pair."""
+        return _answer(lambda: self.engine.similarity(pairs))
+
+    @bentoml.api(input_spec=SearchRequest)
+    def search(
+        self,
+        query: str,
+        tenant: str,
+        top_k: int = 10,
+        score_threshold: float | None = None,
+        filters: dict[str, Any] | None = None,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> dict[str, Any]:
+        """Nearest documents of one tenant in the live index generation."""
+        req = SearchRequest(
+            query=query,
+            tenant=tenant,
+            top_k=top_k,
+            score_threshold=score_threshold,
+            filters=filters or {},
+        )
+        principal = ctx.request.scope.get(PRINCIPAL, ANONYMOUS) if ctx else ANONYMOUS
+        return _answer(lambda: self.engine.search(req, principal), ctx)
+
+    @bentoml.api(input_spec=ClassifyRequest)
+    def classify(self, texts: list[str], top_k: int = 1, tenant: str = "") -> dict[str, Any]:
+        """Label each text with the registered classifier ("unknown" below its threshold)."""
+        return _answer(lambda: self.engine.classify(texts, top_k, tenant))
+
+    @bentoml.api(input_spec=RankRequest)
+    def rank(
+        self, query: str, candidates: list[Candidate], top_n: int | None = None
+    ) -> dict[str, Any]:
+        """Order candidates by the registered ranker's weighted score."""
+        req = RankRequest(query=query, candidates=candidates, top_n=top_n)
+        return _answer(lambda: self.engine.rank(req))
+
+    @bentoml.task(input_spec=JobRequest)
+    def embed_job(self, texts: list[str], top_k: int = 1, tenant: str = "") -> dict[str, Any]:
+        """Long job: embed up to SEMFLOW_MAX_JOB_TEXTS texts."""
+        return self.engine.embed_response(self.engine.encode(texts))
+
+    @bentoml.task(input_spec=JobRequest)
+    def classify_job(self, texts: list[str], top_k: int = 1, tenant: str = "") -> dict[str, Any]:
+        """Long job: classify up to SEMFLOW_MAX_JOB_TEXTS texts."""
+        return self.engine.classify(texts, top_k, tenant, max_count=_S.max_job_texts)
+
+
+Semflow.add_asgi_middleware(GuardMiddleware)
+Semflow.mount_asgi_app(info_app, path="/")

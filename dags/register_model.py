@@ -1,0 +1,74 @@
+"""
+### Register and promote the candidate model
+
+Runs on `semflow://candidate-model`. Logs the bundle (embedder, classifier, ranker weights,
+labels, threshold) as a version of the MLflow model `semflow`, then gates it: absolute floors
+from params.yaml and no regression beyond the tolerance against `champion`. A passing version
+becomes `champion`; a failing one `challenger`, with the reason on the version. After a
+promotion a Bento is built (skipped when bentoml or bentofile.yaml is missing) and, if the
+embedding model changed, the index is rebuilt as a new generation, checked on golden queries
+and only then switched. Emits `semflow://champion`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import Asset, Param, dag, task
+
+from semflow.config import dag_default_args
+
+CANDIDATE = Asset("semflow://candidate-model")
+CHAMPION = Asset("semflow://champion")
+
+
+@dag(
+    schedule=[CANDIDATE],
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=dag_default_args(),
+    tags=["semflow", "registry"],
+    doc_md=__doc__,
+    params={
+        "build_bento": Param(True, type="boolean", description="Build a Bento after promotion"),
+        "reindex": Param(True, type="boolean", description="Rebuild the index on a new embedder"),
+        "overrides": Param({}, type="object", description="params.yaml overrides, dotted keys"),
+    },
+)
+def register_model():
+    @task(outlets=[CHAMPION])
+    def register(params=None) -> dict:
+        from semflow.training import dag_stage
+
+        return dag_stage("register", params["overrides"])
+
+    @task
+    def bento(gate: dict, params=None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from semflow.registry import build_bento
+
+        if not (params["build_bento"] and gate["promoted"]):
+            raise AirflowSkipException("no promotion or bento build turned off")
+        result = build_bento(gate["version"])
+        if not result["built"]:
+            raise AirflowSkipException(result["reason"])
+        return result
+
+    @task
+    def reindex(gate: dict, params=None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from semflow.training import dag_reindex
+
+        if not (params["reindex"] and gate["promoted"]):
+            raise AirflowSkipException("no promotion or reindex turned off")
+        return dag_reindex(params["overrides"])
+
+    gate = register()
+    bento(gate)
+    reindex(gate)
+
+
+register_model()

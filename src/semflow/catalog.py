@@ -1,0 +1,242 @@
+"""Sync state: one row per document (status, hash, model version, generation, errors) and
+one row per sync run. SQLAlchemy: SQLite by default, PostgreSQL by URL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+PENDING, INDEXED, FAILED, DELETED = "pending", "indexed", "failed", "deleted"
+STATUSES = (PENDING, INDEXED, FAILED, DELETED)
+
+metadata = sa.MetaData()
+
+documents = sa.Table(
+    "sf_documents",
+    metadata,
+    sa.Column("source", sa.String(200), primary_key=True),
+    sa.Column("doc_id", sa.String(512), primary_key=True),
+    sa.Column("point_id", sa.String(36), nullable=False),
+    sa.Column("tenant", sa.String(200), nullable=False),
+    sa.Column("content_hash", sa.String(64)),
+    sa.Column("model_version", sa.String(200)),
+    sa.Column("generation", sa.Integer),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("last_error", sa.Text),
+    sa.Column("truncated", sa.Boolean, nullable=False, default=False),
+    sa.Column("source_updated_at", sa.DateTime(timezone=True)),
+    sa.Column("run_id", sa.Integer),
+    sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_sf_documents_status", "source", "status"),
+)
+
+runs = sa.Table(
+    "sf_sync_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.String(200), nullable=False),
+    sa.Column("window_start", sa.DateTime(timezone=True)),
+    sa.Column("window_end", sa.DateTime(timezone=True)),
+    sa.Column("mode", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("generation", sa.Integer),
+    sa.Column("counts", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+)
+
+
+@dataclass(frozen=True)
+class DocState:
+    doc_id: str
+    content_hash: str | None
+    model_version: str | None
+    status: str
+    attempts: int
+    source_updated_at: datetime | None
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    if dt is None:
+        return None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
+
+
+def _audit_now() -> datetime:
+    # Audit timestamps only (when a row changed); windows never use the clock.
+    return datetime.now(UTC)
+
+
+class Catalog:
+    """The catalog database."""
+
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///"):
+            from pathlib import Path
+
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+
+    # -- reads ---------------------------------------------------------------
+    def states(self, source: str, doc_ids: Iterable[str]) -> dict[str, DocState]:
+        ids = list(doc_ids)
+        out: dict[str, DocState] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), 900):
+                q = sa.select(
+                    documents.c.doc_id,
+                    documents.c.content_hash,
+                    documents.c.model_version,
+                    documents.c.status,
+                    documents.c.attempts,
+                    documents.c.source_updated_at,
+                ).where(documents.c.source == source, documents.c.doc_id.in_(ids[i : i + 900]))
+                for r in conn.execute(q):
+                    out[r.doc_id] = DocState(
+                        r.doc_id,
+                        r.content_hash,
+                        r.model_version,
+                        r.status,
+                        r.attempts,
+                        _utc(r.source_updated_at),
+                    )
+        return out
+
+    def ids(self, source: str, statuses: Iterable[str]) -> set[str]:
+        q = sa.select(documents.c.doc_id).where(
+            documents.c.source == source, documents.c.status.in_(list(statuses))
+        )
+        with self.engine.connect() as conn:
+            return {r.doc_id for r in conn.execute(q)}
+
+    def retryable(self, source: str, max_attempts: int) -> list[str]:
+        """Failed documents still under the attempt limit (dead letters to retry)."""
+        q = sa.select(documents.c.doc_id).where(
+            documents.c.source == source,
+            documents.c.status == FAILED,
+            documents.c.attempts < max_attempts,
+        )
+        with self.engine.connect() as conn:
+            return [r.doc_id for r in conn.execute(q)]
+
+    def status_counts(self, source: str | None = None) -> dict[str, int]:
+        q = sa.select(documents.c.status, sa.func.count()).group_by(documents.c.status)
+        if source is not None:
+            q = q.where(documents.c.source == source)
+        with self.engine.connect() as conn:
+            return {r[0]: int(r[1]) for r in conn.execute(q)}
+
+    def rows(self, source: str) -> list[dict[str, Any]]:
+        q = sa.select(documents).where(documents.c.source == source).order_by(documents.c.doc_id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def last_run(self, source: str) -> dict[str, Any] | None:
+        q = (
+            sa.select(runs)
+            .where(runs.c.source == source, runs.c.status == "succeeded")
+            .order_by(runs.c.id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            r = conn.execute(q).first()
+        if r is None:
+            return None
+        d = dict(r._mapping)
+        d["counts"] = json.loads(d["counts"] or "{}")
+        return d
+
+    # -- writes --------------------------------------------------------------
+    def start_run(
+        self, source: str, window: tuple[datetime | None, datetime | None], mode: str
+    ) -> int:
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                runs.insert().values(
+                    source=source,
+                    window_start=window[0],
+                    window_end=window[1],
+                    mode=mode,
+                    status="running",
+                    started_at=_audit_now(),
+                )
+            )
+            return int(res.inserted_primary_key[0])
+
+    def finish_run(
+        self,
+        run_id: int,
+        status: str,
+        counts: dict[str, Any] | None = None,
+        generation: int | None = None,
+        error: str | None = None,
+        conn: Any = None,
+    ) -> None:
+        stmt = (
+            runs.update()
+            .where(runs.c.id == run_id)
+            .values(
+                status=status,
+                counts=json.dumps(counts or {}),
+                generation=generation,
+                error=error,
+                finished_at=_audit_now(),
+            )
+        )
+        if conn is not None:
+            conn.execute(stmt)
+        else:
+            with self.engine.begin() as c:
+                c.execute(stmt)
+
+    def record(self, rows: list[dict[str, Any]], conn: Any) -> None:
+        """Upsert document rows (keys: the table's columns) inside the caller's transaction."""
+        if not rows:
+            return
+        now = _audit_now()
+        for r in rows:
+            r.setdefault("changed_at", now)
+        dialect = conn.dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:  # pragma: no cover - other databases are not supported
+            raise NotImplementedError(f"catalog on {dialect} is not supported")
+        cols = set().union(*(r.keys() for r in rows))
+        params = [{c: r.get(c, _DEFAULTS.get(c)) for c in cols} for r in rows]
+        stmt = insert(documents)
+        update = {c: stmt.excluded[c] for c in cols if c not in ("source", "doc_id")}
+        # One statement, many parameter sets: SQLAlchemy batches it ("insertmanyvalues").
+        conn.execute(
+            stmt.on_conflict_do_update(index_elements=["source", "doc_id"], set_=update), params
+        )
+
+    def prune_failed(self, older_than: datetime, dry_run: bool = False) -> int:
+        """Delete failed rows not changed since `older_than`; returns how many."""
+        cond = sa.and_(documents.c.status == FAILED, documents.c.changed_at < older_than)
+        with self.engine.begin() as conn:
+            n = conn.execute(sa.select(sa.func.count()).select_from(documents).where(cond)).scalar()
+            if not dry_run:
+                conn.execute(documents.delete().where(cond))
+        return int(n or 0)
+
+
+_DEFAULTS: dict[str, Any] = {"attempts": 0, "truncated": False, "last_error": None}
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()

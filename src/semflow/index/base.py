@@ -1,0 +1,170 @@
+"""One interface for the vector index, versioned in generations.
+
+A `VectorIndex` is one open generation. An `IndexStore` owns the generations of one
+collection: which one is live, opening it for reading, and a `writer()` that yields a
+writable generation and publishes it atomically when the block succeeds.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from semflow.errors import SemflowError
+
+# Payload fields that get a keyword index and may be used in filters.
+INDEXED_FIELDS = ("tenant", "type", "source", "doc_id", "labels")
+FILTERABLE = ("type", "source", "doc_id", "labels")
+_META_KEY = re.compile(r"^metadata\.[A-Za-z0-9_\-]{1,64}$")
+
+
+class FilterError(SemflowError):
+    """A search filter is not allowed or malformed."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GenerationInfo:
+    generation: int
+    model_version: str | None
+    dimension: int
+    points: int
+
+
+def normalize_filters(filters: Mapping[str, Any] | None) -> list[tuple[str, list[Any]]]:
+    """Validate user filters into (key, allowed values) pairs.
+
+    The tenant is never a user filter: it is always ANDed in by `search` so that no
+    filter can widen the query to another tenant.
+    """
+    out: list[tuple[str, list[Any]]] = []
+    for key, value in (filters or {}).items():
+        if key == "tenant":
+            raise FilterError("'tenant' cannot be used as a filter; pass it as the tenant")
+        if key not in FILTERABLE and not _META_KEY.match(key):
+            raise FilterError(
+                f"unknown filter field {key!r}; allowed: {', '.join(FILTERABLE)}, metadata.<name>"
+            )
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, (str, int, bool)) for v in values):
+            raise FilterError(f"filter {key!r} needs a string/int/bool or a non-empty list of them")
+        out.append((key, values))
+    return out
+
+
+class VectorIndex(ABC):
+    """One open generation of the index."""
+
+    generation: int
+    model_version: str | None
+    dimension: int
+
+    @abstractmethod
+    def upsert(
+        self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+    ) -> None: ...
+
+    @abstractmethod
+    def delete(self, ids: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def search(
+        self,
+        vector: Sequence[float],
+        tenant: str,
+        top_k: int = 10,
+        filters: Mapping[str, Any] | None = None,
+        score_threshold: float | None = None,
+    ) -> list[Hit]: ...
+
+    @abstractmethod
+    def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]: ...
+
+    @abstractmethod
+    def count(self, source: str | None = None) -> int: ...
+
+    @abstractmethod
+    def iter_payloads(
+        self, source: str | None = None, fields: Sequence[str] = ("doc_id",)
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield (point id, selected payload fields) for every point (of one source)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def info(self) -> GenerationInfo:
+        return GenerationInfo(self.generation, self.model_version, self.dimension, self.count())
+
+    def __enter__(self) -> VectorIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class IndexStore(ABC):
+    """The generations of one collection."""
+
+    @abstractmethod
+    def live_generation(self) -> int | None: ...
+
+    @abstractmethod
+    def generations(self) -> list[int]: ...
+
+    @abstractmethod
+    def open_live(self) -> VectorIndex:
+        """Open the live generation for reading; raises if there is none."""
+
+    def live_model_version(self) -> str | None:
+        """Model version of the live generation, or None when nothing is published."""
+        if self.live_generation() is None:
+            return None
+        with self.open_live() as idx:
+            return idx.model_version
+
+    @abstractmethod
+    def writer(
+        self, model_version: str, dimension: int, fresh: bool = False
+    ) -> AbstractContextManager[VectorIndex]:
+        """A writable generation based on the live one (or empty if `fresh`).
+
+        Published atomically when the block exits without error; discarded otherwise.
+        """
+
+    @abstractmethod
+    def drop_generation(self, generation: int) -> None: ...
+
+    def prune(self, keep: int) -> list[int]:
+        """Drop all but the newest `keep` generations (never the live one)."""
+        live = self.live_generation()
+        gens = sorted(self.generations())
+        doomed = [g for g in gens[: max(0, len(gens) - keep)] if g != live]
+        for g in doomed:
+            self.drop_generation(g)
+        return doomed
+
+
+def open_store(settings: Any = None) -> IndexStore:
+    """The store chosen by settings: qdrant-edge under `var/index` or a Qdrant server."""
+    from semflow.config import get_settings
+
+    s = settings or get_settings()
+    if s.index_backend == "server":
+        from semflow.index.qdrant_server import ServerStore
+
+        return ServerStore(s.qdrant_url or ":memory:", s.collection, api_key=s.qdrant_api_key)
+    from semflow.index.qdrant_edge import EdgeStore
+
+    return EdgeStore(s.index_dir / s.collection, lock_timeout_s=s.writer_lock_timeout_s)

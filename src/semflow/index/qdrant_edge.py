@@ -1,0 +1,344 @@
+"""Embedded backend: qdrant-edge shards on local disk, one directory per generation.
+
+Layout under `root` (e.g. var/index/semflow/):
+  LIVE            the live generation number, replaced atomically (write tmp + rename)
+  WRITER.lock     flock held by the one writer
+  gen-000007/     an edge shard + meta.json
+
+Published generations are immutable, so their shards are created with the WAL off: any
+number of readers (service workers, the CLI) can open them at once. A writer copies the
+live generation into N+1, updates the copy and publishes it; a crashed writer leaves an
+unpublished directory that the next writer removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semflow.errors import IndexError_, IndexLockedError
+from semflow.index.base import (
+    INDEXED_FIELDS,
+    Hit,
+    IndexStore,
+    VectorIndex,
+    normalize_filters,
+)
+
+_GEN_PREFIX = "gen-"
+_UPSERT_CHUNK = 1024
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class EdgeIndex(VectorIndex):
+    """One generation opened with qdrant-edge."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], shard: Any, writable: bool) -> None:
+        self.path = path
+        self.generation = int(meta["generation"])
+        self.model_version = meta.get("model_version")
+        self.dimension = int(meta["dimension"])
+        self._shard = shard
+        self._writable = writable
+
+    # -- helpers -----------------------------------------------------------
+    @staticmethod
+    def _filter(tenant: str | None, source: str | None = None, extra: Any = None) -> Any:
+        import qdrant_edge as q
+
+        must = []
+        if tenant is not None:
+            must.append(q.FieldCondition(key="tenant", match=q.MatchValue(tenant)))
+        if source is not None:
+            must.append(q.FieldCondition(key="source", match=q.MatchValue(source)))
+        for key, values in extra or []:
+            match = q.MatchValue(values[0]) if len(values) == 1 else q.MatchAny(values)
+            must.append(q.FieldCondition(key=key, match=match))
+        return q.Filter(must=must) if must else None
+
+    def _check_writable(self) -> None:
+        if not self._writable:
+            raise IndexError_(f"generation {self.generation} is published and read-only")
+
+    # -- writes ------------------------------------------------------------
+    def upsert(
+        self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+    ) -> None:
+        import qdrant_edge as q
+
+        self._check_writable()
+        vecs = np.asarray(vectors, dtype=np.float32)
+        if len(ids) != len(vecs) or len(ids) != len(payloads):
+            raise ValueError("ids, vectors and payloads must have the same length")
+        if len(ids) and vecs.shape[1] != self.dimension:
+            raise IndexError_(
+                f"vector dimension {vecs.shape[1]} does not match the index ({self.dimension})"
+            )
+        for i in range(0, len(ids), _UPSERT_CHUNK):
+            pts = [
+                q.Point(id=pid, vector=vec.tolist(), payload=pl)
+                for pid, vec, pl in zip(
+                    ids[i : i + _UPSERT_CHUNK],
+                    vecs[i : i + _UPSERT_CHUNK],
+                    payloads[i : i + _UPSERT_CHUNK],
+                    strict=True,
+                )
+            ]
+            self._shard.update(q.UpdateOperation.upsert_points(pts))
+
+    def delete(self, ids: Sequence[str]) -> None:
+        import qdrant_edge as q
+
+        self._check_writable()
+        if ids:
+            self._shard.update(q.UpdateOperation.delete_points(list(ids)))
+
+    # -- reads -------------------------------------------------------------
+    def search(
+        self,
+        vector: Sequence[float],
+        tenant: str,
+        top_k: int = 10,
+        filters: Mapping[str, Any] | None = None,
+        score_threshold: float | None = None,
+    ) -> list[Hit]:
+        import qdrant_edge as q
+
+        flt = self._filter(tenant, extra=normalize_filters(filters))
+        res = self._shard.query(
+            q.QueryRequest(
+                limit=top_k,
+                query=q.Query.Nearest([float(x) for x in vector]),
+                filter=flt,
+                with_payload=True,
+                score_threshold=score_threshold,
+            )
+        )
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in res]
+
+    def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
+        recs = self._shard.retrieve(list(ids), with_payload=True, with_vector=with_vectors)
+        out = []
+        for r in recs:
+            payload = dict(r.payload or {})
+            if with_vectors:
+                payload["_vector"] = list(r.vector)
+            out.append(Hit(str(r.id), 1.0, payload))
+        return out
+
+    def count(self, source: str | None = None) -> int:
+        import qdrant_edge as q
+
+        return int(self._shard.count(q.CountRequest(exact=True, filter=self._filter(None, source))))
+
+    def iter_payloads(
+        self, source: str | None = None, fields: Sequence[str] = ("doc_id",)
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        import qdrant_edge as q
+
+        offset = None
+        flt = self._filter(None, source)
+        while True:
+            recs, offset = self._shard.scroll(
+                q.ScrollRequest(offset=offset, limit=1000, filter=flt, with_payload=list(fields))
+            )
+            for r in recs:
+                yield str(r.id), dict(r.payload or {})
+            if offset is None:
+                break
+
+    def flush(self) -> None:
+        self._shard.flush()
+
+    def close(self) -> None:
+        if self._shard is not None:
+            if self._writable:
+                self._shard.flush()
+            self._shard.close()
+            self._shard = None
+
+
+class EdgeStore(IndexStore):
+    """Generations of one collection on local disk."""
+
+    def __init__(self, root: Path | str, lock_timeout_s: float = 120.0, keep: int = 3) -> None:
+        self.root = Path(root)
+        self.lock_timeout_s = lock_timeout_s
+        self.keep = keep
+
+    # -- layout ------------------------------------------------------------
+    def _gen_dir(self, gen: int) -> Path:
+        return self.root / f"{_GEN_PREFIX}{gen:06d}"
+
+    def generations(self) -> list[int]:
+        if not self.root.exists():
+            return []
+        gens = []
+        for p in self.root.iterdir():
+            if p.name.startswith(_GEN_PREFIX) and (p / "meta.json").exists():
+                with contextlib.suppress(ValueError):
+                    gens.append(int(p.name[len(_GEN_PREFIX) :]))
+        return sorted(gens)
+
+    def live_generation(self) -> int | None:
+        live = self.root / "LIVE"
+        if not live.exists():
+            return None
+        text = live.read_text().strip()
+        if not text.isdigit():
+            raise IndexError_(f"{live} is corrupt (expected a generation number, got {text!r})")
+        return int(text)
+
+    def meta(self, gen: int) -> dict[str, Any]:
+        path = self._gen_dir(gen) / "meta.json"
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise IndexError_(f"generation {gen} has no metadata at {path}") from None
+
+    def live_model_version(self) -> str | None:
+        gen = self.live_generation()
+        return None if gen is None else self.meta(gen).get("model_version")
+
+    # -- reading -----------------------------------------------------------
+    def open_generation(self, gen: int) -> EdgeIndex:
+        import qdrant_edge as q
+
+        path = self._gen_dir(gen)
+        meta = self.meta(gen)
+        try:
+            shard = q.EdgeShard.load(str(path))
+        except Exception as err:  # the engine raises a bare Exception
+            raise IndexError_(f"cannot open index generation {gen} at {path}: {err}") from err
+        return EdgeIndex(path, meta, shard, writable=False)
+
+    def open_live(self) -> EdgeIndex:
+        gen = self.live_generation()
+        if gen is None:
+            raise IndexError_(f"no index has been published at {self.root}; run `semflow sync`")
+        return self.open_generation(gen)
+
+    # -- writing -----------------------------------------------------------
+    @contextlib.contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock_path = self.root / "WRITER.lock"
+        fh = lock_path.open("a+")
+        deadline = time.monotonic() + self.lock_timeout_s
+        try:
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        fh.seek(0)
+                        holder = fh.read().strip() or "unknown"
+                        raise IndexLockedError(
+                            f"the index at {self.root} is being written by another process "
+                            f"({holder}); waited {self.lock_timeout_s:.0f} s. Try again when it "
+                            "finishes, or raise SEMFLOW_WRITER_LOCK_TIMEOUT_S."
+                        ) from None
+                    time.sleep(0.1)
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()}")
+            fh.flush()
+            yield
+        finally:
+            fh.close()  # closing releases the flock
+
+    def _remove_unpublished(self, live: int | None) -> None:
+        for p in self.root.iterdir():
+            if not p.name.startswith(_GEN_PREFIX):
+                continue
+            try:
+                gen = int(p.name[len(_GEN_PREFIX) :])
+            except ValueError:
+                continue
+            if live is None or gen > live or not (p / "meta.json").exists():
+                shutil.rmtree(p, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def writer(
+        self, model_version: str, dimension: int, fresh: bool = False
+    ) -> Iterator[EdgeIndex]:
+        import qdrant_edge as q
+
+        with self._writer_lock():
+            live = self.live_generation()
+            self._remove_unpublished(live)
+            base = None if fresh else live
+            if base is not None:
+                base_meta = self.meta(base)
+                if base_meta.get("model_version") != model_version:
+                    raise IndexError_(
+                        f"live generation {base} was built with {base_meta.get('model_version')}, "
+                        f"not {model_version}; rebuild with a full refresh"
+                    )
+            gen = max([*self.generations(), live or 0]) + 1
+            path = self._gen_dir(gen)
+            meta = {
+                "generation": gen,
+                "model_version": model_version,
+                "dimension": dimension,
+                "based_on": base,
+            }
+            if base is not None:
+                shutil.copytree(self._gen_dir(base), path)
+                (path / "meta.json").unlink()
+                shard = q.EdgeShard.load(str(path))
+            else:
+                cfg = q.EdgeConfig(
+                    vectors=q.EdgeVectorParams(size=dimension, distance=q.Distance.Cosine),
+                    wal_enabled=False,
+                )
+                shard = q.EdgeShard.create(str(path), cfg)
+                for name in INDEXED_FIELDS:
+                    shard.update(
+                        q.UpdateOperation.create_field_index(name, q.PayloadSchemaType.Keyword)
+                    )
+            index = EdgeIndex(path, meta, shard, writable=True)
+            try:
+                yield index
+                meta["points"] = index.count()
+                index.close()
+                _atomic_write(path / "meta.json", json.dumps(meta, indent=1))
+                _atomic_write(self.root / "LIVE", str(gen))
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    index.close()
+                shutil.rmtree(path, ignore_errors=True)
+                raise
+            self.prune(self.keep)
+
+    def drop_generation(self, generation: int) -> None:
+        if generation == self.live_generation():
+            raise IndexError_(f"generation {generation} is live and cannot be dropped")
+        shutil.rmtree(self._gen_dir(generation), ignore_errors=True)

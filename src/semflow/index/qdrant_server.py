@@ -1,0 +1,235 @@
+"""Server backend: qdrant-client against a Qdrant server (or its in-process local mode).
+
+Each generation is a collection `<name>_g<N>`; the alias `<name>` points to the live one and
+is switched atomically by one `update_collection_aliases` call. The server takes concurrent
+writers, so an incremental sync writes into the live collection in place (upserts are
+idempotent); only a fresh build (full refresh, new model) creates a new generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from semflow.errors import IndexError_
+from semflow.index.base import INDEXED_FIELDS, Hit, IndexStore, VectorIndex, normalize_filters
+
+_BATCH = 512
+
+
+class ServerIndex(VectorIndex):
+    def __init__(self, client: Any, collection: str, generation: int) -> None:
+        self.client = client
+        self.collection = collection
+        self.generation = generation
+        info = client.get_collection(collection)
+        meta = info.config.metadata or {}
+        self.model_version = meta.get("model_version")
+        params = info.config.params.vectors
+        self.dimension = int(params.size)
+
+    @staticmethod
+    def _filter(tenant: str | None, source: str | None = None, extra: Any = None) -> Any:
+        from qdrant_client import models as m
+
+        must: list[Any] = []
+        if tenant is not None:
+            must.append(m.FieldCondition(key="tenant", match=m.MatchValue(value=tenant)))
+        if source is not None:
+            must.append(m.FieldCondition(key="source", match=m.MatchValue(value=source)))
+        for key, values in extra or []:
+            match = m.MatchValue(value=values[0]) if len(values) == 1 else m.MatchAny(any=values)
+            must.append(m.FieldCondition(key=key, match=match))
+        return m.Filter(must=must) if must else None
+
+    def upsert(
+        self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+    ) -> None:
+        from qdrant_client import models as m
+
+        vecs = np.asarray(vectors, dtype=np.float32)
+        if len(ids) and vecs.shape[1] != self.dimension:
+            raise IndexError_(
+                f"vector dimension {vecs.shape[1]} does not match the index ({self.dimension})"
+            )
+        for i in range(0, len(ids), _BATCH):
+            self.client.upsert(
+                self.collection,
+                points=m.Batch(
+                    ids=list(ids[i : i + _BATCH]),
+                    vectors=vecs[i : i + _BATCH].tolist(),
+                    payloads=list(payloads[i : i + _BATCH]),
+                ),
+                wait=True,
+            )
+
+    def delete(self, ids: Sequence[str]) -> None:
+        from qdrant_client import models as m
+
+        if ids:
+            self.client.delete(
+                self.collection, points_selector=m.PointIdsList(points=list(ids)), wait=True
+            )
+
+    def search(
+        self,
+        vector: Sequence[float],
+        tenant: str,
+        top_k: int = 10,
+        filters: Mapping[str, Any] | None = None,
+        score_threshold: float | None = None,
+    ) -> list[Hit]:
+        flt = self._filter(tenant, extra=normalize_filters(filters))
+        res = self.client.query_points(
+            self.collection,
+            query=[float(x) for x in vector],
+            query_filter=flt,
+            limit=top_k,
+            with_payload=True,
+            score_threshold=score_threshold,
+        ).points
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in res]
+
+    def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
+        recs = self.client.retrieve(
+            self.collection, ids=list(ids), with_payload=True, with_vectors=with_vectors
+        )
+        out = []
+        for r in recs:
+            payload = dict(r.payload or {})
+            if with_vectors:
+                payload["_vector"] = list(r.vector)
+            out.append(Hit(str(r.id), 1.0, payload))
+        return out
+
+    def count(self, source: str | None = None) -> int:
+        return int(
+            self.client.count(
+                self.collection, count_filter=self._filter(None, source), exact=True
+            ).count
+        )
+
+    def iter_payloads(
+        self, source: str | None = None, fields: Sequence[str] = ("doc_id",)
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        offset = None
+        while True:
+            recs, offset = self.client.scroll(
+                self.collection,
+                scroll_filter=self._filter(None, source),
+                limit=1000,
+                offset=offset,
+                with_payload=list(fields),
+            )
+            for r in recs:
+                yield str(r.id), dict(r.payload or {})
+            if offset is None:
+                break
+
+    def close(self) -> None:
+        """The client is owned by the store."""
+
+
+class ServerStore(IndexStore):
+    """Generations as collections behind one alias."""
+
+    def __init__(self, url: str, name: str, api_key: str | None = None, client: Any = None) -> None:
+        from qdrant_client import QdrantClient
+
+        self.name = name
+        if client is not None:
+            self.client = client
+        elif url == ":memory:":
+            self.client = QdrantClient(location=":memory:")
+        elif url.startswith(("http://", "https://")):
+            self.client = QdrantClient(url=url, api_key=api_key)
+        else:
+            self.client = QdrantClient(path=url)
+        self._pattern = re.compile(rf"^{re.escape(name)}_g(\d+)$")
+
+    def _coll(self, gen: int) -> str:
+        return f"{self.name}_g{gen}"
+
+    def generations(self) -> list[int]:
+        gens = []
+        for c in self.client.get_collections().collections:
+            mt = self._pattern.match(c.name)
+            if mt:
+                gens.append(int(mt.group(1)))
+        return sorted(gens)
+
+    def live_generation(self) -> int | None:
+        for a in self.client.get_aliases().aliases:
+            if a.alias_name == self.name:
+                mt = self._pattern.match(a.collection_name)
+                return int(mt.group(1)) if mt else None
+        return None
+
+    def open_generation(self, gen: int) -> ServerIndex:
+        if gen not in self.generations():
+            raise IndexError_(f"generation {gen} of {self.name!r} does not exist")
+        return ServerIndex(self.client, self._coll(gen), gen)
+
+    def open_live(self) -> ServerIndex:
+        gen = self.live_generation()
+        if gen is None:
+            raise IndexError_(f"no index has been published as {self.name!r}; run `semflow sync`")
+        return self.open_generation(gen)
+
+    def _create(self, gen: int, model_version: str, dimension: int) -> None:
+        from qdrant_client import models as m
+
+        coll = self._coll(gen)
+        self.client.create_collection(
+            coll,
+            vectors_config=m.VectorParams(size=dimension, distance=m.Distance.COSINE),
+            metadata={"model_version": model_version, "generation": gen},
+        )
+        with contextlib.suppress(Exception):  # local mode warns that indexes are no-ops
+            for f in INDEXED_FIELDS:
+                self.client.create_payload_index(coll, f, m.PayloadSchemaType.KEYWORD)
+
+    def _switch(self, gen: int) -> None:
+        from qdrant_client import models as m
+
+        ops: list[Any] = []
+        if self.live_generation() is not None:
+            ops.append(m.DeleteAliasOperation(delete_alias=m.DeleteAlias(alias_name=self.name)))
+        ops.append(
+            m.CreateAliasOperation(
+                create_alias=m.CreateAlias(collection_name=self._coll(gen), alias_name=self.name)
+            )
+        )
+        self.client.update_collection_aliases(change_aliases_operations=ops)
+
+    @contextlib.contextmanager
+    def writer(
+        self, model_version: str, dimension: int, fresh: bool = False
+    ) -> Iterator[ServerIndex]:
+        live = self.live_generation()
+        if live is not None and not fresh:
+            index = ServerIndex(self.client, self._coll(live), live)
+            if index.model_version != model_version:
+                raise IndexError_(
+                    f"live generation {live} was built with {index.model_version}, "
+                    f"not {model_version}; rebuild with a full refresh"
+                )
+            yield index
+            return
+        gen = max([*self.generations(), live or 0]) + 1
+        self._create(gen, model_version, dimension)
+        try:
+            yield ServerIndex(self.client, self._coll(gen), gen)
+        except BaseException:
+            self.client.delete_collection(self._coll(gen))
+            raise
+        self._switch(gen)
+
+    def drop_generation(self, generation: int) -> None:
+        if generation == self.live_generation():
+            raise IndexError_(f"generation {generation} is live and cannot be dropped")
+        self.client.delete_collection(self._coll(generation))

@@ -1,0 +1,314 @@
+"""Housekeeping steps for `dags/maintenance.py` (and the CLI): each returns what it removed.
+
+Every step takes `dry_run`: it then reports the same list without removing anything. Cut-offs
+are computed from a reference time the caller passes (the DAG run's data interval end), never
+from the clock, so a re-run of the same day removes the same things.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from semflow.catalog import FAILED, Catalog, documents
+from semflow.config import Settings, get_settings
+from semflow.documents import Document
+from semflow.sources.base import Source
+
+log = logging.getLogger("semflow.maintenance")
+
+# Defaults the DAG exposes as params.
+KEEP_GENERATIONS = 3
+PREDICTION_RETENTION_DAYS = 30
+FAILED_ROW_DAYS = 7
+MLFLOW_RUN_DAYS = 90
+
+
+@dataclass
+class StepReport:
+    step: str
+    dry_run: bool
+    removed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return len(self.removed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "count": self.count}
+
+
+def _done(report: StepReport) -> StepReport:
+    verb = "would remove" if report.dry_run else "removed"
+    log.info("%s: %s %d", report.step, verb, report.count, extra={"report": report.to_dict()})
+    return report
+
+
+# -- dead letters ------------------------------------------------------------------------
+class _RetryOnly(Source):
+    """A view of a source that extracts nothing, so a sync only re-fetches its dead letters."""
+
+    def __init__(self, inner: Source) -> None:
+        super().__init__(inner.name, inner.mapping)
+        self.inner = inner
+
+    def extract(self, start: datetime | None, end: datetime | None) -> Iterator[Document]:
+        return iter(())
+
+    def fetch(self, doc_ids: Iterable[str]) -> Iterator[Document]:
+        return self.inner.fetch(doc_ids)
+
+    def live_ids(self) -> Iterator[str]:
+        return self.inner.live_ids()
+
+
+def dead_letter_sources(catalog: Catalog, max_attempts: int) -> dict[str, int]:
+    """Sources with retryable failed documents, and how many each has."""
+    q = (
+        sa.select(documents.c.source, sa.func.count())
+        .where(documents.c.status == FAILED, documents.c.attempts < max_attempts)
+        .group_by(documents.c.source)
+        .order_by(documents.c.source)
+    )
+    with catalog.engine.connect() as conn:
+        return {r[0]: int(r[1]) for r in conn.execute(q)}
+
+
+def retry_dead_letters(
+    resolve: Callable[[str], Source],
+    *,
+    settings: Settings | None = None,
+    catalog: Catalog | None = None,
+    dry_run: bool = False,
+    embedder: Any = None,
+) -> StepReport:
+    """Re-sync only the failed documents of every source (no window, no full refresh).
+
+    `resolve` turns a source name into a Source (the DAG uses Airflow Connections). Skipped,
+    with the reason, when there is no live index or it was built with another model: a retry
+    must never turn into a full rebuild from a handful of documents.
+    """
+    from semflow.index import open_store
+    from semflow.sync import MAX_ATTEMPTS, run_sync
+
+    s = settings or get_settings()
+    catalog = catalog or Catalog(s.catalog_database_url)
+    report = StepReport("retry_dead_letters", dry_run)
+    pending = dead_letter_sources(catalog, MAX_ATTEMPTS)
+    report.details["pending"] = pending
+    if not pending or dry_run:
+        report.removed = sorted(pending)  # the sources that would be retried
+        return _done(report)
+    store = open_store(s)
+    live_version = store.live_model_version()
+    if live_version is None:
+        report.skipped = sorted(pending)
+        report.details["reason"] = "no live index generation"
+        return _done(report)
+    if embedder is None:
+        from semflow.embedding import Embedder
+
+        embedder = Embedder.for_index(s, live_version)
+    if embedder.version != live_version:
+        report.skipped = sorted(pending)
+        report.details["reason"] = f"live index built with {live_version}, not {embedder.version}"
+        return _done(report)
+    results = {}
+    for name in sorted(pending):
+        try:
+            source = resolve(name)
+        except Exception as err:  # a source removed from sources.yaml must not stop the rest
+            report.skipped.append(name)
+            results[name] = {"error": str(err)}
+            continue
+        res = run_sync(
+            _RetryOnly(source), settings=s, embedder=embedder, catalog=catalog, store=store
+        )
+        results[name] = res.counts
+        report.removed.append(name)
+    report.details["results"] = results
+    return _done(report)
+
+
+# -- index generations --------------------------------------------------------------------
+def prune_generations(store: Any, keep: int, *, dry_run: bool = False) -> StepReport:
+    """Drop index generations beyond the newest `keep` (never the live one)."""
+    if keep < 1:
+        from semflow.errors import SettingsError
+
+        raise SettingsError(f"keep must be at least 1, got {keep}")
+    report = StepReport("prune_generations", dry_run, details={"keep": keep})
+    if dry_run:
+        live = store.live_generation()
+        gens = sorted(store.generations())
+        doomed = [g for g in gens[: max(0, len(gens) - keep)] if g != live]
+    else:
+        doomed = store.prune(keep)
+    report.removed = [str(g) for g in doomed]
+    return _done(report)
+
+
+# -- prediction logs ------------------------------------------------------------------------
+def purge_predictions(home: Path, before: date, *, dry_run: bool = False) -> StepReport:
+    """Delete prediction-log days strictly before `before`."""
+    from semflow.predictions import log_dir
+
+    report = StepReport("purge_predictions", dry_run, details={"before": before.isoformat()})
+    folder = log_dir(home)
+    for path in sorted(folder.glob("*.jsonl")) if folder.exists() else []:
+        try:
+            day = date.fromisoformat(path.stem)
+        except ValueError:
+            continue  # not ours
+        if day < before:
+            report.removed.append(path.name)
+            if not dry_run:
+                path.unlink(missing_ok=True)
+    return _done(report)
+
+
+# -- catalog ---------------------------------------------------------------------------------
+def prune_failed_rows(
+    catalog: Catalog, older_than: datetime, *, dry_run: bool = False
+) -> StepReport:
+    """Delete failed catalog rows not changed since `older_than`."""
+    cond = sa.and_(documents.c.status == FAILED, documents.c.changed_at < older_than)
+    with catalog.engine.connect() as conn:
+        keys = [
+            f"{r.source}/{r.doc_id}"
+            for r in conn.execute(
+                sa.select(documents.c.source, documents.c.doc_id)
+                .where(cond)
+                .order_by(documents.c.source, documents.c.doc_id)
+            )
+        ]
+    report = StepReport("prune_failed_rows", dry_run, removed=keys)
+    report.details["older_than"] = older_than.isoformat()
+    if not dry_run and keys:
+        catalog.prune_failed(older_than)
+    return _done(report)
+
+
+# -- MLflow ----------------------------------------------------------------------------------
+def purge_mlflow_runs(
+    tracking_uri: str, older_than: datetime, *, dry_run: bool = False
+) -> StepReport:
+    """Delete MLflow runs started before `older_than` that no registered model version uses.
+
+    Parents of a used run are kept too. Deletion is MLflow's own (runs move to the deleted
+    lifecycle stage); `mlflow gc` reclaims their artifacts.
+    """
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    report = StepReport(
+        "purge_mlflow_runs", dry_run, details={"older_than": older_than.isoformat()}
+    )
+    used = {mv.run_id for mv in _all_model_versions(client) if mv.run_id}
+    cutoff_ms = int(older_than.timestamp() * 1000)
+    exp_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    old = []
+    for i in range(0, len(exp_ids), 100):
+        token = None
+        while True:
+            page = client.search_runs(
+                exp_ids[i : i + 100],
+                filter_string=f"attributes.start_time < {cutoff_ms}",
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=1000,
+                page_token=token,
+            )
+            old += list(page)
+            token = page.token
+            if not token:
+                break
+    keep = set(used)
+    for run_id in used:  # keep the chain of parents of a registered run
+        try:
+            parent = client.get_run(run_id).data.tags.get("mlflow.parentRunId")
+        except Exception:  # the run may be gone already; nothing to protect then
+            continue
+        while parent and parent not in keep:
+            keep.add(parent)
+            try:
+                parent = client.get_run(parent).data.tags.get("mlflow.parentRunId")
+            except Exception:
+                parent = None
+    for run in sorted(old, key=lambda r: r.info.run_id):
+        if run.info.run_id in keep:
+            report.skipped.append(run.info.run_id)
+            continue
+        report.removed.append(run.info.run_id)
+        if not dry_run:
+            client.delete_run(run.info.run_id)
+    return _done(report)
+
+
+def _all_model_versions(client: Any) -> list[Any]:
+    out: list[Any] = []
+    token = None
+    while True:
+        page = client.search_model_versions(max_results=1000, page_token=token)
+        out += list(page)
+        token = page.token
+        if not token:
+            return out
+
+
+# -- all of it -------------------------------------------------------------------------------
+def cutoffs(
+    reference: datetime,
+    prediction_retention_days: int = PREDICTION_RETENTION_DAYS,
+    failed_row_days: int = FAILED_ROW_DAYS,
+    mlflow_run_days: int = MLFLOW_RUN_DAYS,
+) -> dict[str, Any]:
+    """Cut-offs for each step from the run's reference time (data interval end)."""
+    for name, v in (
+        ("prediction_retention_days", prediction_retention_days),
+        ("failed_row_days", failed_row_days),
+        ("mlflow_run_days", mlflow_run_days),
+    ):
+        if v < 1:
+            from semflow.errors import SettingsError
+
+            raise SettingsError(f"{name} must be at least 1, got {v}")
+    return {
+        "predictions_before": (reference - timedelta(days=prediction_retention_days)).date(),
+        "failed_before": reference - timedelta(days=failed_row_days),
+        "runs_before": reference - timedelta(days=mlflow_run_days),
+    }
+
+
+def run_maintenance(
+    reference: datetime,
+    resolve: Callable[[str], Source],
+    *,
+    settings: Settings | None = None,
+    dry_run: bool = False,
+    keep_generations: int = KEEP_GENERATIONS,
+    prediction_retention_days: int = PREDICTION_RETENTION_DAYS,
+    failed_row_days: int = FAILED_ROW_DAYS,
+    mlflow_run_days: int = MLFLOW_RUN_DAYS,
+) -> list[StepReport]:
+    """Every step in the DAG's order, in one process (what a CLI command would run)."""
+    from semflow.index import open_store
+
+    s = settings or get_settings()
+    cut = cutoffs(reference, prediction_retention_days, failed_row_days, mlflow_run_days)
+    catalog = Catalog(s.catalog_database_url)
+    return [
+        retry_dead_letters(resolve, settings=s, catalog=catalog, dry_run=dry_run),
+        prune_failed_rows(catalog, cut["failed_before"], dry_run=dry_run),
+        prune_generations(open_store(s), keep_generations, dry_run=dry_run),
+        purge_predictions(s.home, cut["predictions_before"], dry_run=dry_run),
+        purge_mlflow_runs(s.tracking_uri, cut["runs_before"], dry_run=dry_run),
+    ]

@@ -1,0 +1,1 @@
+"""Models: classifier, ranker, embedder fine-tuning, bundle and evaluation metrics."""

@@ -1,0 +1,177 @@
+"""The model bundle: everything the service needs, saved as one directory.
+
+Layout: `bundle.json` (labels, threshold, ranker weights, versions, tags),
+`classifier.joblib` (sklearn estimator on L2-normalised embeddings) and, when the
+embedder was fine-tuned, an `embedder/` sentence-transformers directory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semflow.errors import SemflowError
+
+BUNDLE_FILE = "bundle.json"
+CLASSIFIER_FILE = "classifier.joblib"
+EMBEDDER_DIR = "embedder"
+UNKNOWN = "unknown"
+FORMAT_VERSION = 1
+
+
+class BundleError(SemflowError):
+    """A bundle directory is missing, incomplete or incompatible."""
+
+
+@dataclass
+class Bundle:
+    """Embedder reference + fitted classifier + ranker weights + label set + threshold."""
+
+    embedder_dir: Path | None
+    embedder_version: str
+    labels: list[str]
+    threshold: float
+    ranker_weights: dict[str, float]
+    classifier: Any = None
+    model_name: str = "semflow"
+    model_version: str | None = None
+    alias: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.threshold) <= 1.0:
+            raise BundleError(f"bundle threshold must be within [0, 1], got {self.threshold}")
+        if self.classifier is not None:
+            classes = [str(c) for c in getattr(self.classifier, "classes_", [])]
+            if classes and classes != list(self.labels):
+                raise BundleError("bundle labels do not match the classifier's classes")
+
+    @property
+    def embedder_name(self) -> str:
+        """The model name part of `embedder_version` (what `Embedder(name=...)` needs)."""
+        return self.embedder_version.rsplit("@", 1)[0]
+
+    def make_embedder(self, base_model_dir: Path | None = None, **kwargs: Any) -> Any:
+        """An Embedder whose `.version` equals `embedder_version` (base model when not fine-tuned)."""
+        from semflow.embedding import Embedder
+
+        model_dir = self.embedder_dir
+        if model_dir is None:
+            if base_model_dir is None:
+                from semflow.config import get_settings
+
+                base_model_dir = get_settings().resolved_model_path
+            model_dir = base_model_dir
+        emb = Embedder(model_dir, self.embedder_name, **kwargs)
+        if emb.version != self.embedder_version:
+            raise BundleError(
+                f"the embedder in {model_dir} is {emb.version}, but the bundle was trained with "
+                f"{self.embedder_version}"
+            )
+        return emb
+
+    # -- inference ---------------------------------------------------------------
+    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
+        """Class probabilities `[n, len(labels)]` for normalised embeddings."""
+        if self.classifier is None:
+            raise BundleError("this bundle has no classifier")
+        x = np.asarray(embeddings, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2:
+            raise BundleError(f"embeddings must be a 2-d array, got shape {x.shape}")
+        return np.asarray(self.classifier.predict_proba(x), dtype=np.float64)
+
+    def classify(self, embeddings: np.ndarray, top_k: int = 1) -> list[dict[str, Any]]:
+        """Top label per row ("unknown" below the threshold) with its top-k alternatives."""
+        if top_k < 1:
+            raise BundleError(f"top_k must be at least 1, got {top_k}")
+        proba = self.predict_proba(embeddings)
+        k = min(top_k, proba.shape[1])
+        out: list[dict[str, Any]] = []
+        for row in proba:
+            order = np.argsort(-row, kind="stable")[:k]
+            best = int(order[0])
+            score = float(row[best])
+            out.append(
+                {
+                    "label": self.labels[best] if score >= self.threshold else UNKNOWN,
+                    "score": score,
+                    "alternatives": [
+                        {"label": self.labels[int(i)], "score": float(row[int(i)])} for i in order
+                    ],
+                }
+            )
+        return out
+
+    # -- persistence -------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "embedder_dir": EMBEDDER_DIR if self.embedder_dir is not None else None,
+            "embedder_version": self.embedder_version,
+            "labels": list(self.labels),
+            "threshold": float(self.threshold),
+            "ranker_weights": {k: float(v) for k, v in self.ranker_weights.items()},
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "alias": self.alias,
+            "tags": dict(self.tags),
+        }
+
+    def save(self, path: Path | str) -> Path:
+        """Write the bundle directory (copying a fine-tuned embedder into `embedder/`)."""
+        import shutil
+
+        import joblib
+
+        dest = Path(path)
+        dest.mkdir(parents=True, exist_ok=True)
+        if self.classifier is not None:
+            joblib.dump(self.classifier, dest / CLASSIFIER_FILE)
+        if self.embedder_dir is not None:
+            src = Path(self.embedder_dir).resolve()
+            target = (dest / EMBEDDER_DIR).resolve()
+            if src != target:
+                if target.exists():
+                    shutil.rmtree(target)
+                shutil.copytree(src, target)
+        (dest / BUNDLE_FILE).write_text(json.dumps(self.manifest(), indent=2, sort_keys=True))
+        return dest
+
+    @classmethod
+    def load(cls, path: Path | str) -> Bundle:
+        """Read a bundle directory written by `save`."""
+        import joblib
+
+        src = Path(path)
+        manifest_path = src / BUNDLE_FILE
+        if not manifest_path.is_file():
+            raise BundleError(f"{src} is not a semflow bundle (no {BUNDLE_FILE})")
+        try:
+            m = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as err:
+            raise BundleError(f"{manifest_path} is not valid JSON: {err}") from None
+        if m.get("format") != FORMAT_VERSION:
+            raise BundleError(f"unsupported bundle format {m.get('format')!r} in {manifest_path}")
+        clf_path = src / CLASSIFIER_FILE
+        classifier = joblib.load(clf_path) if clf_path.is_file() else None
+        emb = src / EMBEDDER_DIR if m.get("embedder_dir") else None
+        if emb is not None and not emb.is_dir():
+            raise BundleError(f"bundle {src} names an embedder directory that is missing")
+        return cls(
+            embedder_dir=emb,
+            embedder_version=m["embedder_version"],
+            labels=list(m["labels"]),
+            threshold=float(m["threshold"]),
+            ranker_weights=dict(m.get("ranker_weights") or {}),
+            classifier=classifier,
+            model_name=m.get("model_name", "semflow"),
+            model_version=m.get("model_version"),
+            alias=m.get("alias"),
+            tags=dict(m.get("tags") or {}),
+        )

@@ -1,0 +1,227 @@
+"""The serving engine: model bundle + embedder + live index, one method per endpoint.
+
+The Bento calls these methods; they raise `ApiError`s (and `SemflowError`s) whose HTTP
+status comes from `semflow.serving.errors.status_for`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from semflow.config import Settings, get_settings
+from semflow.embedding import Embedder, LRUCache, RedisCache
+from semflow.errors import ModelMismatchError
+from semflow.models.ranker import score_candidates, validate_weights
+from semflow.serving.auth import KeyRing, Principal
+from semflow.serving.errors import Unavailable, Unprocessable
+from semflow.serving.schemas import RankRequest, SearchRequest, check_texts
+from semflow.serving.watcher import IndexWatcher
+
+log = logging.getLogger(__name__)
+NO_CLASSIFIER = "no classifier registered: register and promote a model to serve classify/rank"
+
+
+def make_cache(settings: Settings) -> Any:
+    """Redis when SEMFLOW_REDIS_URL is set, the in-process LRU otherwise."""
+    if settings.redis_url:
+        return RedisCache(settings.redis_url)
+    return LRUCache(settings.cache_size)
+
+
+def load_bundle(settings: Settings) -> tuple[Any, str | None]:
+    """The champion bundle (or None) and, if loading failed, why."""
+    from semflow.registry import load_champion
+
+    try:
+        return load_champion(
+            settings.tracking_uri, name=settings.registered_model, alias=settings.model_alias
+        ), None
+    except Exception as err:  # the registry being down must not stop embed/search
+        log.warning("could not load the registered model: %s", err)
+        return None, str(err)
+
+
+class Engine:
+    def __init__(self, settings: Settings | None = None, watch: bool = True) -> None:
+        self.settings = s = settings or get_settings()
+        self.keys = KeyRing(s.api_keys, required=s.auth_required)
+        self.default_weights = validate_weights(s.rank_weights)
+        self.cache = make_cache(s)
+        self.bundle, self.bundle_error = load_bundle(s)
+        if self.bundle is not None:
+            self.embedder = self.bundle.make_embedder(
+                s.resolved_model_path,
+                device=s.device,
+                batch_size=s.embed_batch_size,
+                cache=self.cache,
+            )
+        else:
+            self.embedder = Embedder.for_index(s, cache=self.cache)
+        self.embedder.encode(["warm up"])  # load weights now, not on the first request
+        self.dimension = self.embedder.dimension
+        self.watcher = IndexWatcher(s, poll_s=s.index_poll_s) if watch else None
+
+    # -- embedding ----------------------------------------------------------------
+    def encode(self, texts: list[str], normalize: bool = True) -> np.ndarray:
+        return self.embedder.encode(texts, normalize=normalize)
+
+    def embed_response(self, vectors: np.ndarray) -> dict[str, Any]:
+        return {
+            "model": self.embedder.version,
+            "dimension": self.dimension,
+            "embeddings": np.round(vectors, 7).tolist(),
+        }
+
+    def similarity(self, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+        check_texts([t for p in pairs for t in p], self.settings, 2 * self.settings.max_texts)
+        uniq = list(dict.fromkeys(t for p in pairs for t in p))
+        pos = {t: i for i, t in enumerate(uniq)}
+        vecs = self.encode(uniq)
+        scores = [float(np.dot(vecs[pos[a]], vecs[pos[b]])) for a, b in pairs]
+        return {"scores": scores, "model": self.embedder.version}
+
+    # -- search -------------------------------------------------------------------
+    def _index(self) -> Any:
+        idx = self.watcher.current if self.watcher else None
+        if idx is None:
+            raise Unavailable("no index generation is published yet; run `semflow sync` first")
+        if idx.model_version and idx.model_version != self.embedder.version:
+            raise ModelMismatchError(
+                f"index generation {idx.generation} was built with {idx.model_version}, but this "
+                f"server embeds with {self.embedder.version}; rebuild the index or serve that model"
+            )
+        return idx
+
+    def search(self, req: SearchRequest, principal: Principal) -> dict[str, Any]:
+        principal.check_tenant(req.tenant)
+        check_texts([req.query], self.settings)
+        if req.top_k > self.settings.max_top_k:
+            raise Unprocessable(f"top_k must be at most {self.settings.max_top_k}")
+        idx = self._index()
+        vec = self.encode([req.query])[0]
+        hits = idx.search(vec, req.tenant, req.top_k, req.filters or None, req.score_threshold)
+        return {
+            "results": [
+                {
+                    "id": h.id,
+                    "score": h.score,
+                    "title": h.payload.get("title"),
+                    "text": h.payload.get("text"),
+                    "payload": h.payload,
+                }
+                for h in hits
+            ],
+            "generation": idx.generation,
+            "model": self.embedder.version,
+        }
+
+    # -- classify / rank ----------------------------------------------------------
+    def _bundle(self) -> Any:
+        if self.bundle is None or self.bundle.classifier is None:
+            raise Unavailable(NO_CLASSIFIER)
+        return self.bundle
+
+    def classify(
+        self, texts: list[str], top_k: int = 1, tenant: str = "", max_count: int | None = None
+    ) -> dict[str, Any]:
+        bundle = self._bundle()
+        check_texts(texts, self.settings, max_count)
+        preds = bundle.classify(self.encode(texts), top_k=top_k)
+        self._log_predictions(texts, preds, tenant)
+        return {"predictions": preds, "model": self.model_ref}
+
+    def _log_predictions(self, texts: list[str], preds: list[dict[str, Any]], tenant: str) -> None:
+        from semflow.predictions import Prediction, append
+
+        now = datetime.now(UTC).isoformat()  # the time a prediction was served, by definition
+        rid = uuid.uuid4().hex
+        try:
+            append(
+                self.settings.home,
+                [
+                    Prediction(t, p["label"], p["score"], self.model_ref, now, tenant, rid)
+                    for t, p in zip(texts, preds, strict=True)
+                ],
+            )
+        except OSError as err:  # a full disk must not fail the answer
+            log.error("could not write the prediction log: %s", err)
+
+    def rank(self, req: RankRequest) -> dict[str, Any]:
+        bundle = self._bundle()
+        weights = bundle.ranker_weights or self.default_weights
+        texts = [c.text for c in req.candidates]
+        check_texts([req.query, *texts], self.settings, self.settings.max_texts + 1)
+        vecs = self.encode([req.query, *texts])
+        scored = score_candidates(
+            vecs[0], vecs[1:], req.query, texts, [c.features for c in req.candidates], weights
+        )
+        order = sorted(range(len(scored)), key=lambda i: -scored[i][0])
+        top = order[: req.top_n] if req.top_n else order
+        return {
+            "ranking": [
+                {"id": req.candidates[i].id, "score": scored[i][0], "components": scored[i][1]}
+                for i in top
+            ],
+            "model": self.model_ref,
+        }
+
+    # -- metadata -----------------------------------------------------------------
+    @property
+    def model_ref(self) -> str:
+        b = self.bundle
+        if b is None:
+            return self.embedder.version
+        return f"{b.model_name}/{b.model_version}"
+
+    def labels(self) -> dict[str, Any]:
+        b = self._bundle()
+        return {"labels": list(b.labels), "threshold": b.threshold, "model": self.model_ref}
+
+    def model_info(self) -> dict[str, Any]:
+        b = self.bundle
+        idx = self.watcher.current if self.watcher else None
+        return {
+            "name": b.model_name if b else None,
+            "version": b.model_version if b else None,
+            "alias": b.alias if b else None,
+            "embedder": self.embedder.version,
+            "dimension": self.dimension,
+            "device": self.settings.device,
+            "index_generation": idx.generation if idx else None,
+            "index_model_version": idx.model_version if idx else None,
+            "points": self.watcher.points if (self.watcher and idx) else 0,
+            "tags": dict(b.tags) if b else {},
+        }
+
+    def health(self) -> dict[str, Any]:
+        deps: dict[str, dict[str, Any]] = {"embedder": {"status": "ok"}}
+        if self.bundle is None:
+            deps["classifier"] = {"status": "missing", "detail": self.bundle_error or NO_CLASSIFIER}
+        else:
+            deps["classifier"] = {"status": "ok", "version": self.bundle.model_version}
+        idx = self.watcher.current if self.watcher else None
+        if idx is None:
+            deps["index"] = {"status": "missing", "detail": "no generation published"}
+        elif idx.model_version and idx.model_version != self.embedder.version:
+            deps["index"] = {"status": "mismatch", "generation": idx.generation}
+        else:
+            deps["index"] = {"status": "ok", "generation": idx.generation}
+        if isinstance(self.cache, RedisCache):
+            try:
+                self.cache.client.ping()
+                deps["cache"] = {"status": "ok", "kind": "redis"}
+            except Exception as err:
+                deps["cache"] = {"status": "error", "kind": "redis", "detail": str(err)}
+        else:
+            deps["cache"] = {"status": "ok", "kind": "lru"}
+        ok = all(d["status"] == "ok" for d in deps.values())
+        return {"status": "ready" if ok else "degraded", "dependencies": deps}
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.close()

@@ -1,0 +1,59 @@
+"""HTTP status of every error the service can raise, with a sentence for the client."""
+
+from __future__ import annotations
+
+from semflow.errors import (
+    IndexError_,
+    IndexLockedError,
+    ModelMismatchError,
+    SemflowError,
+    SettingsError,
+)
+
+
+class ApiError(SemflowError):
+    """An error with an HTTP status; `str(err)` is what the client reads."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+
+class Forbidden(ApiError):
+    status = 403
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+
+
+class Unprocessable(ApiError):
+    status = 422
+
+
+class Unavailable(ApiError):
+    status = 503
+
+
+def status_for(err: BaseException) -> int:
+    """Map an exception to an HTTP status (500 only for genuine bugs)."""
+    from semflow.index.base import FilterError
+
+    if isinstance(err, ApiError):
+        return err.status
+    if isinstance(err, ModelMismatchError):
+        return 409
+    if isinstance(err, (FilterError, SettingsError)):
+        return 422
+    if isinstance(err, (IndexError_, IndexLockedError)):
+        return 503
+    if isinstance(err, SemflowError):
+        return 400
+    return 500

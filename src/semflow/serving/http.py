@@ -1,0 +1,120 @@
+"""A pure ASGI guard in front of the service: auth, body size, JSON and schema checks.
+
+It answers 401/403/413/422 with `{"error": sentence}` before any endpoint code runs, then
+replays the body it read to the app. Probes, metrics and the OpenAPI page stay open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from semflow.config import Settings, get_settings
+from semflow.serving.auth import KeyRing
+from semflow.serving.errors import ApiError, PayloadTooLarge, Unprocessable
+from semflow.serving.schemas import (
+    JOB_ROUTES,
+    ROUTES,
+    SearchRequest,
+    check_texts,
+    parse,
+)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+OPEN_PATHS = frozenset(
+    {"/livez", "/readyz", "/healthz", "/metrics", "/health", "/", "/docs", "/docs.json"}
+)
+PRINCIPAL = "semflow.principal"
+log = logging.getLogger(__name__)
+
+
+async def send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(data)),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+class GuardMiddleware:
+    def __init__(self, app: ASGIApp, settings: Settings | None = None) -> None:
+        self.app = app
+        self.settings = settings or get_settings()
+        self.keys = KeyRing(self.settings.api_keys, required=self.settings.auth_required)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in OPEN_PATHS or path.startswith("/static"):
+            return await self.app(scope, receive, send)
+        try:
+            headers = {
+                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
+            }
+            principal = self.keys.authenticate(headers.get("authorization"))
+            scope[PRINCIPAL] = principal
+            model = ROUTES.get(path)
+            if model is None or scope.get("method") != "POST":
+                return await self.app(scope, receive, send)
+            job = path in JOB_ROUTES
+            limit = self.settings.max_job_body_bytes if job else self.settings.max_body_bytes
+            body = await self._read_body(receive, headers, limit)
+            try:
+                data = json.loads(body)
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise Unprocessable(f"the request body is not valid JSON: {err}") from None
+            req = parse(model, data)
+            if isinstance(req, SearchRequest):
+                principal.check_tenant(req.tenant)
+            texts = getattr(req, "texts", None)
+            if texts is not None:
+                check_texts(texts, self.settings, self.settings.max_job_texts if job else None)
+        except ApiError as err:
+            log.info("rejected %s %s: %s %s", scope.get("method"), path, err.status, err)
+            return await send_json(send, err.status, {"error": str(err)})
+        await self.app(scope, _replay(body, receive), send)
+
+    @staticmethod
+    async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
+        declared = headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"the request body is {declared} bytes; the limit is {limit}")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise Unprocessable("the client disconnected before sending the whole body")
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not msg.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _replay(body: bytes, receive_next: Receive) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive_next()  # blocks until the client really disconnects
+
+    return receive

@@ -1,0 +1,119 @@
+"""Request bodies of the HTTP contract (pydantic) and the limits checked on them.
+
+Shape errors (wrong types, empty list, empty text) are 422; size errors (too many texts,
+a text longer than `max_text_chars`) are 413 -- texts are never silently truncated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from semflow.config import Settings
+from semflow.serving.errors import PayloadTooLarge, Unprocessable
+
+Text = Annotated[str, StringConstraints(min_length=1, strip_whitespace=False)]
+_STRICT = ConfigDict(extra="forbid")
+
+
+class EmbedRequest(BaseModel):
+    model_config = _STRICT
+    texts: list[Text] = Field(min_length=1, description="Texts to embed.")
+    normalize: bool = Field(default=True, description="L2-normalise each vector.")
+
+
+class SimilarityRequest(BaseModel):
+    model_config = _STRICT
+    pairs: list[tuple[Text, Text]] = Field(min_length=1, description="[a, b] text pairs.")
+
+
+class SearchRequest(BaseModel):
+    model_config = _STRICT
+    query: Text
+    tenant: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    top_k: int = Field(default=10, ge=1)
+    score_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    filters: dict[str, Any] = Field(default_factory=dict)
+
+
+class ClassifyRequest(BaseModel):
+    model_config = _STRICT
+    texts: list[Text] = Field(min_length=1)
+    top_k: int = Field(default=1, ge=1)
+    tenant: str = Field(default="", max_length=128, description="Recorded in the prediction log.")
+
+
+class Candidate(BaseModel):
+    model_config = _STRICT
+    id: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    text: Text
+    features: dict[str, float] = Field(default_factory=dict)
+
+
+class RankRequest(BaseModel):
+    model_config = _STRICT
+    query: Text
+    candidates: list[Candidate] = Field(min_length=1)
+    top_n: int | None = Field(default=None, ge=1)
+
+
+class JobRequest(BaseModel):
+    """A long job: embed or classify many texts (BentoML task endpoints)."""
+
+    model_config = _STRICT
+    texts: list[Text] = Field(min_length=1)
+    top_k: int = Field(default=1, ge=1)
+    tenant: str = Field(default="", max_length=128)
+
+
+class EncodeRequest(BaseModel):
+    """The raw batched `/encode` body; its answer is a bare list of vectors."""
+
+    model_config = _STRICT
+    texts: list[Text] = Field(min_length=1)
+
+
+# path -> body model, used by the HTTP guard to validate before the endpoint runs.
+ROUTES: dict[str, type[BaseModel]] = {
+    "/embed": EmbedRequest,
+    "/encode": EncodeRequest,
+    "/similarity": SimilarityRequest,
+    "/search": SearchRequest,
+    "/classify": ClassifyRequest,
+    "/rank": RankRequest,
+    "/embed_job/submit": JobRequest,
+    "/classify_job/submit": JobRequest,
+}
+JOB_ROUTES = frozenset({"/embed_job/submit", "/classify_job/submit"})
+
+
+def describe(err: ValidationError) -> str:
+    """One sentence naming each bad field."""
+    parts = []
+    for e in err.errors(include_url=False)[:5]:
+        loc = ".".join(str(p) for p in e["loc"]) or "body"
+        parts.append(f"{loc}: {e['msg']}")
+    more = "" if err.error_count() <= 5 else f" (and {err.error_count() - 5} more)"
+    return "invalid request: " + "; ".join(parts) + more
+
+
+def parse(model: type[BaseModel], data: Any) -> BaseModel:
+    """Validate a decoded JSON body; Unprocessable (422) with a readable message otherwise."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise Unprocessable(describe(err)) from None
+
+
+def check_texts(texts: Sequence[str], settings: Settings, max_count: int | None = None) -> None:
+    """413 when there are too many texts or one is longer than `max_text_chars`."""
+    limit = max_count or settings.max_texts
+    if len(texts) > limit:
+        raise PayloadTooLarge(f"too many texts: {len(texts)} > {limit} per request")
+    for i, t in enumerate(texts):
+        if len(t) > settings.max_text_chars:
+            raise PayloadTooLarge(
+                f"text {i} has {len(t)} characters; the limit is {settings.max_text_chars}"
+            )

@@ -1,0 +1,88 @@
+"""Keeps the live index generation open and swaps to a newly published one.
+
+A daemon thread polls the store's LIVE pointer every `poll_s` seconds. A new generation is
+opened *before* it replaces the old one, and the old one is closed only after a grace
+period, so searches in flight never see a closed index.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from semflow.index import open_store
+from semflow.index.base import IndexStore, VectorIndex
+
+log = logging.getLogger(__name__)
+
+
+class IndexWatcher:
+    def __init__(self, settings: Any, poll_s: float = 1.0, grace_s: float = 10.0) -> None:
+        self.settings = settings
+        self.poll_s = poll_s
+        self.grace_s = grace_s
+        self.store: IndexStore = open_store(settings)
+        self._current: VectorIndex | None = None
+        self._points: int = 0
+        self._retiring: list[tuple[float, VectorIndex]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.last_error: str | None = None
+        self.refresh()
+        self._thread = threading.Thread(target=self._loop, name="semflow-index-watch", daemon=True)
+        self._thread.start()
+
+    @property
+    def current(self) -> VectorIndex | None:
+        return self._current
+
+    @property
+    def points(self) -> int:
+        return self._points
+
+    def refresh(self) -> bool:
+        """Open the live generation if it changed; True when a swap happened."""
+        try:
+            live = self.store.live_generation()
+            cur = self._current
+            if live is None or (cur is not None and cur.generation == live):
+                return False
+            new = self.store.open_live()
+            points = new.count()
+        except Exception as err:  # keep serving the old generation; report in /health
+            self.last_error = str(err)
+            log.warning("index refresh failed: %s", err)
+            return False
+        with self._lock:
+            old, self._current, self._points = self._current, new, points
+            if old is not None:
+                self._retiring.append((time.monotonic() + self.grace_s, old))
+        self.last_error = None
+        log.info("serving index generation %s (%d points)", new.generation, points)
+        return True
+
+    def _close_retired(self, force: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [ix for t, ix in self._retiring if force or t <= now]
+            self._retiring = [(t, ix) for t, ix in self._retiring if not (force or t <= now)]
+        for ix in due:
+            try:
+                ix.close()
+            except Exception as err:
+                log.warning("closing an old index generation failed: %s", err)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.refresh()
+            self._close_retired()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._close_retired(force=True)
+        with self._lock:
+            cur, self._current = self._current, None
+        if cur is not None:
+            cur.close()

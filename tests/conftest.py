@@ -1,0 +1,71 @@
+"""Shared fixtures. Environment is set at import, before Airflow or semflow read it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="semflow-tests-"))
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("AIRFLOW_HOME", str(_SESSION_TMP / "airflow"))
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+os.environ["SEMFLOW_HOME"] = str(_SESSION_TMP / "home")
+for key in [k for k in os.environ if k.startswith("SEMFLOW_") and k != "SEMFLOW_HOME"]:
+    del os.environ[key]  # a developer's own settings must not leak into tests
+
+from tests.helpers import PG_URL  # noqa: E402
+
+
+@pytest.fixture
+def semflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private SEMFLOW_HOME for one test, with the settings cache reset around it."""
+    from semflow.config import get_settings
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("SEMFLOW_HOME", str(home))
+    get_settings.cache_clear()
+    yield home
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The packaged MiniLM, loaded once per session."""
+    from semflow.config import load_settings
+    from semflow.embedding import Embedder, LRUCache
+
+    s = load_settings()
+    return Embedder(s.resolved_model_path, s.model_name, cache=LRUCache(50_000))
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """An initialised Airflow metadata DB (SQLite) under the session's AIRFLOW_HOME."""
+    home = Path(os.environ["AIRFLOW_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    airflow = Path(sys.executable).with_name("airflow")
+    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=os.environ)
+    return home
+
+
+@pytest.fixture(scope="session")
+def pg_engine():
+    """SQLAlchemy engine on the real local PostgreSQL (skips nothing: CI starts it)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(PG_URL)
+    with engine.connect() as conn:
+        conn.execute(sa.text("select 1"))
+    yield engine
+    engine.dispose()

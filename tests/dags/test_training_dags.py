@@ -1,0 +1,94 @@
+"""`dag.test()` of validate_data -> train_models -> register_model on a small subset."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from semflow.config import REPO_ROOT, get_settings
+from tests.integration.test_pipeline import small_overrides, small_source
+
+pytestmark = pytest.mark.slow
+
+
+def _dag(dag_id: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO_ROOT / "dags")).get_dag(dag_id)
+
+
+def _states(run) -> dict[str, str]:
+    return {ti.task_id: ti.state for ti in run.get_task_instances()}
+
+
+def test_assets_chain_the_dags(airflow_db) -> None:
+    uris = {}
+    for dag_id in ("validate_data", "train_models", "register_model"):
+        dag = _dag(dag_id)
+        outlets = {o.uri.rstrip("/") for t in dag.tasks for o in getattr(t, "outlets", [])}
+        uris[dag_id] = outlets
+    assert "semflow://validated-snapshot" in uris["validate_data"]
+    assert "semflow://candidate-model" in uris["train_models"]
+    assert "semflow://champion" in uris["register_model"]
+    assert "semflow://documents" in str(_dag("validate_data").timetable.asset_condition)
+    assert "validated-snapshot" in str(_dag("train_models").timetable.asset_condition)
+    assert "candidate-model" in str(_dag("register_model").timetable.asset_condition)
+
+
+def test_validate_train_register_ends_with_loadable_champion(airflow_db, semflow_home, tmp_path):
+    from semflow import registry
+    from semflow.embedding import Embedder
+    from semflow.sync import run_sync
+
+    s = get_settings()
+    run_sync(small_source(tmp_path), settings=s)
+    overrides = small_overrides()
+
+    run = _dag("validate_data").test(run_conf={"overrides": overrides})
+    assert run.state == "success", _states(run)
+    run = _dag("train_models").test(
+        run_conf={"overrides": overrides, "finetune": False, "train_ranker": True}
+    )
+    assert run.state == "success", _states(run)
+    metrics = json.loads((s.home / "pipeline" / "metrics" / "evaluate.json").read_text())
+    assert metrics["classifier"]["accuracy"] > 0.7
+    run = _dag("register_model").test(run_conf={"overrides": overrides, "build_bento": True})
+    assert run.state == "success", _states(run)
+    states = _states(run)
+    assert states["register"] == "success"
+    assert states["reindex"] in ("success", "skipped")
+
+    bundle = registry.load_champion(s.tracking_uri)
+    assert bundle is not None and bundle.alias == "champion"
+    emb = Embedder(s.resolved_model_path, s.model_name)
+    assert bundle.embedder_dir is None and bundle.embedder_version == emb.version
+    test = pd.read_csv(s.home / "pipeline" / "data" / "prepared" / "test.csv").head(10)
+    out = bundle.classify(emb.encode(test["text"].tolist()), top_k=3)
+    assert len(out) == 10 and all(len(o["alternatives"]) == 3 for o in out)
+
+
+def test_bad_data_fails_the_validate_task(airflow_db, semflow_home, tmp_path):
+    """A snapshot with unknown labels fails `validate`, so nothing downstream is triggered."""
+    from semflow.sources.base import FieldMapping
+    from semflow.sources.files import FileSource
+    from semflow.sync import run_sync
+
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame(
+        {"text": [f"hello {i}" for i in range(30)], "category": ["no_such_intent"] * 30}
+    ).to_csv(bad, index=False)
+    src = FileSource(
+        "bad",
+        bad,
+        FieldMapping(
+            id="@row", text="text", labels="category", updated_at=None, tenant_value="bank"
+        ),
+    )
+    run_sync(src, settings=get_settings())
+    run = _dag("validate_data").test(run_conf={"overrides": {"validate.min_examples_per_label": 1}})
+    states = _states(run)
+    assert states["snapshot"] == "success"
+    assert states["validate"] == "failed"
+    assert run.state == "failed"

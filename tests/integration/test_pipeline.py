@@ -1,0 +1,283 @@
+"""The training pipeline end to end on a small Banking77 subset (real index, GX, MLflow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from semflow.config import SAMPLE_DIR, get_settings
+from semflow.errors import SettingsError
+from semflow.training import (
+    STAGES,
+    Paths,
+    load_pipeline_params,
+    parse_params,
+    run_pipeline,
+    run_stage,
+)
+from semflow.validation import ValidationFailed
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+N_LABELS, PER_LABEL = 8, 30
+
+
+def small_overrides() -> dict[str, object]:
+    """The CI subset: 8 labels x 30 rows, a short fine-tune, 120 test queries."""
+    return {
+        "base.max_labels": N_LABELS,
+        "base.subset": N_LABELS * PER_LABEL,
+        "base.test_subset": 120,
+        "validate.min_examples_per_label": 5,
+        "finetune.batch_size": 16,
+        "finetune.max_pairs": 200,
+        "ranker.max_queries": 40,
+        "ranker.step": 0.1,
+        "register.floors": {"classifier.accuracy": 0.6, "search.ndcg@10": 0.5},
+    }
+
+
+def small_source(tmp: Path):
+    """A FileSource over the first N labels of the sample, PER_LABEL rows each."""
+    from semflow.sources.base import FieldMapping
+    from semflow.sources.files import FileSource
+
+    df = pd.read_csv(SAMPLE_DIR / "train.csv")
+    keep = sorted(df["category"].unique())[:N_LABELS]
+    df = df[df["category"].isin(keep)].groupby("category").head(PER_LABEL)
+    path = tmp / "small.csv"
+    df.to_csv(path, index=False)
+    mapping = FieldMapping(
+        id="@row",
+        text="text",
+        labels="category",
+        updated_at=None,
+        tenant_value="bank",
+        type_value="support_query",
+    )
+    return FileSource("banking77-small", path, mapping)
+
+
+@pytest.fixture
+def pipeline(semflow_home: Path, tmp_path: Path):
+    params = load_pipeline_params(overrides=small_overrides())
+    return Paths(tmp_path / "work"), params, get_settings()
+
+
+def test_full_pipeline_registers_a_champion_then_rejects_a_weak_one(pipeline, tmp_path) -> None:
+    from semflow import registry
+
+    paths, params, s = pipeline
+    run_stage("snapshot", paths, params, s, source=small_source(tmp_path))
+    snap = pd.read_csv(paths.snapshot)
+    assert len(snap) == N_LABELS * PER_LABEL and snap["label"].nunique() == N_LABELS
+    out = run_pipeline(paths, params, s, stages=STAGES[1:])
+    assert out["validate"]["success"] and out["finetune"]["finetuned"]
+
+    ev = json.loads((paths.metrics / "evaluate.json").read_text())
+    for section, key in [
+        ("classifier", "accuracy"),
+        ("classifier", "macro_f1"),
+        ("search", "ndcg@10"),
+        ("search", "precision@10"),
+        ("search", "mrr@10"),
+        ("ranker", "ndcg@10"),
+        ("ranker", "baseline_ndcg@10"),
+    ]:
+        assert 0.0 <= ev[section][key] <= 1.0, (section, key)
+    assert ev["classifier"]["accuracy"] > 0.7
+    assert ev["ranker"]["ndcg@10"] >= ev["ranker"]["baseline_ndcg@10"] - 0.02
+    assert set(pd.read_csv(paths.plots / "confusion.csv").columns) == {"actual", "predicted"}
+    assert len(pd.read_csv(paths.plots / "per_class_f1.csv")) == N_LABELS
+    assert (paths.reports / "data_docs" / "index.html").is_file()
+    assert out["register"]["promoted"] is True
+
+    champ = registry.load_champion(s.tracking_uri)
+    assert champ is not None and champ.embedder_dir is not None  # fine-tuned embedder shipped
+    from semflow.embedding import Embedder
+
+    emb = Embedder(champ.embedder_dir, "ft")
+    assert emb.version.split("@")[1] == champ.embedder_version.split("@")[1]
+    test = pd.read_csv(paths.prepared / "test.csv").head(20)
+    preds = champ.classify(emb.encode(test["text"].tolist()))
+    agree = np.mean(
+        [p["label"] in (t, "unknown") for p, t in zip(preds, test["label"], strict=True)]
+    )
+    assert agree > 0.7
+
+    # The champion's embedder differs from the one that built the index: rebuild, check, swap.
+    from semflow.index import open_store
+    from semflow.training import reindex_if_changed
+
+    store = open_store(s)
+    before = store.live_generation()
+    rx = reindex_if_changed(paths, params, s)
+    assert rx["reindexed"] is True, rx
+    assert rx["golden_ndcg"] >= rx["old_golden_ndcg"]
+    assert store.live_generation() != before
+    assert store.live_model_version() == champ.embedder_version
+    with store.open_live() as idx:
+        assert idx.count() == N_LABELS * PER_LABEL
+    assert reindex_if_changed(paths, params, s)["reindexed"] is False  # idempotent
+
+    # One run tree: a parent with a nested run per stage, tagged with data hash and commit.
+    c = registry.client(s.tracking_uri)
+    exp = c.get_experiment_by_name("semflow")
+    runs = c.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "semflow.pipeline_key" in r.data.tags]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert {r.data.tags["semflow.stage"] for r in children} >= {
+        "validate",
+        "classifier",
+        "register",
+    }
+    assert all(r.data.tags["semflow.data_hash"] not in ("", "missing") for r in children)
+    assert all("semflow.git_commit" in r.data.tags for r in children)
+    val_run = next(r for r in children if r.data.tags["semflow.stage"] == "validate")
+    arts = [a.path for a in c.list_artifacts(val_run.info.run_id, "validation")]
+    assert any(a.endswith("data_docs") for a in arts)
+
+    # A weak candidate: 5% of the training split, same pipeline -> registered, not promoted.
+    train = pd.read_csv(paths.prepared / "train.csv")
+    weak = train.groupby("label").head(max(1, int(0.05 * len(train) / N_LABELS)))
+    weak.to_csv(paths.prepared / "train.csv", index=False)
+    weak_params = parse_params(params.raw(), {"finetune.enabled": False})
+    res = run_pipeline(paths, weak_params, s, stages=STAGES[3:])
+    gate = res["register"]
+    assert gate["promoted"] is False and gate["alias"] == "challenger"
+    assert any("regresses" in r or "below the floor" in r for r in gate["reasons"])
+    assert str(c.get_model_version_by_alias("semflow", "champion").version) == champ.model_version
+    mv = c.get_model_version("semflow", gate["version"])
+    assert mv.tags["gate.result"] == "rejected" and mv.tags["gate.reason"]
+
+
+def test_nulls_and_unknown_labels_stop_training(pipeline) -> None:
+    paths, params, s = pipeline
+    rows = [
+        {
+            "doc_id": f"d{i}",
+            "text": f"text {i}",
+            "label": "card_arrival",
+            "tenant": "bank",
+            "type": "q",
+        }
+        for i in range(20)
+    ]
+    rows[0]["text"] = None
+    rows[1]["label"] = "definitely_not_a_label"
+    paths.snapshot.parent.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(paths.snapshot, index=False)
+    with pytest.raises(ValidationFailed, match="not_be_null"):
+        run_pipeline(paths, params, s, stages=STAGES[1:])
+    assert not paths.prepared.exists(), "training must not start after a failed validation"
+    report = json.loads((paths.metrics / "validate.json").read_text())
+    assert report["success"] is False and report["critical_failures"] >= 2
+
+
+def test_empty_extract_fails(pipeline, tmp_path) -> None:
+    paths, params, s = pipeline
+    empty = tmp_path / "empty.csv"
+    empty.write_text("text,category\n")
+    from semflow.sources.base import FieldMapping
+    from semflow.sources.files import FileSource
+
+    src = FileSource(
+        "empty",
+        empty,
+        FieldMapping(
+            id="@row", text="text", labels="category", updated_at=None, tenant_value="bank"
+        ),
+    )
+    info = run_stage("snapshot", paths, params, s, source=src)
+    assert info["rows"] == 0
+    with pytest.raises(ValidationFailed, match="row_count"):
+        run_stage("validate", paths, params, s)
+
+
+def test_invalid_params_name_the_key() -> None:
+    raw = load_pipeline_params().raw()
+    with pytest.raises(SettingsError, match=r"classifier\.C"):
+        parse_params(raw, {"classifier.C": -1})
+    with pytest.raises(SettingsError, match=r"ranker\.nonsense"):
+        parse_params(raw, {"ranker.nonsense": 1})
+    with pytest.raises(SettingsError, match="unknown stage"):
+        run_stage("nope", Paths(Path("/nonexistent")), parse_params(raw))
+
+
+# -- DVC S3 remote ----------------------------------------------------------------
+"""`dvc push` / `dvc pull` through an S3 remote served by moto (server mode, over HTTP)."""
+
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def moto_s3(monkeypatch: pytest.MonkeyPatch):
+    pytest.importorskip("dvc_s3", reason="the S3 remote needs the dvc-s3 plugin")
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    url = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket="semflow")
+    yield url
+    server.stop()
+
+
+def _run(cwd: Path, *args: str) -> str:
+    proc = subprocess.run(
+        args, cwd=cwd, capture_output=True, text=True, env=os.environ, timeout=120
+    )
+    assert proc.returncode == 0, f"{' '.join(args)} failed: {proc.stderr[-1500:]}"
+    return proc.stdout
+
+
+def test_push_pull_through_s3_remote(moto_s3: str, tmp_path: Path) -> None:
+    import boto3
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _run(repo, "git", "init", "-q")
+    _run(repo, DVC, "init", "-q")
+    # The same remote settings the project's .dvc/config documents (MinIO endpoint).
+    _run(repo, DVC, "remote", "add", "-d", "s3", "s3://semflow/dvc")
+    _run(repo, DVC, "remote", "modify", "s3", "endpointurl", moto_s3)
+    data = repo / "data" / "snapshot.csv"
+    data.parent.mkdir()
+    data.write_text("doc_id,text,label\n1,lost my card,card_lost\n2,top up failed,top_up\n")
+    _run(repo, DVC, "add", "data/snapshot.csv")
+    _run(repo, DVC, "push")
+
+    keys = [
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=moto_s3).list_objects_v2(Bucket="semflow")[
+            "Contents"
+        ]
+    ]
+    assert keys and all(k.startswith("dvc/") for k in keys)
+
+    original = data.read_text()
+    data.unlink()
+    shutil.rmtree(repo / ".dvc" / "cache")
+    _run(repo, DVC, "pull")
+    assert data.read_text() == original

@@ -1,0 +1,130 @@
+"""MLflow registry on a real sqlite tracking store: register, load, gate, race."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from semflow import registry
+from semflow.models.bundle import Bundle
+
+pytestmark = pytest.mark.integration
+
+
+def _bundle(tmp: Path, shift: float = 0.0) -> Path:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 384)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = np.repeat(["card_lost", "top_up", "refund"], 20)
+    clf = LogisticRegression(max_iter=300).fit(x, y)
+    b = Bundle(
+        None,
+        "all-MiniLM-L6-v2@x",
+        [str(c) for c in clf.classes_],
+        0.2 + shift,
+        {"semantic": 1.0},
+        clf,
+    )
+    return b.save(tmp)
+
+
+@pytest.fixture
+def uri(tmp_path: Path, semflow_home: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def _register(uri: str, bundle_dir: Path, metrics: dict[str, float]) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    exp_id = registry.ensure_experiment(uri)
+    with mlflow.start_run(experiment_id=exp_id):
+        return registry.log_bundle(bundle_dir, tracking_uri=uri, metrics=metrics)
+
+
+def test_load_champion_none_when_nothing_registered(uri: str) -> None:
+    assert registry.load_champion(uri) is None
+    assert registry.load_champion(uri, name="other", alias="champion") is None
+
+
+def test_register_promote_and_load(uri: str, tmp_path: Path) -> None:
+    v1 = _register(uri, _bundle(tmp_path / "b1"), {"accuracy": 0.9})
+    # registered but not promoted yet: still nothing under champion
+    assert registry.load_champion(uri) is None
+    res = registry.promote(uri, v1, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"])
+    assert res.promoted and res.alias == "champion"
+    b = registry.load_champion(uri)
+    assert b is not None
+    assert b.model_version == v1 and b.alias == "champion"
+    assert set(b.labels) == {"card_lost", "top_up", "refund"}
+    out = b.classify(np.ones((1, 384), dtype=np.float32) / np.sqrt(384), top_k=2)
+    assert len(out[0]["alternatives"]) == 2
+    mv = registry.client(uri).get_model_version("semflow", v1)
+    assert mv.tags["gate.result"] == "promoted"
+    assert mv.tags["embedder_version"] == "all-MiniLM-L6-v2@x"
+    # the logged pyfunc carries a signature with a `text` input
+    from mlflow.models import get_model_info
+
+    info = get_model_info(f"models:/semflow/{v1}")
+    assert info.signature.inputs.input_names() == ["text"]
+
+
+def test_weak_candidate_stays_challenger(uri: str, tmp_path: Path) -> None:
+    v1 = _register(uri, _bundle(tmp_path / "b1"), {"accuracy": 0.9})
+    registry.promote(uri, v1, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"])
+    v2 = _register(uri, _bundle(tmp_path / "b2"), {"accuracy": 0.85})
+    res = registry.promote(uri, v2, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"])
+    assert not res.promoted and res.alias == "challenger"
+    assert "regresses" in res.reasons[0]
+    c = registry.client(uri)
+    assert str(c.get_model_version_by_alias("semflow", "champion").version) == v1
+    assert str(c.get_model_version_by_alias("semflow", "challenger").version) == v2
+    assert "regresses" in c.get_model_version("semflow", v2).tags["gate.reason"]
+    # below an absolute floor, even without regression
+    v3 = _register(uri, _bundle(tmp_path / "b3"), {"accuracy": 0.95})
+    res = registry.promote(uri, v3, floors={"accuracy": 0.99}, tolerance=0.1, compare=["accuracy"])
+    assert not res.promoted and "below the floor" in res.reasons[0]
+
+
+def test_check_gate_missing_metric() -> None:
+    assert registry.check_gate({}, None, {"acc": 0.5}, 0.0, []) == [
+        "acc is missing from the candidate's metrics"
+    ]
+
+
+def _promote_worker(uri: str, version: str, home: str, q: mp.Queue) -> None:
+    import os
+
+    os.environ["SEMFLOW_HOME"] = home
+    res = registry.promote(
+        uri, version, floors={"accuracy": 0.5}, tolerance=0.0, compare=["accuracy"]
+    )
+    q.put((version, res.promoted))
+
+
+def test_two_promoters_racing(uri: str, tmp_path: Path, semflow_home: Path) -> None:
+    va = _register(uri, _bundle(tmp_path / "a"), {"accuracy": 0.90})
+    vb = _register(uri, _bundle(tmp_path / "b"), {"accuracy": 0.92})
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [
+        ctx.Process(target=_promote_worker, args=(uri, v, str(semflow_home), q)) for v in (va, vb)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    results = dict(q.get(timeout=5) for _ in procs)
+    c = registry.client(uri)
+    champ = c.get_model_version_by_alias("semflow", "champion")
+    assert champ.status == "READY"
+    # b is better: whichever order they ran in, b ends as the champion
+    assert str(champ.version) == vb
+    assert results[vb] is True
+    aliases = [a for v in (va, vb) for a in c.get_model_version("semflow", v).aliases]
+    assert aliases.count("champion") == 1

@@ -1,0 +1,296 @@
+"""The semflow Bento over HTTP, without a registered model (degraded mode), LRU cache.
+
+One real `bentoml serve` for the whole module; tests run in file order and the last ones
+publish new index generations (hot swap, model mismatch).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service.serve_helpers import ADMIN, BANK, build_index, docs_for, serve
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BANK_TEXTS = [
+    "I lost my card yesterday",
+    "How do I reset my online banking password",
+    "My transfer has not arrived yet",
+    "Can I get a refund for this purchase",
+]
+OTHER_TEXTS = ["I lost my card on the bus", "card stolen abroad"]
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory: pytest.TempPathFactory, embedder) -> tuple[str, Path]:
+    tmp = tmp_path_factory.mktemp("svc")
+    home = tmp / "home"
+    build_index(
+        home, embedder, docs_for("bank", BANK_TEXTS) + docs_for("other", OTHER_TEXTS, prefix="o")
+    )
+    with serve(home, tmp) as url:
+        yield url, home
+
+
+@pytest.fixture(scope="module")
+def server(svc: tuple[str, Path]) -> str:
+    return svc[0]
+
+
+def post(url: str, path: str, body: object, headers: dict | None = None) -> httpx.Response:
+    return httpx.post(f"{url}{path}", json=body, headers=headers or ADMIN, timeout=60)
+
+
+# -- happy paths --------------------------------------------------------------------
+def test_embed_returns_normalised_vectors(server: str, embedder) -> None:
+    r = post(server, "/embed", {"texts": ["I lost my card", "hello"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["dimension"] == 384 and body["model"] == embedder.version
+    import numpy as np
+
+    vec = np.array(body["embeddings"], dtype=np.float32)
+    assert vec.shape == (2, 384)
+    assert np.allclose(np.linalg.norm(vec, axis=1), 1.0, atol=1e-4)
+    assert np.allclose(vec, embedder.encode(["I lost my card", "hello"]), atol=1e-4)
+    # MiniLM ends in a Normalize layer, so unnormalised vectors are unit length too
+    raw = post(server, "/embed", {"texts": ["hello"], "normalize": False})
+    assert raw.status_code == 200 and len(raw.json()["embeddings"][0]) == 384
+
+
+def test_encode_batchable_endpoint(server: str) -> None:
+    r = post(server, "/encode", {"texts": ["a", "b", "c"]})
+    assert r.status_code == 200, r.text
+    assert len(r.json()) == 3 and len(r.json()[0]) == 384
+
+
+def test_similarity(server: str) -> None:
+    r = post(
+        server,
+        "/similarity",
+        {
+            "pairs": [
+                ["I lost my card", "my card is lost"],
+                ["I lost my card", "the weather is nice"],
+                ["same", "same"],
+            ]
+        },
+    )
+    assert r.status_code == 200, r.text
+    s = r.json()["scores"]
+    assert s[0] > s[1] and abs(s[2] - 1.0) < 1e-4
+
+
+def test_search_is_tenant_scoped(server: str) -> None:
+    r = post(server, "/search", {"query": "lost card", "tenant": "bank", "top_k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["generation"] == 1
+    res = body["results"]
+    assert res[0]["text"] == "I lost my card yesterday"
+    assert all(h["payload"]["tenant"] == "bank" for h in res)
+    assert {"id", "score", "title", "text", "payload"} <= set(res[0])
+    assert [h["score"] for h in res] == sorted((h["score"] for h in res), reverse=True)
+
+
+def test_search_filters_and_threshold(server: str) -> None:
+    r = post(
+        server,
+        "/search",
+        {"query": "card", "tenant": "bank", "filters": {"type": "nothing-like-this"}},
+    )
+    assert r.status_code == 200 and r.json()["results"] == []
+    r = post(
+        server,
+        "/search",
+        {"query": "card", "tenant": "bank", "filters": {"metadata.lang": "en", "type": ["faq"]}},
+    )
+    assert r.status_code == 200 and len(r.json()["results"]) == 4
+    r = post(server, "/search", {"query": "lost card", "tenant": "bank", "score_threshold": 0.5})
+    assert r.status_code == 200
+    assert 1 <= len(r.json()["results"]) < 4
+    assert all(h["score"] >= 0.5 for h in r.json()["results"])
+
+
+def test_tenant_cannot_be_widened_by_filters(server: str) -> None:
+    r = post(server, "/search", {"query": "card", "tenant": "bank", "filters": {"tenant": "other"}})
+    assert r.status_code == 422 and "tenant" in r.json()["error"]
+    r = post(server, "/search", {"query": "card", "tenant": "bank", "filters": {"bogus": 1}})
+    assert r.status_code == 422 and "bogus" in r.json()["error"]
+
+
+# -- auth -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer"},
+    ],
+)
+def test_auth_required(server: str, headers: dict) -> None:
+    for path, body in [("/embed", {"texts": ["x"]}), ("/search", {"query": "x", "tenant": "bank"})]:
+        r = httpx.post(f"{server}{path}", json=body, headers=headers)
+        assert r.status_code == 401, r.text
+        assert "key" in r.json()["error"].lower()
+    assert httpx.get(f"{server}/model", headers=headers).status_code == 401
+
+
+def test_probes_and_metrics_are_open(server: str) -> None:
+    for path in ("/livez", "/readyz", "/metrics", "/health"):
+        assert httpx.get(f"{server}{path}").status_code == 200, path
+    assert "bentoml" in httpx.get(f"{server}/metrics").text
+
+
+def test_scoped_key(server: str) -> None:
+    assert post(server, "/search", {"query": "card", "tenant": "bank"}, BANK).status_code == 200
+    r = post(server, "/search", {"query": "card", "tenant": "other"}, BANK)
+    assert r.status_code == 403 and "other" in r.json()["error"]
+    r = post(server, "/search", {"query": "card", "tenant": "other"}, ADMIN)
+    assert r.status_code == 200 and all(
+        h["payload"]["tenant"] == "other" for h in r.json()["results"]
+    )
+
+
+# -- bad input ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/embed", {"texts": []}),
+        ("/embed", {"texts": [""]}),
+        ("/embed", {"texts": "not a list"}),
+        ("/embed", {"texts": [1, 2]}),
+        ("/embed", {"text": ["x"]}),
+        ("/embed", ["x"]),
+        ("/similarity", {"pairs": []}),
+        ("/similarity", {"pairs": [["only one"]]}),
+        ("/search", {"query": "", "tenant": "bank"}),
+        ("/search", {"query": "x"}),
+        ("/search", {"query": "x", "tenant": "bank", "top_k": 0}),
+        ("/search", {"query": "x", "tenant": "bank", "top_k": 1000}),
+        ("/classify", {"texts": []}),
+        ("/rank", {"query": "x", "candidates": []}),
+        (
+            "/rank",
+            {"query": "x", "candidates": [{"id": "a", "text": "t", "features": {"f": "hi"}}]},
+        ),
+    ],
+)
+def test_invalid_body_is_422(server: str, path: str, body: object) -> None:
+    r = post(server, path, body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]
+
+
+def test_invalid_json_is_422(server: str) -> None:
+    for raw in (b'{"texts": [', b"\xff\xfe", b""):
+        r = httpx.post(
+            f"{server}/embed", content=raw, headers={**ADMIN, "content-type": "application/json"}
+        )
+        assert r.status_code == 422, r.text
+        assert "JSON" in r.json()["error"]
+
+
+def test_limits_are_413(server: str) -> None:
+    r = post(server, "/embed", {"texts": ["x"] * 257})
+    assert r.status_code == 413 and "too many" in r.json()["error"]
+    r = post(server, "/embed", {"texts": ["ok", "y" * 4001]})
+    assert r.status_code == 413 and "4000" in r.json()["error"]
+    r = post(server, "/search", {"query": "q" * 5000, "tenant": "bank"})
+    assert r.status_code == 413
+    big = b'{"texts": ["' + b"z" * 1_100_000 + b'"]}'
+    r = httpx.post(
+        f"{server}/embed", content=big, headers={**ADMIN, "content-type": "application/json"}
+    )
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+
+
+# -- degraded mode -------------------------------------------------------------------------
+def test_degraded_without_registered_model(server: str) -> None:
+    r = post(server, "/classify", {"texts": ["I lost my card"]})
+    assert r.status_code == 503 and "no classifier registered" in r.json()["error"]
+    r = post(server, "/rank", {"query": "card", "candidates": [{"id": "a", "text": "card"}]})
+    assert r.status_code == 503 and "no classifier registered" in r.json()["error"]
+    assert httpx.get(f"{server}/labels", headers=ADMIN).status_code == 503
+    h = httpx.get(f"{server}/health").json()
+    assert h["status"] == "degraded"
+    assert h["dependencies"]["classifier"]["status"] == "missing"
+    assert h["dependencies"]["index"]["status"] == "ok"
+    assert httpx.get(f"{server}/readyz").status_code == 200
+    m = httpx.get(f"{server}/model", headers=ADMIN).json()
+    assert m["version"] is None and m["dimension"] == 384 and m["points"] == 6
+
+
+def test_embed_job_task(server: str) -> None:
+    r = post(server, "/embed_job/submit", {"texts": ["a", "b"]})
+    assert r.status_code == 200, r.text
+    task_id = r.json()["task_id"]
+    for _ in range(100):
+        st = httpx.get(f"{server}/embed_job/status", params={"task_id": task_id}, headers=ADMIN)
+        if st.json()["status"] != "in_progress":
+            break
+        time.sleep(0.1)
+    assert st.json()["status"] == "completed", st.text
+    res = httpx.get(f"{server}/embed_job/get", params={"task_id": task_id}, headers=ADMIN)
+    assert len(res.json()["embeddings"]) == 2
+    assert post(server, "/embed_job/submit", {"texts": []}).status_code == 422
+    assert httpx.post(f"{server}/embed_job/submit", json={"texts": ["a"]}).status_code == 401
+
+
+# -- index generations ------------------------------------------------------------------
+def test_hot_swap_without_failed_requests(svc: tuple[str, Path], embedder) -> None:
+    server, home = svc
+    failures: list[str] = []
+    gens: list[int] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        with httpx.Client(headers=ADMIN, timeout=30) as c:
+            while not stop.is_set():
+                r = c.post(f"{server}/search", json={"query": "gold card", "tenant": "bank"})
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text}")
+                else:
+                    gens.append(r.json()["generation"])
+
+    t = threading.Thread(target=loop)
+    t.start()
+    try:
+        time.sleep(0.5)
+        new_gen = build_index(
+            home, embedder, docs_for("bank", ["How do I order a gold card"], prefix="n")
+        )
+        published = time.monotonic()
+        while time.monotonic() - published < 5 and (not gens or gens[-1] != new_gen):
+            time.sleep(0.05)
+        swap_s = time.monotonic() - published
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        t.join()
+    assert failures == []
+    assert gens[-1] == new_gen and swap_s < 5, (gens[-5:], swap_s)
+    assert len(gens) > 10
+    top = post(server, "/search", {"query": "gold card", "tenant": "bank", "top_k": 1}).json()
+    assert top["results"][0]["text"] == "How do I order a gold card"
+
+
+def test_model_mismatch_is_409(svc: tuple[str, Path], embedder) -> None:
+    server, home = svc
+    gen = build_index(home, embedder, docs_for("bank", ["x"]), model_version="other-model@abc")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if httpx.get(f"{server}/health").json()["dependencies"]["index"].get("generation") == gen:
+            break
+        time.sleep(0.1)
+    r = post(server, "/search", {"query": "card", "tenant": "bank"})
+    assert r.status_code == 409, r.text
+    assert "other-model@abc" in r.json()["error"]
+    assert httpx.get(f"{server}/health").json()["dependencies"]["index"]["status"] == "mismatch"
+    assert post(server, "/embed", {"texts": ["still works"]}).status_code == 200

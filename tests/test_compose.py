@@ -1,0 +1,211 @@
+"""Static checks of docker-compose.yml (no Docker engine runs here): it parses, every image it
+builds, file it mounts and command it runs exists in the repo, ports do not collide, every
+variable is in .env.example and every service has a healthcheck."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE = REPO / "docker-compose.yml"
+_VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:[:?-][^}]*)?\}|(?<!\$)\$([A-Za-z_]\w*)")
+
+REQUIRED = {
+    "airflow-apiserver": "api-server",
+    "airflow-scheduler": "scheduler",
+    "airflow-dag-processor": "dag-processor",
+    "airflow-triggerer": "triggerer",
+    "airflow-worker": "celery",
+    "airflow-init": None,
+    "postgres": None,
+    "redis": None,
+    "mongo": None,
+    "qdrant": None,
+    "minio": None,
+    "minio-init": None,
+    "mlflow": None,
+    "bento": None,
+    "prometheus": None,
+    "grafana": None,
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    return compose["services"]
+
+
+def _env_example() -> dict[str, str]:
+    out = {}
+    for line in (REPO / ".env.example").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key.strip()] = value
+    return out
+
+
+def _cmd(value) -> list[str]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else shlex.split(value)
+
+
+def _copy_sources(dockerfile: Path) -> list[str]:
+    """Source paths of COPY/ADD lines that copy from the build context."""
+    srcs = []
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts or parts[0].upper() not in ("COPY", "ADD"):
+            continue
+        args = [p for p in parts[1:] if not p.startswith("--")]
+        if any(p.startswith("--from") for p in parts[1:]):
+            continue
+        srcs += args[:-1]
+    return srcs
+
+
+def test_required_services_and_celery(services, compose):
+    assert set(REQUIRED) <= set(services), sorted(set(REQUIRED) - set(services))
+    for name, sub in REQUIRED.items():
+        if sub:
+            assert _cmd(services[name].get("command"))[0] == sub, name
+    env = services["airflow-scheduler"]["environment"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
+    assert "@postgres:5432/airflow" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    # Every Airflow component shares one image, one JWT secret and the same metadata DB.
+    airflow = [s for s in services if s.startswith("airflow-")]
+    assert {services[s]["image"] for s in airflow} == {"semflow-airflow:local"}
+    assert len({services[s]["environment"]["AIRFLOW__API_AUTH__JWT_SECRET"] for s in airflow}) == 1
+
+
+def test_every_service_has_a_healthcheck(services):
+    for name, svc in services.items():
+        hc = svc.get("healthcheck")
+        assert hc and not hc.get("disable"), f"{name} has no healthcheck"
+        test = hc["test"]
+        assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL") and len(test) > 1, name
+
+
+def test_depends_on_targets_exist_and_are_checkable(services):
+    for name, svc in services.items():
+        deps = svc.get("depends_on") or {}
+        for dep, spec in deps.items() if isinstance(deps, dict) else ((d, {}) for d in deps):
+            assert dep in services, f"{name} depends on unknown {dep}"
+            cond = (spec or {}).get("condition", "service_started")
+            assert cond in ("service_started", "service_healthy", "service_completed_successfully")
+            if cond == "service_completed_successfully":
+                assert services[dep].get("restart") == "no", f"{dep} is a one-shot job"
+
+
+def test_built_images_exist_in_repo(services):
+    built = {n: s["build"] for n, s in services.items() if "build" in s}
+    assert {"airflow-scheduler", "mlflow", "bento"} <= set(built)
+    for name, build in built.items():
+        context = (REPO / build["context"]).resolve()
+        dockerfile = context / build.get("dockerfile", "Dockerfile")
+        assert context.is_dir(), f"{name}: build context {context} missing"
+        assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
+        for src in _copy_sources(dockerfile):
+            assert (context / src).exists(), f"{name}: {dockerfile.name} copies missing {src}"
+        text = dockerfile.read_text()
+        users = re.findall(r"^USER\s+(\S+)", text, re.M)
+        assert users and users[-1] not in ("root", "0"), f"{name}: image must not run as root"
+
+
+def test_bind_mounts_exist(services):
+    for name, svc in services.items():
+        for vol in svc.get("volumes", []):
+            src = vol.split(":")[0] if isinstance(vol, str) else vol.get("source", "")
+            if src.startswith((".", "/")):
+                assert (REPO / src).exists(), f"{name}: mounted {src} missing"
+
+
+def test_commands_point_at_real_things(services):
+    bento_df = (REPO / services["bento"]["build"]["dockerfile"]).read_text()
+    cmd = json.loads(re.search(r"^CMD\s+(\[.*\])", bento_df, re.M).group(1))
+    assert cmd[:3] == ["bentoml", "serve", "."] and "3000" in cmd
+    # `bentoml serve .` runs the service that bentofile.yaml at the repo root names.
+    assert (REPO / "bentofile.yaml").is_file(), "bentofile.yaml (the Bento's build file) is missing"
+    bentofile = yaml.safe_load((REPO / "bentofile.yaml").read_text())
+    module = bentofile["service"].split(":")[0]
+    assert (REPO / (module.replace(".", "/") + ".py")).is_file(), bentofile["service"]
+
+    mlflow = _cmd(services["mlflow"]["command"])
+    assert mlflow[:2] == ["mlflow", "server"]
+    backend = mlflow[mlflow.index("--backend-store-uri") + 1]
+    artifacts = mlflow[mlflow.index("--artifacts-destination") + 1]
+    assert backend.startswith("postgresql") and "@postgres:5432/" in backend
+    assert artifacts.startswith("s3://")
+    assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+
+    init = services["postgres"]["volumes"][1].split(":")[0]
+    script = (REPO / init).read_text()
+    for db in ("airflow", "mlflow", "semflow"):
+        assert db in script
+    assert "airflow db migrate" in "\n".join(_cmd(services["airflow-init"]["command"]))
+    assert "mc mb" in "\n".join(_cmd(services["minio-init"]["command"]))
+
+    # DAG/plugin folders the Airflow containers mount are the repo's.
+    vols = services["airflow-worker"]["volumes"]
+    assert "./dags:/opt/airflow/dags:ro" in vols and "./plugins:/opt/airflow/plugins:ro" in vols
+    # Connections for every conn_id in sources.yaml.
+    specs = yaml.safe_load((REPO / "sources.yaml").read_text())["sources"]
+    env = services["airflow-worker"]["environment"]
+    for spec in specs:
+        if spec.get("conn_id"):
+            assert f"AIRFLOW_CONN_{spec['conn_id'].upper()}" in env, spec["conn_id"]
+
+
+def test_host_ports_do_not_collide(services):
+    seen: dict[str, str] = {}
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            parts = str(port).split(":")
+            assert len(parts) >= 2, f"{name}: publish an explicit host port, got {port}"
+            host = parts[-2]
+            assert host not in seen, f"host port {host} used by {seen.get(host)} and {name}"
+            seen[host] = name
+
+
+def test_every_variable_is_in_env_example():
+    text = COMPOSE.read_text()
+    used = {a or b for a, b in _VAR.findall(text)}
+    env = _env_example()
+    missing = sorted(used - set(env))
+    assert not missing, f"not in .env.example: {missing}"
+    unused = sorted(set(env) - used)
+    assert not unused, f".env.example defines unused variables: {unused}"
+    assert not (REPO / ".env").exists() or ".env" in (REPO / ".gitignore").read_text()
+
+
+def test_prometheus_scrapes_the_bento(services):
+    prom = yaml.safe_load((REPO / "docker/prometheus/prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+    job = jobs["semflow-bento"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    host, port = job["static_configs"][0]["targets"][0].split(":")
+    assert host == "bento"
+    assert any(str(p).endswith(f":{port}") for p in services["bento"]["ports"])
+
+
+def test_grafana_dashboard_uses_bento_metrics():
+    dash = json.loads((REPO / "docker/grafana/dashboards/semflow-service.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert exprs and all('job="semflow-bento"' in e for e in exprs)
+    assert any("bentoml_service_request_duration_seconds_bucket" in e for e in exprs)
+    prov = yaml.safe_load((REPO / "docker/grafana/provisioning/dashboards/semflow.yml").read_text())
+    assert prov["providers"][0]["options"]["path"] == "/etc/grafana/dashboards"

@@ -1,0 +1,94 @@
+"""The `semflow` command line, run as a user would (subprocess), on a Banking77 slice."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from semflow.config import SAMPLE_DIR
+
+EXE = str(Path(sys.executable).with_name("semflow"))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    sample = tmp / "bank.csv"
+    pd.read_csv(SAMPLE_DIR / "train.csv").iloc[::12].to_csv(sample, index=False)  # ~830 rows
+    (tmp / "sources.yaml").write_text(
+        "sources:\n  - name: bank\n    kind: files\n"
+        f"    path: {sample}\n"
+        "    mapping: {id: '@row', text: text, labels: category, updated_at: null,"
+        " tenant_value: bank, type_value: support_query}\n"
+    )
+    e = dict(
+        os.environ, SEMFLOW_HOME=str(tmp / "home"), SEMFLOW_SOURCES_FILE=str(tmp / "sources.yaml")
+    )
+    return e
+
+
+def run(env, *args):
+    return subprocess.run([EXE, *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_sync_then_search_returns_sensible_neighbours(env):
+    r = run(env, "sync", "--source", "bank")
+    assert r.returncode == 0, r.stderr
+    counts = json.loads(r.stdout)["counts"]
+    assert counts["indexed"] == counts["points"] > 800
+
+    r = run(
+        env, "search", "I still have not received my new card", "--tenant", "bank", "--top-k", "5"
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    labels = Counter(x["labels"][0] for x in out["results"])
+    assert len(out["results"]) == 5
+    assert labels["card_arrival"] + labels["card_delivery_estimate"] >= 4, labels
+
+    r = run(env, "search", "exchange rate for euros", "--filter", "labels=exchange_rate")
+    assert r.returncode == 0
+    assert {x["labels"][0] for x in json.loads(r.stdout)["results"]} == {"exchange_rate"}
+
+    r = run(env, "search", "card", "--tenant", "someone-else")
+    assert r.returncode == 0 and json.loads(r.stdout)["results"] == []
+
+    r = run(env, "sync", "--source", "bank")  # nothing changed
+    assert json.loads(r.stdout)["counts"]["skipped"] == counts["indexed"]
+
+    r = run(env, "index", "status")
+    status = json.loads(r.stdout)
+    assert status["points"] == counts["points"] and status["catalog"]["indexed"] == counts["points"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("sync", "--source", "nope"), 2, "unknown source 'nope'"),
+        (("sync", "--since", "yesterday"), 2, "--since must be an ISO 8601 timestamp"),
+        (("search", "   "), 2, "the query is empty"),
+        (("search", "x", "--filter", "novalue"), 2, "--filter must look like field=value"),
+    ],
+)
+def test_bad_input_exits_with_a_sentence(env, args, code, message):
+    r = run(env, *args)
+    assert r.returncode == code
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_setting_exits_2(env):
+    r = run(dict(env, SEMFLOW_EMBED_BATCH_SIZE="-3"), "settings")
+    assert r.returncode == 2 and "SEMFLOW_EMBED_BATCH_SIZE" in r.stderr
+
+
+def test_search_before_any_sync_says_so(tmp_path, env):
+    r = run(dict(env, SEMFLOW_HOME=str(tmp_path)), "search", "card")
+    assert r.returncode == 1 and "no index has been published" in r.stderr

@@ -1,0 +1,161 @@
+"""Both index backends through one interface: generations, filters, readers, the writer lock."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from semflow.errors import IndexError_, IndexLockedError
+from semflow.index import FilterError
+from semflow.index.qdrant_edge import EdgeStore
+from semflow.index.qdrant_server import ServerStore
+
+DIM = 8
+MV = "test-model@000000000000"
+
+
+def _points(n: int, tenant: str = "t1", start: int = 0):
+    rng = np.random.default_rng(start)
+    vecs = rng.normal(size=(n, DIM)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = [f"00000000-0000-0000-0000-{i:012d}" for i in range(start, start + n)]
+    payloads = [
+        {
+            "tenant": tenant,
+            "type": "a" if i % 2 else "b",
+            "source": "s",
+            "doc_id": str(i),
+            "labels": [f"l{i % 3}"],
+            "metadata": {"lang": "en" if i % 2 else "de"},
+        }
+        for i in range(start, start + n)
+    ]
+    return ids, vecs, payloads
+
+
+@pytest.fixture(params=["edge", "server"])
+def store(request, tmp_path):
+    if request.param == "edge":
+        return EdgeStore(tmp_path / "idx", lock_timeout_s=0.5)
+    return ServerStore(":memory:", f"c{time.monotonic_ns()}")
+
+
+def test_generations_publish_atomically_and_readers_keep_theirs(store):
+    with store.writer(MV, DIM) as w:
+        w.upsert(*_points(10))
+    assert store.live_generation() == 1
+    reader = store.open_live()
+    assert reader.count() == 10
+
+    with store.writer(MV, DIM, fresh=True) as w:
+        w.upsert(*_points(4, start=100))
+        # the old generation still answers while the new one is being built
+        assert reader.count() == 10
+        assert store.live_generation() == 1
+    assert store.live_generation() == 2
+    assert reader.count() == 10 and reader.generation == 1
+    with store.open_live() as new:
+        assert new.count() == 4 and new.model_version == MV
+    reader.close()
+
+
+def test_failed_writer_publishes_nothing(store):
+    with store.writer(MV, DIM) as w:
+        w.upsert(*_points(5))
+    with pytest.raises(RuntimeError), store.writer(MV, DIM, fresh=True) as w:
+        w.upsert(*_points(3, start=50))
+        raise RuntimeError("boom")
+    assert store.live_generation() == 1
+    with store.open_live() as idx:
+        assert idx.count() == 5
+    assert store.generations() == [1]
+
+
+def test_search_is_tenant_scoped_and_filters_cannot_widen(store):
+    with store.writer(MV, DIM) as w:
+        ids, vecs, pls = _points(20, "t1")
+        w.upsert(ids, vecs, pls)
+        w.upsert(*_points(20, "t2", start=1000))
+    with store.open_live() as idx:
+        hits = idx.search(vecs[0], "t1", top_k=50)
+        assert len(hits) == 20 and {h.payload["tenant"] for h in hits} == {"t1"}
+        assert hits[0].id == ids[0] and hits[0].score > 0.99
+        only_a = idx.search(vecs[0], "t1", top_k=50, filters={"type": "a"})
+        assert len(only_a) == 10 and all(h.payload["type"] == "a" for h in only_a)
+        de = idx.search(vecs[0], "t1", top_k=50, filters={"metadata.lang": "de"})
+        assert len(de) == 10
+        both = idx.search(vecs[0], "t1", top_k=50, filters={"labels": ["l0", "l1"]})
+        assert len(both) == 14
+        assert idx.search(vecs[0], "nobody", top_k=5) == []
+        with pytest.raises(FilterError, match="tenant"):
+            idx.search(vecs[0], "t1", filters={"tenant": "t2"})
+        with pytest.raises(FilterError, match="unknown filter"):
+            idx.search(vecs[0], "t1", filters={"$or": "x"})
+
+
+def test_model_version_mismatch_requires_fresh_build(store):
+    with store.writer(MV, DIM) as w:
+        w.upsert(*_points(2))
+    with pytest.raises(IndexError_, match="full refresh"), store.writer("other@1", DIM):
+        pass
+
+
+def test_prune_keeps_live_and_newest(tmp_path):
+    store = EdgeStore(tmp_path / "idx", keep=10)
+    for _ in range(4):
+        with store.writer(MV, DIM, fresh=True) as w:
+            w.upsert(*_points(1))
+    assert store.prune(2) == [1, 2]
+    assert store.generations() == [3, 4] and store.live_generation() == 4
+
+
+def test_second_writer_gets_clear_error_and_no_corruption(tmp_path):
+    root = tmp_path / "idx"
+    store = EdgeStore(root, lock_timeout_s=0.5)
+    with store.writer(MV, DIM) as w:
+        w.upsert(*_points(7))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+            import sys, time
+            from semflow.index.qdrant_edge import EdgeStore
+            with EdgeStore({str(root)!r}).writer({MV!r}, {DIM}) as w:
+                print("holding", flush=True)
+                time.sleep(60)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with (
+            pytest.raises(IndexLockedError, match="being written by another process"),
+            store.writer(MV, DIM),
+        ):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    # The killed writer's half-built generation is never published; the next writer cleans it.
+    assert store.live_generation() == 1
+    with store.writer(MV, DIM) as w:
+        w.upsert(*_points(1, start=500))
+    with store.open_live() as idx:
+        assert idx.count() == 8
+    assert store.generations() == [1, 2]
+
+
+def test_published_generation_is_read_only(tmp_path):
+    store = EdgeStore(tmp_path / "idx")
+    with store.writer(MV, DIM) as w:
+        w.upsert(*_points(1))
+    with store.open_live() as idx, pytest.raises(IndexError_, match="read-only"):
+        idx.delete([_points(1)[0][0]])

@@ -1,0 +1,251 @@
+"""Bundle, ranker and metrics on synthetic embeddings (no model load)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from semflow.errors import SettingsError
+from semflow.models.bundle import Bundle, BundleError
+from semflow.models.ranker import (
+    RankGroup,
+    fit_weights,
+    groups_ndcg,
+    lexical_overlap,
+    ndcg_at_k,
+    score_candidates,
+    validate_weights,
+)
+
+
+def _blobs(n_per: int = 30, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = np.eye(d)[:3] * 3
+    x = np.vstack([c + rng.normal(0, 0.5, (n_per, d)) for c in centers])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = np.repeat(["card", "loan", "topup"], n_per)
+    return x.astype(np.float32), y
+
+
+@pytest.fixture
+def bundle() -> Bundle:
+    x, y = _blobs()
+    clf = LogisticRegression(max_iter=500).fit(x, y)
+    return Bundle(
+        embedder_dir=None,
+        embedder_version="m@abc",
+        labels=[str(c) for c in clf.classes_],
+        threshold=0.5,
+        ranker_weights={"semantic": 0.8, "lexical": 0.2},
+        classifier=clf,
+        tags={"k": "v"},
+    )
+
+
+def test_classify_top_label_and_alternatives(bundle: Bundle) -> None:
+    x, y = _blobs(seed=1)
+    out = bundle.classify(x, top_k=3)
+    acc = np.mean([o["label"] == t for o, t in zip(out, y, strict=True)])
+    assert acc > 0.9
+    first = out[0]
+    assert set(first) == {"label", "score", "alternatives"}
+    assert len(first["alternatives"]) == 3
+    scores = [a["score"] for a in first["alternatives"]]
+    assert scores == sorted(scores, reverse=True)
+    assert first["alternatives"][0]["score"] == pytest.approx(first["score"])
+    assert sum(scores) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_unknown_below_threshold(bundle: Bundle) -> None:
+    # A point equidistant from all classes: no class reaches 0.5.
+    mid = np.zeros((1, 16), dtype=np.float32)
+    mid[0, :3] = 1 / np.sqrt(3)
+    out = bundle.classify(mid)
+    assert out[0]["score"] < 0.5
+    assert out[0]["label"] == "unknown"
+    assert out[0]["alternatives"][0]["label"] in bundle.labels
+
+
+def test_top_k_clamped_and_validated(bundle: Bundle) -> None:
+    x, _ = _blobs()
+    assert len(bundle.classify(x[:1], top_k=50)[0]["alternatives"]) == 3
+    with pytest.raises(BundleError, match="top_k"):
+        bundle.classify(x[:1], top_k=0)
+
+
+def test_save_load_roundtrip(bundle: Bundle, tmp_path: Path) -> None:
+    x, _ = _blobs(seed=2)
+    bundle.save(tmp_path / "b")
+    loaded = Bundle.load(tmp_path / "b")
+    assert loaded.labels == bundle.labels
+    assert loaded.embedder_dir is None
+    assert loaded.ranker_weights == bundle.ranker_weights
+    assert loaded.tags == {"k": "v"}
+    np.testing.assert_allclose(loaded.predict_proba(x), bundle.predict_proba(x))
+
+
+def test_save_copies_embedder_dir(bundle: Bundle, tmp_path: Path) -> None:
+    emb = tmp_path / "ft"
+    emb.mkdir()
+    (emb / "model.safetensors").write_bytes(b"w")
+    bundle.embedder_dir = emb
+    bundle.save(tmp_path / "b")
+    loaded = Bundle.load(tmp_path / "b")
+    assert loaded.embedder_dir == tmp_path / "b" / "embedder"
+    assert (loaded.embedder_dir / "model.safetensors").read_bytes() == b"w"
+
+
+def test_load_rejects_non_bundle(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="not a semflow bundle"):
+        Bundle.load(tmp_path)
+    (tmp_path / "bundle.json").write_text("{broken")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        Bundle.load(tmp_path)
+
+
+def test_bad_threshold_and_label_mismatch(bundle: Bundle) -> None:
+    with pytest.raises(BundleError, match="threshold"):
+        Bundle(None, "m", ["a"], 1.5, {"semantic": 1.0})
+    with pytest.raises(BundleError, match="labels"):
+        Bundle(None, "m", ["x", "y", "z"], 0.5, {"semantic": 1.0}, classifier=bundle.classifier)
+
+
+# -- ranker -------------------------------------------------------------------------
+def test_validate_weights_ok_and_errors() -> None:
+    assert validate_weights({"semantic": 0.7, "lexical": 0.3}) == {"semantic": 0.7, "lexical": 0.3}
+    with pytest.raises(SettingsError, match="'lexical'"):
+        validate_weights({"semantic": 1.2, "lexical": -0.2})
+    with pytest.raises(SettingsError, match="'price'"):
+        validate_weights({"semantic": 1.0, "price": "cheap"})
+    with pytest.raises(SettingsError, match="sum to 1"):
+        validate_weights({"semantic": 0.5, "lexical": 0.4})
+    with pytest.raises(SettingsError, match="non-empty"):
+        validate_weights({})
+
+
+def test_lexical_overlap() -> None:
+    assert lexical_overlap("Lost my card!", "card was lost") == pytest.approx(2 / 3)
+    assert lexical_overlap("", "anything") == 0.0
+    assert lexical_overlap("abc", "xyz") == 0.0
+
+
+def test_score_candidates_components() -> None:
+    q = np.array([1.0, 0.0], dtype=np.float32)
+    cands = np.array([[1.0, 0.0], [0.0, 2.0]], dtype=np.float32)
+    out = score_candidates(
+        q,
+        cands,
+        "lost card",
+        ["my card is lost", "weather today"],
+        [{"recency": 0.5}, {}],
+        {"semantic": 0.5, "lexical": 0.25, "recency": 0.25},
+    )
+    (s0, c0), (s1, c1) = out
+    assert c0 == pytest.approx({"semantic": 1.0, "lexical": 1.0, "recency": 0.5})
+    assert c1 == pytest.approx({"semantic": 0.0, "lexical": 0.0, "recency": 0.0})
+    assert s0 == pytest.approx(0.5 + 0.25 + 0.125)
+    assert s1 == pytest.approx(0.0)
+
+
+def test_score_candidates_shape_errors() -> None:
+    q = np.ones(2, dtype=np.float32)
+    with pytest.raises(SettingsError, match="candidate vectors"):
+        score_candidates(q, np.ones((1, 2)), "q", ["a", "b"], None, {"semantic": 1.0})
+    with pytest.raises(SettingsError, match="feature rows"):
+        score_candidates(q, np.ones((2, 2)), "q", ["a", "b"], [{}], {"semantic": 1.0})
+
+
+def test_ndcg() -> None:
+    assert ndcg_at_k([1, 1, 0, 0], 10) == pytest.approx(1.0)
+    assert ndcg_at_k([0, 0, 0], 10) == 0.0
+    assert 0 < ndcg_at_k([0, 1, 1], 10) < 1
+    assert ndcg_at_k([1, 0], 10, n_relevant=4) < 1
+
+
+def test_fit_weights_learns_useful_feature() -> None:
+    # The numeric feature is the relevance signal; cosine is noise.
+    rng = np.random.default_rng(0)
+    groups = []
+    for _ in range(20):
+        rel = (rng.random(30) < 0.3).astype(float)
+        feats = np.column_stack([rng.random(30), rng.random(30), rel * 0.8 + rng.random(30) * 0.3])
+        groups.append(RankGroup(feats, rel))
+    w, score = fit_weights(groups, ["semantic", "lexical", "boost"], step=0.1)
+    assert sum(w.values()) == pytest.approx(1.0, abs=1e-6)
+    validate_weights(w)
+    assert w["boost"] > 0.5
+    assert score > groups_ndcg(groups, np.array([1.0, 0, 0]), 10)
+    with pytest.raises(SettingsError):
+        fit_weights([], ["semantic"])
+
+
+# -- fine-tune batching (no model) ----------------------------------------------------
+def test_pairs_share_a_label_and_batches_are_label_distinct() -> None:
+    import random
+
+    from semflow.models.finetune import length_bucketed_batches, make_pairs
+
+    texts = [f"text {i} " + "x" * (i % 7) for i in range(60)]
+    labels = [f"l{i % 6}" for i in range(60)]
+    label_of = dict(zip(texts, labels, strict=True))
+    pairs = make_pairs(texts, labels, max_pairs=1000, seed=1)
+    assert len(pairs) == 60
+    assert all(a != b and label_of[a] == label_of[b] == lab for a, b, lab in pairs)
+    assert make_pairs(texts, labels, 1000, seed=1) == pairs  # seeded
+    assert len(make_pairs(texts, labels, 10, seed=1)) == 10
+    batches = length_bucketed_batches(pairs, 4, random.Random(0))
+    assert 57 <= sum(len(b) for b in batches) <= 60  # a lone leftover pair per chunk is dropped
+    for b in batches:
+        assert 2 <= len(b) <= 4
+        assert len({p[2] for p in b}) == len(b)
+    assert make_pairs(["only"], ["one"], 10, seed=0) == []
+
+
+# -- classifier calibration ---------------------------------------------------------
+def test_threshold_meets_target_precision() -> None:
+    from semflow.models.classifier import choose_threshold
+
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    correct = np.array([True, True, True, False, False])
+    assert choose_threshold(scores, correct, 1.0) == pytest.approx(0.7)
+    assert choose_threshold(scores, correct, 0.6) == pytest.approx(0.5)
+    # nothing reaches the target: the threshold rejects everything
+    assert choose_threshold(scores, np.zeros(5, bool), 0.9) > 0.9
+    with pytest.raises(SettingsError, match="target_precision"):
+        choose_threshold(scores, correct, 0.0)
+
+
+def test_temperature_scaling_and_classifier_training() -> None:
+    from semflow.models.classifier import fit_temperature, train_classifier
+
+    x, y = _blobs(n_per=40, seed=3)
+    xv, yv = _blobs(n_per=20, seed=4)
+    res = train_classifier(x, y.tolist(), xv, yv.tolist(), C=10.0, target_precision=0.9)
+    assert res.val_accuracy > 0.9 and 0 < res.val_coverage <= 1
+    assert 0.05 <= res.temperature <= 20
+    proba = res.model.predict_proba(xv)
+    assert proba.shape == (60, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    # Overconfident logits (x10) get a temperature near 10.
+    logits = np.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 2.0], [2.0, 0.0]] * 20)
+    truth = np.array([0, 1, 1, 1, 0] * 20)  # 80% right
+    t = fit_temperature(logits * 10, truth)
+    assert 5 < t < 20
+    with pytest.raises(SettingsError, match="two labels"):
+        train_classifier(x, ["a"] * len(x), xv, yv.tolist())
+
+
+def test_make_embedder_checks_the_version(bundle: Bundle, tmp_path: Path) -> None:
+    from semflow.config import load_settings
+    from semflow.embedding import model_version
+
+    base = load_settings().resolved_model_path
+    bundle.embedder_version = model_version(base, "all-MiniLM-L6-v2")
+    assert bundle.embedder_name == "all-MiniLM-L6-v2"
+    assert bundle.make_embedder(base).version == bundle.embedder_version
+    bundle.embedder_version = "all-MiniLM-L6-v2@000000000000"
+    with pytest.raises(BundleError, match="trained with"):
+        bundle.make_embedder(base)
