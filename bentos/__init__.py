@@ -1,5 +1,5 @@
-"""BentoML services. In a built Bento, `semflow` sits in src/semflow beside this package
-rather than being installed, so it is put on the path here (a no-op in the repo)."""
+"""The semflow Bento. In a built Bento the library lies under `src/` beside this package
+(bentofile.yaml includes it rather than installing it), so put it on the path there."""
 
 from __future__ import annotations
 
@@ -8,4 +8,4 @@ from pathlib import Path
 
 _SRC = Path(__file__).resolve().parents[1] / "src"
 if (_SRC / "semflow").is_dir() and str(_SRC) not in sys.path:
-    sys.path.append(str(_SRC))
+    sys.path.insert(0, str(_SRC))

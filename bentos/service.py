@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import bentoml
 import numpy as np
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -39,6 +41,15 @@ from semflow.serving.schemas import (
 
 log = logging.getLogger("semflow.service")
 _S = get_settings()
+
+
+class BentoArgs(BaseModel):
+    # A BentoML model-store tag (semflow-bundle:vN) baked into the Bento by
+    # `bentoml build --arg model_tag=...`; empty: load `models:/semflow@champion` at start.
+    model_tag: str = ""
+
+
+ARGS = bentoml.use_arguments(BentoArgs)
 
 
 def _error(err: Exception) -> JSONResponse:
@@ -87,8 +98,11 @@ info_app = Starlette(
     labels={"project": "semflow"},
 )
 class Semflow:
+    bundle_model = bentoml.models.BentoModel(ARGS.model_tag) if ARGS.model_tag else None
+
     def __init__(self) -> None:
-        self.engine = Engine(get_settings())
+        pinned = Path(self.bundle_model.path) if self.bundle_model is not None else None
+        self.engine = Engine(get_settings(), pinned=pinned)
         self.batcher = MicroBatcher(
             self.engine.encode, _S.embed_max_batch_size, _S.embed_max_latency_ms
         )

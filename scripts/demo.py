@@ -11,6 +11,7 @@ Usage: python scripts/demo.py [--no-serve] [--port 3000]
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -77,29 +78,168 @@ def run_dag(dag_id: str, conf: dict) -> None:
         raise SystemExit(f"DAG {dag_id} ended {run.state}; see the log above")
 
 
+def trained_key() -> str:
+    """What training depends on: the validated snapshot, params.yaml and the code."""
+    import hashlib
+
+    from semflow import registry
+    from semflow.training import Paths
+
+    snap = Paths.for_home().snapshot
+    parts = [registry.file_md5(snap), (REPO / "params.yaml").read_text(), registry.git_commit()]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def champion_version() -> str | None:
+    from semflow import registry
+    from semflow.config import get_settings
+
+    c = registry.client(get_settings().tracking_uri)
+    try:
+        return str(c.get_model_version_by_alias(registry.MODEL_NAME, registry.CHAMPION).version)
+    except Exception:
+        return None
+
+
+def api_key() -> tuple[str, str]:
+    """A demo API key (kept under var/ so a second run prints the same one) and its hash."""
+    import hashlib
+    import secrets
+
+    from semflow.config import get_settings
+
+    path = get_settings().home / "demo-api-key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    key = path.read_text().strip()
+    return key, hashlib.sha256(key.encode()).hexdigest()
+
+
+def examples(url: str, key: str) -> str:
+    h = f'-H "Authorization: Bearer {key}" -H "Content-Type: application/json"'
+    calls = [
+        ("embed", {"texts": ["I lost my card"], "normalize": True}),
+        ("similarity", {"pairs": [["I lost my card", "my card is missing"]]}),
+        ("search", {"query": "my card has not arrived", "tenant": "bank", "top_k": 3}),
+        ("classify", {"texts": ["I lost my card", "how do I top up by bank transfer"]}),
+        (
+            "rank",
+            {
+                "query": "card not arrived",
+                "candidates": [
+                    {"id": "a", "text": "Where is my new card?"},
+                    {"id": "b", "text": "How do I change my PIN?"},
+                ],
+                "top_n": 2,
+            },
+        ),
+    ]
+    lines = [f"curl -s {url}/{name} {h} -d '{json.dumps(body)}'" for name, body in calls]
+    lines += [f'curl -s {url}/{p} -H "Authorization: Bearer {key}"' for p in ("labels", "model")]
+    lines += [f'curl -s {url}/health -H "Authorization: Bearer {key}"', f"open {url}/docs"]
+    return "\n".join(lines)
+
+
+def serve(port: int, key_hash: str, banner: str) -> None:
+    import httpx
+
+    env = {**os.environ, "SEMFLOW_API_KEYS": json.dumps([key_hash])}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "src")])
+    exe = Path(sys.executable).with_name("bentoml")
+    cmd = [str(exe), "serve", "bentos.service:Semflow", "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"bentoml serve exited with {proc.returncode}; see its log above")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            raise SystemExit("bentoml serve did not become ready within 180 s")
+        print(f"\nsemflow is serving on {url} (Ctrl-C stops it). Try:\n\n{banner}\n", flush=True)
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(20)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="semflow demo")
     ap.add_argument("--no-serve", action="store_true", help="stop after registering")
     ap.add_argument("--port", type=int, default=3000)
-    args = ap.parse_args()  # noqa: F841  (used below once serving is wired)
-    total = 5
+    ap.add_argument("--retrain", action="store_true", help="train even if nothing changed")
+    args = ap.parse_args()
+    total = 6
     from semflow.config import get_settings
 
     s = get_settings()
-    print(f"semflow demo — state in {s.home}")
+    print(f"semflow demo: state in {s.home}")
 
     t = step(1, total, "loading the Banking77 sample as documents")
     source = load_documents()
     done(t)
 
-    t = step(2, total, f"sync_documents DAG: {source} -> embedded index (first run embeds 10k texts)")
+    t = step(
+        2, total, f"sync_documents DAG: {source} -> embedded index (first run embeds 13k texts)"
+    )
     airflow_db()
     run_dag("sync_documents", {"source": source, "full_refresh": False, "reconcile": True})
     from semflow.index import open_store
 
     with open_store(s).open_live() as idx:
         done(t, f"(generation {idx.generation}, {idx.count()} points)")
-    # <DEMO-STEPS>
+
+    t = step(3, total, "validate_data DAG: snapshot + great-expectations suites + drift")
+    run_dag("validate_data", {"overrides": {}})
+    done(t)
+
+    stamp = s.home / "pipeline" / ".demo-trained"
+    key = trained_key()
+    cached = stamp.exists() and stamp.read_text().split() == [key, str(champion_version())]
+    if cached and not args.retrain:
+        step(4, total, "train_models DAG: cached (same snapshot, params and code as champion)")
+        step(5, total, f"register_model DAG: cached (champion v{champion_version()})")
+    else:
+        t = step(4, total, "train_models DAG: fine-tune, classifier, ranker, evaluate (~10 min)")
+        run_dag("train_models", {"overrides": {}, "finetune": True, "train_ranker": True})
+        done(t)
+        t = step(5, total, "register_model DAG: gate, champion alias, Bento build, reindex")
+        run_dag("register_model", {"overrides": {}, "build_bento": True, "reindex": True})
+        done(t)
+        stamp.write_text(f"{key} {champion_version()}")
+
+    metrics = json.loads((s.home / "pipeline" / "metrics" / "evaluate.json").read_text())
+    gate = s.home / "pipeline" / "metrics" / "register.json"
+    print("\nArtefacts:")
+    print(f"  index           {s.index_dir}  (`semflow index status`)")
+    print(f"  catalog         {s.catalog_database_url}")
+    print(
+        f"  MLflow          {s.tracking_uri}  (UI: .venv/bin/mlflow ui --backend-store-uri "
+        f"{s.tracking_uri})"
+    )
+    print(f"  champion        models:/semflow@champion = v{champion_version()}")
+    print(f"  Bento           semflow:v{champion_version()}  (`.venv/bin/bentoml list`)")
+    print(f"  DVC-style files {s.home / 'pipeline'}  (metrics/, plots/, reports/validation/)")
+    print(f"  gate            {gate.read_text().strip() if gate.exists() else 'n/a'}")
+    print("  metrics         " + json.dumps({k: metrics[k] for k in ("classifier", "search")}))
+
+    if args.no_serve:
+        return
+    step(6, total, "bentoml serve bentos.service:Semflow (champion from the registry)")
+    key_plain, key_hash = api_key()
+    url = f"http://127.0.0.1:{args.port}"
+    serve(args.port, key_hash, examples(url, key_plain))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ["SEMFLOW_HOME"] = str(_SESSION_TMP / "home")
+os.environ["BENTOML_HOME"] = str(_SESSION_TMP / "bentoml")  # never the developer's store
+os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 for key in [k for k in os.environ if k.startswith("SEMFLOW_") and k != "SEMFLOW_HOME"]:
     del os.environ[key]  # a developer's own settings must not leak into tests
 

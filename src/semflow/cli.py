@@ -23,6 +23,10 @@ app = typer.Typer(
 )
 index_app = typer.Typer(help="Inspect and maintain the vector index.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
+model_app = typer.Typer(help="The MLflow registered model.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+keys_app = typer.Typer(help="Serving API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 
 def _echo(obj: Any) -> None:
@@ -135,6 +139,50 @@ def index_prune(keep: Annotated[int, typer.Option(min=1)] = 3) -> None:
     from semflow.index import open_store
 
     _echo({"dropped": open_store().prune(keep)})
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """Registered versions, newest first, with aliases and gate results."""
+    from semflow import registry
+    from semflow.config import get_settings
+
+    s = get_settings()
+    _echo(registry.list_versions(s.tracking_uri, s.registered_model))
+
+
+@model_app.command("rollback")
+def model_rollback(
+    to: Annotated[str, typer.Option("--to", help="The version to make champion.")],
+) -> None:
+    """Move the champion alias to an earlier READY version."""
+    from semflow import registry
+    from semflow.config import get_settings
+
+    if not to.isdigit():
+        raise SettingsError(f"--to must be a version number, got {to!r}")
+    s = get_settings()
+    _echo(registry.rollback(s.tracking_uri, to, s.registered_model))
+
+
+@keys_app.command("new")
+def keys_new(
+    tenant: Annotated[
+        list[str] | None, typer.Option("--tenant", help="Scope the key to these tenants.")
+    ] = None,
+) -> None:
+    """Print a new API key and the SEMFLOW_API_KEYS entry (its hash) that accepts it."""
+    import re
+    import secrets
+
+    from semflow.serving.auth import hash_key
+
+    for t in tenant or []:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", t):
+            raise SettingsError(f"--tenant {t!r}: use letters, digits, '_', '.', '-'")
+    key = "sf_" + secrets.token_urlsafe(32)
+    entry = hash_key(key) + (":" + "|".join(tenant) if tenant else "")
+    _echo({"key": key, "entry": entry, "note": "store the key now; only the entry is kept"})
 
 
 @app.command()

@@ -12,7 +12,9 @@ import fcntl
 import hashlib
 import json
 import logging
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -259,10 +261,8 @@ def _find_bundle(root: Path) -> Path:
     raise RegistryError(f"no {BUNDLE_FILE} in the downloaded model at {root}")
 
 
-def load_version(
-    tracking_uri: str, name: str, version: str, dst: Path | None = None, alias: str | None = None
-) -> Bundle:
-    """Download (once) and load the bundle of a registered model version."""
+def download_bundle(tracking_uri: str, name: str, version: str, dst: Path | None = None) -> Path:
+    """Download (once) the bundle directory of a registered model version."""
     import mlflow
 
     target = Path(dst) if dst else _download_dir(tracking_uri, name, version)
@@ -275,7 +275,14 @@ def load_version(
             tracking_uri=tracking_uri,
         )
         (target / ".complete").write_text(version)
-    bundle = Bundle.load(_find_bundle(target))
+    return _find_bundle(target)
+
+
+def load_version(
+    tracking_uri: str, name: str, version: str, dst: Path | None = None, alias: str | None = None
+) -> Bundle:
+    """Download (once) and load the bundle of a registered model version."""
+    bundle = Bundle.load(download_bundle(tracking_uri, name, version, dst))
     bundle.model_name, bundle.model_version, bundle.alias = name, str(version), alias
     return bundle
 
@@ -430,11 +437,60 @@ def promote(
     return GateResult(str(version), promoted, alias, reasons, prev, changed)
 
 
+def list_versions(tracking_uri: str, name: str = MODEL_NAME) -> list[dict[str, Any]]:
+    """Every version of `name`, newest first, with its aliases, status and gate result."""
+    c = client(tracking_uri)
+    try:
+        aliases = c.get_registered_model(name).aliases or {}
+    except Exception as err:
+        if _is_missing(err):
+            return []
+        raise RegistryError(f"could not read model {name} from {tracking_uri}: {err}") from None
+    by_version: dict[str, list[str]] = {}
+    for alias, v in aliases.items():
+        by_version.setdefault(str(v), []).append(alias)
+    out = [
+        {
+            "version": str(mv.version),
+            "status": mv.status,
+            "aliases": sorted(by_version.get(str(mv.version), [])),
+            "gate": mv.tags.get("gate.result"),
+            "reason": mv.tags.get("gate.reason"),
+            "embedder_version": mv.tags.get("embedder_version"),
+            "run_id": mv.run_id,
+        }
+        for mv in c.search_model_versions(f"name='{name}'")
+    ]
+    return sorted(out, key=lambda d: -int(d["version"]))
+
+
+def rollback(tracking_uri: str, version: str, name: str = MODEL_NAME) -> dict[str, Any]:
+    """Point `champion` at an earlier READY version (no gate: an operator's decision)."""
+    c = client(tracking_uri)
+    try:
+        mv = c.get_model_version(name, str(version))
+    except Exception as err:
+        if _is_missing(err):
+            raise RegistryError(f"model {name} has no version {version}") from None
+        raise RegistryError(f"could not read {name} v{version}: {err}") from None
+    if mv.status != "READY":
+        raise RegistryError(f"model {name} v{version} is {mv.status}, not READY")
+    with _promotion_lock(tracking_uri, name):
+        try:
+            prev = str(c.get_model_version_by_alias(name, CHAMPION).version)
+        except Exception:
+            prev = None
+        c.set_registered_model_alias(name, CHAMPION, str(version))
+        c.set_model_version_tag(name, str(version), "gate.reason", f"rolled back from v{prev}")
+    log.info("model %s: champion v%s -> v%s (rollback)", name, prev, version)
+    return {"champion": str(version), "previous_champion": prev}
+
+
 # -- bento ---------------------------------------------------------------------------
 def build_bento(version: str, repo: Path = REPO_ROOT, timeout_s: float = 900) -> dict[str, Any]:
-    """`bentoml build` for a registered version; skipped (not failed) when unavailable."""
+    """Pin a registered version in the BentoML model store, then `bentoml build` a Bento that
+    serves exactly it; skipped (not failed) when bentoml or the bentofile is unavailable."""
     import shutil as _shutil
-    import sys
 
     bentofile = repo / "bentofile.yaml"
     if not bentofile.is_file():
@@ -443,9 +499,21 @@ def build_bento(version: str, repo: Path = REPO_ROOT, timeout_s: float = 900) ->
     cli = str(exe) if exe.exists() else _shutil.which("bentoml")
     if cli is None:
         return {"built": False, "reason": "the bentoml command is not installed"}
-    env = {**__import__("os").environ, "SEMFLOW_MODEL_VERSION": str(version)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), str(repo / "src")])}
+    pin = subprocess.run(
+        [str(Path(sys.executable)), "-m", "bentos.pin_model", str(version)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=env,
+    )
+    if pin.returncode != 0:
+        raise RegistryError(f"could not pin version {version} for BentoML: {pin.stderr[-800:]}")
+    model_tag = pin.stdout.strip().splitlines()[-1]
+    build = [cli, "build", "-f", str(bentofile), "--version", f"v{version}"]
     proc = subprocess.run(
-        [cli, "build", "-f", str(bentofile), "--version", f"v{version}", str(repo)],
+        [*build, "--arg", f"model_tag={model_tag}", str(repo)],
         cwd=repo,
         capture_output=True,
         text=True,
@@ -454,4 +522,4 @@ def build_bento(version: str, repo: Path = REPO_ROOT, timeout_s: float = 900) ->
     )
     if proc.returncode != 0:
         raise RegistryError(f"bentoml build failed for version {version}: {proc.stderr[-800:]}")
-    return {"built": True, "tag": f"semflow:v{version}", "output": proc.stdout[-400:]}
+    return {"built": True, "tag": f"semflow:v{version}", "model_tag": model_tag}

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 
+import httpx
 import pandas as pd
 import pytest
 
 from semflow.config import REPO_ROOT, get_settings
 from tests.integration.test_pipeline import small_overrides, small_source
+from tests.service.serve_helpers import ADMIN, serve
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +70,24 @@ def test_validate_train_register_ends_with_loadable_champion(airflow_db, semflow
     test = pd.read_csv(s.home / "pipeline" / "data" / "prepared" / "test.csv").head(10)
     out = bundle.classify(emb.encode(test["text"].tolist()), top_k=3)
     assert len(out) == 10 and all(len(o["alternatives"]) == 3 for o in out)
+
+    # The Bento built after promotion serves exactly that version, baked in: the registry
+    # is pointed somewhere empty to prove the model does not come from it.
+    assert states["bento"] == "success"
+    with serve(
+        s.home,
+        tmp_path,
+        target=f"semflow:v{bundle.model_version}",
+        BENTOML_HOME=os.environ["BENTOML_HOME"],
+        SEMFLOW_MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'empty.db'}",
+    ) as url:
+        info = httpx.get(f"{url}/model", headers=ADMIN, timeout=30).json()
+        assert info["alias"] == "pinned" and info["version"] == bundle.model_version
+        r = httpx.post(
+            f"{url}/classify", json={"texts": test["text"].tolist()[:3]}, headers=ADMIN, timeout=60
+        )
+        assert r.status_code == 200, r.text
+        assert len(r.json()["predictions"]) == 3
 
 
 def test_bad_data_fails_the_validate_task(airflow_db, semflow_home, tmp_path):

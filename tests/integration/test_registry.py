@@ -128,3 +128,29 @@ def test_two_promoters_racing(uri: str, tmp_path: Path, semflow_home: Path) -> N
     assert results[vb] is True
     aliases = [a for v in (va, vb) for a in c.get_model_version("semflow", v).aliases]
     assert aliases.count("champion") == 1
+
+
+def test_rollback_and_list_through_the_cli(uri: str, tmp_path: Path, monkeypatch) -> None:
+    from semflow.cli import main
+    from semflow.config import get_settings
+
+    v1 = _register(uri, _bundle(tmp_path / "b1"), {"accuracy": 0.9})
+    registry.promote(uri, v1, floors={}, tolerance=0.01, compare=["accuracy"])
+    v2 = _register(uri, _bundle(tmp_path / "b2"), {"accuracy": 0.95})
+    registry.promote(uri, v2, floors={}, tolerance=0.01, compare=["accuracy"])
+    monkeypatch.setenv("SEMFLOW_MLFLOW_TRACKING_URI", uri)
+    get_settings.cache_clear()
+    listed = registry.list_versions(uri)
+    assert [d["version"] for d in listed] == [v2, v1] and listed[0]["aliases"] == ["champion"]
+
+    main(["model", "rollback", "--to", v1])
+    c = registry.client(uri)
+    assert str(c.get_model_version_by_alias("semflow", "champion").version) == v1
+    assert registry.load_champion(uri).model_version == v1
+    with pytest.raises(SystemExit) as exc:
+        main(["model", "rollback", "--to", "99"])
+    assert exc.value.code == 1
+    with pytest.raises(SystemExit) as exc:
+        main(["model", "rollback", "--to", "latest"])
+    assert exc.value.code == 2
+    assert str(c.get_model_version_by_alias("semflow", "champion").version) == v1

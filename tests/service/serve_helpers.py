@@ -50,9 +50,13 @@ def build_index(home: Path, embedder, docs, model_version: str | None = None) ->
 
 @contextmanager
 def serve(
-    home: Path, tmp: Path, procs: list[subprocess.Popen] | None = None, **env: str
+    home: Path,
+    tmp: Path,
+    procs: list[subprocess.Popen] | None = None,
+    target: str = "bentos.service:Semflow",
+    **env: str,
 ) -> Iterator[str]:
-    """`bentoml serve bentos.service:Semflow` with SEMFLOW_HOME=home; yields the base URL.
+    """`bentoml serve <target>` with SEMFLOW_HOME=home; yields the base URL.
 
     The server process is appended to `procs` when given (benchmarks read its RSS)."""
     port = free_port()
@@ -70,7 +74,7 @@ def serve(
     log = (tmp / "serve.log").open("w")
     exe = Path(sys.executable).with_name("bentoml")
     proc = subprocess.Popen(
-        [str(exe), "serve", "bentos.service:Semflow", "--port", str(port), "--host", "127.0.0.1"],
+        [str(exe), "serve", target, "--port", str(port), "--host", "127.0.0.1"],
         cwd=REPO,
         env=full_env,
         stdout=log,

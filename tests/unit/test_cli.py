@@ -92,3 +92,22 @@ def test_bad_setting_exits_2(env):
 def test_search_before_any_sync_says_so(tmp_path, env):
     r = run(dict(env, SEMFLOW_HOME=str(tmp_path)), "search", "card")
     assert r.returncode == 1 and "no index has been published" in r.stderr
+
+
+def test_keys_new_prints_a_key_its_scoped_entry_accepts(capsys):
+    import json
+
+    from semflow.cli import main
+    from semflow.serving.auth import KeyRing
+    from semflow.serving.errors import Forbidden
+
+    main(["keys", "new", "--tenant", "bank", "--tenant", "shop"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["key"] not in out["entry"] and out["entry"].endswith(":bank|shop")
+    principal = KeyRing([out["entry"]]).authenticate(f"Bearer {out['key']}")
+    principal.check_tenant("bank")
+    with pytest.raises(Forbidden):
+        principal.check_tenant("other")
+    with pytest.raises(SystemExit) as exc:
+        main(["keys", "new", "--tenant", "../x"])
+    assert exc.value.code == 2

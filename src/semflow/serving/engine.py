@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,10 +34,17 @@ def make_cache(settings: Settings) -> Any:
     return LRUCache(settings.cache_size)
 
 
-def load_bundle(settings: Settings) -> tuple[Any, str | None]:
-    """The champion bundle (or None) and, if loading failed, why."""
+def load_bundle(settings: Settings, pinned: Path | None = None) -> tuple[Any, str | None]:
+    """The pinned bundle baked into a built Bento, else the registry's champion (or None),
+    and, if loading failed, why."""
     from semflow.registry import load_champion
 
+    if pinned is not None:
+        from semflow.models.bundle import Bundle
+
+        bundle = Bundle.load(pinned)  # a broken baked-in model must fail the start loudly
+        bundle.alias = "pinned"
+        return bundle, None
     try:
         return load_champion(
             settings.tracking_uri, name=settings.registered_model, alias=settings.model_alias
@@ -47,12 +55,14 @@ def load_bundle(settings: Settings) -> tuple[Any, str | None]:
 
 
 class Engine:
-    def __init__(self, settings: Settings | None = None, watch: bool = True) -> None:
+    def __init__(
+        self, settings: Settings | None = None, watch: bool = True, pinned: Path | None = None
+    ) -> None:
         self.settings = s = settings or get_settings()
         self.keys = KeyRing(s.api_keys, required=s.auth_required)
         self.default_weights = validate_weights(s.rank_weights)
         self.cache = make_cache(s)
-        self.bundle, self.bundle_error = load_bundle(s)
+        self.bundle, self.bundle_error = load_bundle(s, pinned)
         if self.bundle is not None:
             self.embedder = self.bundle.make_embedder(
                 s.resolved_model_path,

@@ -1,0 +1,46 @@
+"""Copy a registered bundle into the BentoML model store, so `bentoml build` can bake it in.
+
+Usage: python -m bentos.pin_model VERSION  ->  prints the model tag (semflow-bundle:vN).
+`semflow.registry.build_bento` runs it, then `bentoml build --arg model_tag=<tag>`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import bentoml
+
+from semflow.config import get_settings
+from semflow.models.bundle import BUNDLE_FILE
+from semflow.registry import MODEL_NAME, download_bundle
+
+STORE_NAME = "semflow-bundle"
+
+
+def pin(version: str, name: str = MODEL_NAME) -> str:
+    s = get_settings()
+    src = download_bundle(s.tracking_uri, name, version)
+    tag = f"{STORE_NAME}:v{version}"
+    try:
+        return str(bentoml.models.get(tag).tag)  # already pinned: the store is immutable
+    except bentoml.exceptions.NotFound:
+        pass
+    with bentoml.models.create(
+        tag,
+        labels={"registered_model": name, "registered_version": str(version)},
+    ) as model:
+        shutil.copytree(src, model.path, dirs_exist_ok=True)
+        manifest = Path(model.path) / BUNDLE_FILE
+        meta = json.loads(manifest.read_text())
+        meta.update(model_name=name, model_version=str(version))  # lineage travels along
+        manifest.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return tag
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m bentos.pin_model VERSION")
+    print(pin(sys.argv[1]))
