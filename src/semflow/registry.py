@@ -500,26 +500,22 @@ def build_bento(version: str, repo: Path = REPO_ROOT, timeout_s: float = 900) ->
     if cli is None:
         return {"built": False, "reason": "the bentoml command is not installed"}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), str(repo / "src")])}
-    pin = subprocess.run(
-        [str(Path(sys.executable)), "-m", "bentos.pin_model", str(version)],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        env=env,
-    )
-    if pin.returncode != 0:
-        raise RegistryError(f"could not pin version {version} for BentoML: {pin.stderr[-800:]}")
-    model_tag = pin.stdout.strip().splitlines()[-1]
+
+    def run(cmd: list[str], what: str, check: bool = True) -> str | None:
+        proc = subprocess.run(
+            cmd, cwd=repo, capture_output=True, text=True, timeout=timeout_s, env=env
+        )
+        if proc.returncode != 0:
+            if not check:
+                return None
+            raise RegistryError(f"{what} failed for version {version}: {proc.stderr[-800:]}")
+        return proc.stdout
+
+    tag = f"semflow:v{version}"
+    if run([cli, "get", tag, "-o", "json"], "bentoml get", check=False) is not None:
+        return {"built": True, "tag": tag, "note": "already in the store (a retry)"}
+    pinned = run([sys.executable, "-m", "bentos.pin_model", str(version)], "pinning the bundle")
+    model_tag = (pinned or "").strip().splitlines()[-1]
     build = [cli, "build", "-f", str(bentofile), "--version", f"v{version}"]
-    proc = subprocess.run(
-        [*build, "--arg", f"model_tag={model_tag}", str(repo)],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        env=env,
-    )
-    if proc.returncode != 0:
-        raise RegistryError(f"bentoml build failed for version {version}: {proc.stderr[-800:]}")
-    return {"built": True, "tag": f"semflow:v{version}", "model_tag": model_tag}
+    run([*build, "--arg", f"model_tag={model_tag}", str(repo)], "bentoml build")
+    return {"built": True, "tag": tag, "model_tag": model_tag}

@@ -1,16 +1,26 @@
-"""DagBag integrity: every DAG file imports, is cheap to parse and carries tags, owner, retries."""
+"""DagBag integrity: every DAG file imports, loads nothing heavy and carries tags, owner, retries."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 DAG_FILES = sorted(p for p in DAGS.glob("*.py") if not p.name.startswith("_"))
+HEAVY = (
+    "torch",
+    "mlflow",
+    "qdrant_edge",
+    "qdrant_client",
+    "great_expectations",
+    "sentence_transformers",
+    "sklearn",
+    "bentoml",
+    "dvc",
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,24 +54,16 @@ def test_tags_owner_retries_docs(dagbag):
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
-def test_parse_is_cheap(path):
-    """Parsing a DAG file, Airflow already imported, takes well under a second."""
-    code = (
-        "import time, runpy, airflow.sdk; t=time.perf_counter(); "
-        f"runpy.run_path({str(path)!r}); print(time.perf_counter()-t)"
-    )
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert time.perf_counter() - t0 < 30
-    parse_s = float(out.stdout.strip().splitlines()[-1])
-    assert parse_s < 1.0, f"{path.name} took {parse_s:.2f}s to parse"
+def test_parse_imports_nothing_heavy(path):
+    """Parsing a DAG file loads no model, tracking or index library (they belong in tasks).
+
+    Parse *time* is a benchmark (`benchmarks/dag_parse.py`), not a timed test."""
     heavy = subprocess.run(
         [
             sys.executable,
             "-c",
             f"import runpy, sys; runpy.run_path({str(path)!r}); "
-            "print(sorted(m for m in ('torch', 'mlflow', 'qdrant_edge', 'qdrant_client', "
-            "'great_expectations', 'sentence_transformers', 'bentoml') if m in sys.modules))",
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))",
         ],
         capture_output=True,
         text=True,

@@ -88,6 +88,9 @@ def test_validate_train_register_ends_with_loadable_champion(airflow_db, semflow
         )
         assert r.status_code == 200, r.text
         assert len(r.json()["predictions"]) == 3
+    # a retried bento task finds its Bento and succeeds without rebuilding
+    again = registry.build_bento(bundle.model_version)
+    assert again["built"] and again["tag"] == f"semflow:v{bundle.model_version}" and again["note"]
 
 
 def test_bad_data_fails_the_validate_task(airflow_db, semflow_home, tmp_path):

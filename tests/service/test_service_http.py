@@ -294,3 +294,23 @@ def test_model_mismatch_is_409(svc: tuple[str, Path], embedder) -> None:
     assert "other-model@abc" in r.json()["error"]
     assert httpx.get(f"{server}/health").json()["dependencies"]["index"]["status"] == "mismatch"
     assert post(server, "/embed", {"texts": ["still works"]}).status_code == 200
+
+
+def test_slow_request_is_504_and_the_server_stays_up(tmp_path: Path, embedder) -> None:
+    """A request past SEMFLOW_REQUEST_TIMEOUT_S is cut off with a 504 sentence, not a hang."""
+    home = tmp_path / "home"
+    build_index(home, embedder, docs_for("bank", BANK_TEXTS))
+    with serve(home, tmp_path, SEMFLOW_REQUEST_TIMEOUT_S="0.5", SEMFLOW_CACHE_SIZE="0") as url:
+        slow = {"texts": [f"{i} " + "a fairly long sentence about cards " * 60 for i in range(256)]}
+        t0 = time.monotonic()
+        r = post(url, "/embed", slow)
+        assert r.status_code == 504, r.text
+        assert "seconds" in r.json()["error"] and time.monotonic() - t0 < 30
+        time.sleep(1)
+        r = post(url, "/similarity", {"pairs": [["card", "card"]]})
+        assert r.status_code in (200, 504)  # the cut-off batch may still hold the model briefly
+        deadline = time.monotonic() + 60
+        while r.status_code != 200 and time.monotonic() < deadline:
+            time.sleep(1)
+            r = post(url, "/similarity", {"pairs": [["card", "card"]]})
+        assert r.status_code == 200 and r.json()["scores"][0] > 0.99
