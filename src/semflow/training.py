@@ -177,6 +177,7 @@ def load_pipeline_params(
 @dataclass(frozen=True)
 class Paths:
     root: Path
+    repo: Path = REPO_ROOT  # where params' relative paths (the sample data) live
 
     @classmethod
     def for_home(cls, settings: Settings | None = None) -> Paths:
@@ -187,7 +188,7 @@ class Paths:
         if rel is None:
             return None
         p = Path(rel)
-        return p if p.is_absolute() else REPO_ROOT / p
+        return p if p.is_absolute() else self.repo / p
 
     snapshot = property(lambda self: self.root / "data" / "snapshot" / "documents.csv")
     prepared = property(lambda self: self.root / "data" / "prepared")
@@ -823,8 +824,10 @@ def stage_main(name: str, argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        params = load_pipeline_params()
-        result = run_stage(name, Paths(REPO_ROOT), params)
+        # DVC runs every stage from the directory of dvc.yaml: that checkout is the root.
+        root = Path.cwd()
+        params = load_pipeline_params(root / "params.yaml")
+        result = run_stage(name, Paths(root, repo=root), params)
     except SemflowError as err:
         print(f"semflow {name}: {err}", file=sys.stderr)
         return 1

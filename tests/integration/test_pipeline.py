@@ -281,3 +281,64 @@ def test_push_pull_through_s3_remote(moto_s3: str, tmp_path: Path) -> None:
     shutil.rmtree(repo / ".dvc" / "cache")
     _run(repo, DVC, "pull")
     assert data.read_text() == original
+
+
+# -- dvc repro -----------------------------------------------------------------------
+def _tracked_copy(dst: Path) -> None:
+    """The repo's tracked files (as in the working tree) in a fresh git repo at `dst`."""
+    repo = Path(__file__).resolve().parents[2]
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
+    for rel in filter(None, files):
+        src = repo / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    (dst / "dvc.lock").unlink(missing_ok=True)
+
+
+def _dvc(repo: Path, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(
+        [DVC, *args], cwd=repo, capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 0, f"dvc {' '.join(args)}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+    return proc.stdout + proc.stderr
+
+
+def _ran(out: str) -> set[str]:
+    return {s for s in STAGES if f"Running stage '{s}'" in out}
+
+
+def test_dvc_repro_then_cached_then_exp_run_reruns_only_dependents(semflow_home, tmp_path):
+    import yaml
+
+    from semflow.sync import run_sync
+    from semflow.training import _set_dotted
+
+    run_sync(small_source(tmp_path), settings=get_settings())  # what `snapshot` exports
+    repo = tmp_path / "repo"
+    _tracked_copy(repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for key, value in {**small_overrides(), "finetune.max_pairs": 120}.items():
+        _set_dotted(params, key, value)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "copy"]):
+        _run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", *cmd)
+
+    first = _dvc(repo, "repro")
+    assert _ran(first) == set(STAGES), first[-3000:]
+    assert json.loads((repo / "metrics" / "evaluate.json").read_text())["classifier"]["accuracy"]
+    lock = (repo / "dvc.lock").read_text()
+
+    # Nothing changed: only the (always re-read) snapshot runs; its output is the same, so
+    # nothing downstream reruns and dvc.lock stays as it was.
+    second = _dvc(repo, "repro")
+    assert _ran(second) <= {"snapshot"}, second[-3000:]
+    assert (repo / "dvc.lock").read_text() == lock
+
+    _run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    _run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock")
+    exp = _dvc(repo, "exp", "run", "-S", "classifier.C=3")
+    assert _ran(exp) - {"snapshot"} == {"classifier", "evaluate", "register"}, exp[-3000:]
