@@ -136,9 +136,8 @@ def main() -> None:
             e = asyncio.run(load(url, "/embed", bodies, 32))
             e["ratio"] = e["rps"] / out["limit_rps"]
             out["embed_32_clients"] = e
-            batches = [
-                {"texts": texts[5000 + 32 * i : 5000 + 32 * (i + 1)]} for i in range(n_batch)
-            ]
+            starts = [(5000 + 32 * i) % (len(texts) - 32) for i in range(n_batch)]
+            batches = [{"texts": texts[s : s + 32]} for s in starts]  # always 32 texts
             b = asyncio.run(load(url, "/embed", batches, 8))
             b["texts_per_s"] = b["rps"] * 32
             out["embed_8x32"] = b

@@ -60,15 +60,19 @@ def _error(err: Exception) -> JSONResponse:
     return JSONResponse({"error": str(err)}, status)
 
 
+def _fail(err: Exception, ctx: bentoml.Context | None = None) -> JSONResponse:
+    resp = _error(err)
+    if ctx is not None:  # BentoML applies ctx's status over a returned Response
+        ctx.response.status_code = resp.status_code
+    return resp
+
+
 def _answer(fn: Callable[[], Any], ctx: bentoml.Context | None = None) -> Any:
     """Run an endpoint body; a known error becomes `{"error": sentence}` with its status."""
     try:
         return fn()
     except Exception as err:
-        resp = _error(err)
-        if ctx is not None:  # BentoML applies ctx's status over a returned Response
-            ctx.response.status_code = resp.status_code
-        return resp
+        return _fail(err, ctx)
 
 
 async def _get(request: Request) -> JSONResponse:
@@ -145,7 +149,7 @@ class Semflow:
         return _answer(lambda: self.engine.similarity(pairs))
 
     @bentoml.api(input_spec=SearchRequest)
-    def search(
+    async def search(
         self,
         query: str,
         tenant: str,
@@ -163,7 +167,14 @@ class Semflow:
             filters=filters or {},
         )
         principal = ctx.request.scope.get(PRINCIPAL, ANONYMOUS) if ctx else ANONYMOUS
-        return _answer(lambda: self.engine.search(req, principal), ctx)
+        try:
+            self.engine.check_search(req, principal)
+            # Queries of concurrent requests share one model call, as /embed does.
+            vector = (await self.batcher.encode([req.query]))[0]
+        except Exception as err:
+            return _fail(err, ctx)
+        body = lambda: self.engine.search(req, principal, vector)  # noqa: E731
+        return await run_in_threadpool(_answer, body, ctx)
 
     @bentoml.api(input_spec=ClassifyRequest)
     def classify(self, texts: list[str], top_k: int = 1, tenant: str = "") -> dict[str, Any]:

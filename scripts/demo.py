@@ -78,15 +78,27 @@ def run_dag(dag_id: str, conf: dict) -> None:
         raise SystemExit(f"DAG {dag_id} ended {run.state}; see the log above")
 
 
-def trained_key() -> str:
-    """What training depends on: the validated snapshot, params.yaml and the code."""
+# `--quick`: a 10-intent subset and a short fine-tune (about 3 minutes end to end).
+QUICK = {
+    "base.max_labels": 10,
+    "base.subset": 600,
+    "base.test_subset": 300,
+    "finetune.max_pairs": 600,
+    "ranker.max_queries": 100,
+    "register.floors": {"classifier.accuracy": 0.6, "search.ndcg@10": 0.5},
+}
+
+
+def trained_key(overrides: dict) -> str:
+    """What training depends on: the validated snapshot, params (+ overrides) and the code."""
     import hashlib
 
     from semflow import registry
     from semflow.training import Paths
 
     snap = Paths.for_home().snapshot
-    parts = [registry.file_md5(snap), (REPO / "params.yaml").read_text(), registry.git_commit()]
+    params = (REPO / "params.yaml").read_text() + json.dumps(overrides, sort_keys=True)
+    parts = [registry.file_md5(snap), params, registry.git_commit()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
@@ -117,9 +129,8 @@ def api_key() -> tuple[str, str]:
     return key, hashlib.sha256(key.encode()).hexdigest()
 
 
-def examples(url: str, key: str) -> str:
-    h = f'-H "Authorization: Bearer {key}" -H "Content-Type: application/json"'
-    calls = [
+def example_calls() -> list[tuple[str, dict]]:
+    return [
         ("embed", {"texts": ["I lost my card"], "normalize": True}),
         ("similarity", {"pairs": [["I lost my card", "my card is missing"]]}),
         ("search", {"query": "my card has not arrived", "tenant": "bank", "top_k": 3}),
@@ -136,13 +147,35 @@ def examples(url: str, key: str) -> str:
             },
         ),
     ]
+
+
+def examples(url: str, key: str) -> str:
+    h = f'-H "Authorization: Bearer {key}" -H "Content-Type: application/json"'
+    calls = example_calls()
     lines = [f"curl -s {url}/{name} {h} -d '{json.dumps(body)}'" for name, body in calls]
     lines += [f'curl -s {url}/{p} -H "Authorization: Bearer {key}"' for p in ("labels", "model")]
     lines += [f'curl -s {url}/health -H "Authorization: Bearer {key}"', f"open {url}/docs"]
     return "\n".join(lines)
 
 
-def serve(port: int, key_hash: str, banner: str) -> None:
+def check(url: str, key: str) -> bool:
+    """Send every example request once; True when all answer 200."""
+    import httpx
+
+    auth = {"Authorization": f"Bearer {key}"}
+    ok = True
+    for name, body in example_calls():
+        r = httpx.post(f"{url}/{name}", json=body, headers=auth, timeout=120)
+        print(f"      POST /{name}: {r.status_code} {r.text[:100]}", flush=True)
+        ok &= r.status_code == 200
+    for path in ("labels", "model", "health"):
+        r = httpx.get(f"{url}/{path}", headers=auth, timeout=30)
+        print(f"      GET /{path}: {r.status_code} {r.text[:100]}", flush=True)
+        ok &= r.status_code == 200
+    return ok
+
+
+def serve(port: int, key: str, key_hash: str, banner: str, smoke: bool = False) -> None:
     import httpx
 
     env = {**os.environ, "SEMFLOW_API_KEYS": json.dumps([key_hash])}
@@ -165,6 +198,11 @@ def serve(port: int, key_hash: str, banner: str) -> None:
         else:
             raise SystemExit("bentoml serve did not become ready within 180 s")
         print(f"\nsemflow is serving on {url} (Ctrl-C stops it). Try:\n\n{banner}\n", flush=True)
+        if smoke:
+            if not check(url, key):
+                raise SystemExit("some example requests failed; see above")
+            print("\nevery example request answered 200", flush=True)
+            return
         proc.wait()
     except KeyboardInterrupt:
         pass
@@ -179,6 +217,10 @@ def main() -> None:
     ap.add_argument("--no-serve", action="store_true", help="stop after registering")
     ap.add_argument("--port", type=int, default=3000)
     ap.add_argument("--retrain", action="store_true", help="train even if nothing changed")
+    ap.add_argument("--quick", action="store_true", help="a 10-intent subset, about 3 minutes")
+    ap.add_argument(
+        "--check", action="store_true", help="call every example once after start, then stop"
+    )
     args = ap.parse_args()
     total = 6
     from semflow.config import get_settings
@@ -201,21 +243,24 @@ def main() -> None:
         done(t, f"(generation {idx.generation}, {idx.count()} points)")
 
     t = step(3, total, "validate_data DAG: snapshot + great-expectations suites + drift")
-    run_dag("validate_data", {"overrides": {}})
+    overrides = QUICK if args.quick else {}
+    run_dag("validate_data", {"overrides": overrides})
     done(t)
 
     stamp = s.home / "pipeline" / ".demo-trained"
-    key = trained_key()
+    key = trained_key(overrides)
     cached = stamp.exists() and stamp.read_text().split() == [key, str(champion_version())]
     if cached and not args.retrain:
         step(4, total, "train_models DAG: cached (same snapshot, params and code as champion)")
         step(5, total, f"register_model DAG: cached (champion v{champion_version()})")
     else:
         t = step(4, total, "train_models DAG: fine-tune, classifier, ranker, evaluate (~10 min)")
-        run_dag("train_models", {"overrides": {}, "finetune": True, "train_ranker": True})
+        conf = {"overrides": overrides, "finetune": True, "train_ranker": True}
+        run_dag("train_models", conf)
         done(t)
         t = step(5, total, "register_model DAG: gate, champion alias, Bento build, reindex")
-        run_dag("register_model", {"overrides": {}, "build_bento": True, "reindex": True})
+        conf = {"overrides": overrides, "build_bento": True, "reindex": True}
+        run_dag("register_model", conf)
         done(t)
         stamp.write_text(f"{key} {champion_version()}")
 
@@ -239,7 +284,7 @@ def main() -> None:
     step(6, total, "bentoml serve bentos.service:Semflow (champion from the registry)")
     key_plain, key_hash = api_key()
     url = f"http://127.0.0.1:{args.port}"
-    serve(args.port, key_hash, examples(url, key_plain))
+    serve(args.port, key_plain, key_hash, examples(url, key_plain), smoke=args.check)
 
 
 if __name__ == "__main__":

@@ -176,6 +176,13 @@ class EdgeIndex(VectorIndex):
     def flush(self) -> None:
         self._shard.flush()
 
+    def optimize(self) -> None:
+        """Run edge's optimizers (they never run on their own): segments above the indexing
+        threshold get their HNSW graph, small appended segments are merged. Without this a
+        100k-point generation is searched by brute force (18 ms instead of ~2 ms)."""
+        self._check_writable()
+        self._shard.optimize()
+
     def close(self) -> None:
         if self._shard is not None:
             if self._writable:
@@ -327,6 +334,7 @@ class EdgeStore(IndexStore):
             index = EdgeIndex(path, meta, shard, writable=True)
             try:
                 yield index
+                index.optimize()
                 meta["points"] = index.count()
                 index.close()
                 _atomic_write(path / "meta.json", json.dumps(meta, indent=1))
