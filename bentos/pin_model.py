@@ -21,13 +21,12 @@ STORE_NAME = "semflow-bundle"
 
 
 def pin(version: str, name: str = MODEL_NAME) -> str:
-    s = get_settings()
-    src = download_bundle(s.tracking_uri, name, version)
     tag = f"{STORE_NAME}:v{version}"
     try:
         return str(bentoml.models.get(tag).tag)  # already pinned: the store is immutable
     except bentoml.exceptions.NotFound:
         pass
+    src = download_bundle(get_settings().tracking_uri, name, version)
     with bentoml.models.create(
         tag,
         labels={"registered_model": name, "registered_version": str(version)},

@@ -115,10 +115,10 @@ def champion_version() -> str | None:
 
 def api_key() -> tuple[str, str]:
     """A demo API key (kept under var/ so a second run prints the same one) and its hash."""
-    import hashlib
     import secrets
 
     from semflow.config import get_settings
+    from semflow.serving.auth import hash_key
 
     path = get_settings().home / "demo-api-key"
     if not path.exists():
@@ -126,7 +126,7 @@ def api_key() -> tuple[str, str]:
         path.write_text(secrets.token_urlsafe(24))
         path.chmod(0o600)
     key = path.read_text().strip()
-    return key, hashlib.sha256(key.encode()).hexdigest()
+    return key, hash_key(key)
 
 
 def example_calls() -> list[tuple[str, dict]]:
@@ -249,10 +249,11 @@ def main() -> None:
 
     stamp = s.home / "pipeline" / ".demo-trained"
     key = trained_key(overrides)
-    cached = stamp.exists() and stamp.read_text().split() == [key, str(champion_version())]
+    champion = champion_version()
+    cached = stamp.exists() and stamp.read_text().split() == [key, str(champion)]
     if cached and not args.retrain:
         step(4, total, "train_models DAG: cached (same snapshot, params and code as champion)")
-        step(5, total, f"register_model DAG: cached (champion v{champion_version()})")
+        step(5, total, f"register_model DAG: cached (champion v{champion})")
     else:
         t = step(4, total, "train_models DAG: fine-tune, classifier, ranker, evaluate (~10 min)")
         conf = {"overrides": overrides, "finetune": True, "train_ranker": True}
@@ -262,7 +263,8 @@ def main() -> None:
         conf = {"overrides": overrides, "build_bento": True, "reindex": True}
         run_dag("register_model", conf)
         done(t)
-        stamp.write_text(f"{key} {champion_version()}")
+        champion = champion_version()
+        stamp.write_text(f"{key} {champion}")
 
     metrics = json.loads((s.home / "pipeline" / "metrics" / "evaluate.json").read_text())
     gate = s.home / "pipeline" / "metrics" / "register.json"
@@ -273,8 +275,8 @@ def main() -> None:
         f"  MLflow          {s.tracking_uri}  (UI: .venv/bin/mlflow ui --backend-store-uri "
         f"{s.tracking_uri})"
     )
-    print(f"  champion        models:/semflow@champion = v{champion_version()}")
-    print(f"  Bento           semflow:v{champion_version()}  (`.venv/bin/bentoml list`)")
+    print(f"  champion        models:/semflow@champion = v{champion}")
+    print(f"  Bento           semflow:v{champion}  (`.venv/bin/bentoml list`)")
     print(f"  DVC-style files {s.home / 'pipeline'}  (metrics/, plots/, reports/validation/)")
     print(f"  gate            {gate.read_text().strip() if gate.exists() else 'n/a'}")
     print("  metrics         " + json.dumps({k: metrics[k] for k in ("classifier", "search")}))

@@ -119,9 +119,9 @@ class Embedder:
     @classmethod
     def from_settings(cls, settings: Settings | None = None, cache: Any | None = None) -> Embedder:
         s = settings or get_settings()
-        if cache is None and s.redis_url:
-            cache = RedisCache(s.redis_url)
-        return cls(s.resolved_model_path, s.model_name, s.device, s.embed_batch_size, cache)
+        return cls(
+            s.resolved_model_path, s.model_name, s.device, s.embed_batch_size, _cache(s, cache)
+        )
 
     @classmethod
     def for_index(
@@ -144,10 +144,8 @@ class Embedder:
         installed = installed_embedder_dir(s, live_version) if live_version else None
         if installed is None:
             return cls.from_settings(s, cache)
-        if cache is None and s.redis_url:
-            cache = RedisCache(s.redis_url)
         name = live_version.rsplit("@", 1)[0]
-        return cls(installed, name, s.device, s.embed_batch_size, cache)
+        return cls(installed, name, s.device, s.embed_batch_size, _cache(s, cache))
 
     @property
     def model(self) -> Any:
@@ -200,6 +198,13 @@ class Embedder:
             out[missing] = fresh
             self.cache.set_many({keys[i]: fresh[j] for j, i in enumerate(missing)})
         return out
+
+
+def _cache(settings: Settings, cache: Any | None) -> Any | None:
+    """The given cache, else Redis when SEMFLOW_REDIS_URL is set (the CLI and DAGs share it)."""
+    if cache is None and settings.redis_url:
+        return RedisCache(settings.redis_url)
+    return cache
 
 
 def _embedder_home(settings: Settings, version: str) -> Path:

@@ -107,20 +107,20 @@ class Engine:
             )
         return idx
 
-    def check_search(self, req: SearchRequest, principal: Principal) -> None:
-        """Scope, limits and index/model agreement: everything that fails before embedding."""
+    def check_search(self, req: SearchRequest, principal: Principal) -> Any:
+        """Scope, limits and index/model agreement: everything that fails before embedding.
+        Returns the live index the query will run on."""
         principal.check_tenant(req.tenant)
         check_texts([req.query], self.settings)
         if req.top_k > self.settings.max_top_k:
             raise Unprocessable(f"top_k must be at most {self.settings.max_top_k}")
-        self._index()
+        return self._index()
 
     def search(
         self, req: SearchRequest, principal: Principal, vector: np.ndarray | None = None
     ) -> dict[str, Any]:
         """`vector`: the query already embedded (the service batches queries across requests)."""
-        self.check_search(req, principal)
-        idx = self._index()
+        idx = self.check_search(req, principal)
         vec = self.encode([req.query])[0] if vector is None else vector
         hits = idx.search(vec, req.tenant, req.top_k, req.filters or None, req.score_threshold)
         return {
