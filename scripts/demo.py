@@ -83,6 +83,7 @@ QUICK = {
     "base.max_labels": 10,
     "base.subset": 600,
     "base.test_subset": 300,
+    "finetune.epochs": 3,
     "finetune.max_pairs": 600,
     "ranker.max_queries": 100,
     "register.floors": {"classifier.accuracy": 0.6, "search.ndcg@10": 0.5},

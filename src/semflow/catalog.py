@@ -4,6 +4,8 @@ one row per sync run. SQLAlchemy: SQLite by default, PostgreSQL by URL."""
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -85,7 +87,7 @@ class Catalog:
         self.engine = sa.create_engine(url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
+        _create_tables(self.engine)
 
     # -- reads ---------------------------------------------------------------
     def states(self, source: str, doc_ids: Iterable[str]) -> dict[str, DocState]:
@@ -235,8 +237,31 @@ class Catalog:
 _DEFAULTS: dict[str, Any] = {"attempts": 0, "truncated": False, "last_error": None}
 
 
+def _create_tables(engine: sa.Engine, attempts: int = 3) -> None:
+    # Two syncs starting on a new database both find no tables and both CREATE them; the
+    # loser fails with "already exists" (SQLite) or a unique violation (PostgreSQL). Its
+    # next look finds the tables, so a retry is all that is needed.
+    for attempt in range(attempts):
+        try:
+            metadata.create_all(engine)
+            return
+        except sa.exc.DBAPIError:
+            if attempt == attempts - 1:
+                raise
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA busy_timeout=30000")
+    # Switching to WAL needs an exclusive lock, and SQLite answers "database is locked" at
+    # once instead of waiting out busy_timeout. The mode is stored in the file, so the
+    # switch only has to win once, in this process or another one.
+    for attempt in range(50):
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError:
+            if attempt == 49:
+                raise
+            time.sleep(0.1)
     cur.close()

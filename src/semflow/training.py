@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -84,6 +84,7 @@ class PrepareParams(_P):
 
 class FinetuneParams(_P):
     enabled: bool = True
+    loss: Literal["mnrl", "proxy"] = "mnrl"
     epochs: int = Field(default=1, ge=1, le=20)
     batch_size: int = Field(default=64, ge=2)
     lr: float = Field(default=3e-5, gt=0, lt=1)
@@ -91,6 +92,7 @@ class FinetuneParams(_P):
     max_pairs: int = Field(default=20000, ge=1)
     max_seq_length: int = Field(default=64, ge=8, le=512)
     scale: float = Field(default=20.0, gt=0)
+    margin: float = Field(default=0.0, ge=0, lt=1)
     freeze_layers: int = Field(default=0, ge=0, le=24)
 
 
@@ -98,6 +100,7 @@ class ClassifierParams(_P):
     C: float = Field(default=10.0, gt=0)
     max_iter: int = Field(default=2000, ge=10)
     target_precision: float = Field(default=0.95, gt=0, le=1)
+    refit_on_val: bool = False
 
 
 class RankerParams(_P):
@@ -489,6 +492,7 @@ def finetune(
         train["text"].tolist(),
         train["label"].tolist(),
         out / "model",
+        loss=p.loss,
         epochs=p.epochs,
         batch_size=p.batch_size,
         lr=p.lr,
@@ -496,6 +500,7 @@ def finetune(
         max_pairs=p.max_pairs,
         max_seq_length=p.max_seq_length,
         scale=p.scale,
+        margin=p.margin,
         freeze_layers=p.freeze_layers,
         seed=params.base.seed,
     )
@@ -503,7 +508,8 @@ def finetune(
         "finetuned": True,
         "version": model_version(out / "model", f"{s.model_name}-semflow-ft"),
         "steps": res.steps,
-        "pairs": res.pairs,
+        "loss": p.loss,
+        "examples": res.examples,
         "seconds": round(res.seconds, 1),
         "final_loss": res.final_loss,
     }
@@ -559,6 +565,7 @@ def classifier(
         C=p.C,
         max_iter=p.max_iter,
         target_precision=p.target_precision,
+        refit_on_val=p.refit_on_val,
         seed=params.base.seed,
     )
     paths.classifier.mkdir(parents=True, exist_ok=True)

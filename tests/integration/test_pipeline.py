@@ -38,6 +38,7 @@ def small_overrides() -> dict[str, object]:
         "base.subset": N_LABELS * PER_LABEL,
         "base.test_subset": 120,
         "validate.min_examples_per_label": 5,
+        "finetune.epochs": 2,
         "finetune.batch_size": 16,
         "finetune.max_pairs": 200,
         "ranker.max_queries": 40,
@@ -210,6 +211,8 @@ def test_invalid_params_name_the_key() -> None:
         parse_params(raw, {"classifier.C": -1})
     with pytest.raises(SettingsError, match=r"ranker\.nonsense"):
         parse_params(raw, {"ranker.nonsense": 1})
+    with pytest.raises(SettingsError, match=r"finetune\.loss: Input should be 'mnrl' or 'proxy'"):
+        parse_params(raw, {"finetune.loss": "triplet"})
     with pytest.raises(SettingsError, match="unknown stage"):
         run_stage("nope", Paths(Path("/nonexistent")), parse_params(raw))
 

@@ -236,6 +236,13 @@ def test_temperature_scaling_and_classifier_training() -> None:
     assert 5 < t < 20
     with pytest.raises(SettingsError, match="two labels"):
         train_classifier(x, ["a"] * len(x), xv, yv.tolist())
+    # Refit on train + val: same calibration, new weights that saw the validation rows.
+    refit = train_classifier(
+        x, y.tolist(), xv, yv.tolist(), C=10.0, target_precision=0.9, refit_on_val=True
+    )
+    assert (refit.temperature, refit.threshold) == (res.temperature, res.threshold)
+    assert not np.allclose(refit.model.base.coef_, res.model.base.coef_)
+    assert (refit.model.predict(xv) == yv).mean() >= (res.model.predict(xv) == yv).mean()
 
 
 def test_make_embedder_checks_the_version(bundle: Bundle, tmp_path: Path) -> None:
@@ -249,3 +256,72 @@ def test_make_embedder_checks_the_version(bundle: Bundle, tmp_path: Path) -> Non
     bundle.embedder_version = "all-MiniLM-L6-v2@000000000000"
     with pytest.raises(BundleError, match="trained with"):
         bundle.make_embedder(base)
+
+
+# -- fine-tuning on a tiny labelled set (real MiniLM, a few seconds) -----------------
+_TINY = {
+    "card": [
+        "my card was declined",
+        "why is my card not working",
+        "card payment refused",
+        "the shop refused my card",
+        "card got rejected at the till",
+        "payment with card failed",
+    ],
+    "topup": [
+        "how do I top up",
+        "add money to my account",
+        "top up with bank transfer",
+        "my top up did not arrive",
+        "where is the money I added",
+        "topping up failed",
+    ],
+    "pin": [
+        "I forgot my PIN",
+        "change my PIN number",
+        "PIN is blocked",
+        "how to reset the PIN",
+        "wrong PIN too many times",
+        "unblock my PIN",
+    ],
+}
+
+
+def _separation(model_dir: Path, texts: list[str], labels: list[str]) -> float:
+    """Mean same-label cosine minus mean other-label cosine."""
+    from semflow.embedding import Embedder, LRUCache
+
+    x = Embedder(model_dir, "tiny", cache=LRUCache(0)).encode(texts)
+    sims = x @ x.T
+    same = np.equal.outer(np.array(labels), np.array(labels))
+    off = ~np.eye(len(labels), dtype=bool)
+    return float(sims[same & off].mean() - sims[~same].mean())
+
+
+@pytest.mark.parametrize(
+    ("loss", "extra"), [("proxy", {"margin": 0.1, "scale": 16.0}), ("mnrl", {"scale": 20.0})]
+)
+def test_finetune_pulls_labels_apart(loss: str, extra: dict, tmp_path: Path) -> None:
+    from semflow.config import load_settings
+    from semflow.models.finetune import finetune
+
+    texts = [t for ts in _TINY.values() for t in ts]
+    labels = [lab for lab, ts in _TINY.items() for _ in ts]
+    base = load_settings().resolved_model_path
+    res = finetune(
+        base, texts, labels, tmp_path / "ft", loss=loss, epochs=4, batch_size=6, lr=2e-4, **extra
+    )
+    assert res.steps > 0 and np.isfinite(res.final_loss)
+    assert (tmp_path / "ft" / "modules.json").is_file()
+    assert _separation(tmp_path / "ft", texts, labels) > _separation(base, texts, labels) + 0.05
+
+
+def test_finetune_rejects_bad_settings(tmp_path: Path) -> None:
+    from semflow.config import load_settings
+    from semflow.models.finetune import finetune
+
+    base = load_settings().resolved_model_path
+    with pytest.raises(SettingsError, match=r"finetune\.loss"):
+        finetune(base, ["a", "b"], ["x", "y"], tmp_path, loss="triplet")
+    with pytest.raises(SettingsError, match="two or more labels"):
+        finetune(base, ["a", "b"], ["x", "x"], tmp_path, loss="proxy")

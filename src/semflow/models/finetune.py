@@ -1,7 +1,14 @@
-"""Contrastive fine-tuning of the sentence embedder on same-label pairs (CPU-feasible).
+"""Fine-tuning of the sentence embedder on labelled texts (CPU-feasible).
 
-Multiple-negatives ranking loss (symmetric InfoNCE) with in-batch negatives; each batch
-holds at most one pair per label so that no negative shares the anchor's label.
+Two losses:
+- `mnrl`: multiple-negatives ranking loss (symmetric InfoNCE) on same-label pairs with
+  in-batch negatives; each batch holds at most one pair per label so that no negative
+  shares the anchor's label.
+- `proxy`: normalised-softmax (proxy) loss: one learned unit vector per label, initialised
+  at the label's mean base embedding; each text is pulled to its label's proxy and pushed
+  from every other label's, not only from the labels that happen to share its batch, with
+  an optional additive cosine margin (CosFace). One forward pass per text instead of two
+  per pair, so an epoch costs half as much.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from semflow.errors import SettingsError
 
@@ -23,7 +31,7 @@ log = logging.getLogger("semflow.finetune")
 class FinetuneResult:
     output_dir: Path
     steps: int
-    pairs: int
+    examples: int  # pairs (mnrl) or texts (proxy) per epoch
     seconds: float
     final_loss: float
 
@@ -84,6 +92,16 @@ def length_bucketed_batches(
     return batches
 
 
+def length_bucketed_chunks(
+    lengths: Sequence[int], batch_size: int, rng: random.Random
+) -> list[list[int]]:
+    """Batches of indices of items of similar length, in shuffled order."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return [b for b in batches if len(b) >= 2]
+
+
 def _freeze(model: object, n_layers: int) -> list[object]:
     """Freeze the word embeddings and the first `n_layers` encoder layers (CPU time)."""
     if n_layers <= 0:
@@ -97,12 +115,16 @@ def _freeze(model: object, n_layers: int) -> list[object]:
     return frozen
 
 
+LOSSES = ("mnrl", "proxy")
+
+
 def finetune(
     base_model_dir: Path,
     texts: Sequence[str],
     labels: Sequence[str],
     output_dir: Path,
     *,
+    loss: str = "mnrl",
     epochs: int = 1,
     batch_size: int = 64,
     lr: float = 3e-5,
@@ -110,6 +132,7 @@ def finetune(
     max_pairs: int = 20000,
     max_seq_length: int = 64,
     scale: float = 20.0,
+    margin: float = 0.0,
     freeze_layers: int = 0,
     seed: int = 0,
 ) -> FinetuneResult:
@@ -119,6 +142,8 @@ def finetune(
 
     if epochs < 1 or batch_size < 2:
         raise SettingsError("finetune.epochs must be >= 1 and finetune.batch_size >= 2")
+    if loss not in LOSSES:
+        raise SettingsError(f"finetune.loss must be one of {', '.join(LOSSES)}, not {loss!r}")
     t0 = time.perf_counter()
     random.seed(seed)
     torch.manual_seed(seed)
@@ -126,45 +151,71 @@ def finetune(
     saved_len = model.max_seq_length
     model.max_seq_length = max_seq_length  # training only; the saved model keeps its own
     frozen = _freeze(model, freeze_layers)
-    pairs = make_pairs(texts, labels, max_pairs, seed)
-    if not pairs:
-        raise SettingsError("fine-tuning needs at least one label with two or more texts")
     rng = random.Random(seed)
-    plan = []
-    for _ in range(epochs):
-        rng.shuffle(pairs)
-        plan.extend(length_bucketed_batches(pairs, batch_size, rng))
+    norm = torch.nn.functional.normalize
+
+    def embed(batch_texts: list[str]) -> torch.Tensor:
+        feats = model.tokenize(batch_texts)
+        feats = {k: (v.to(model.device) if hasattr(v, "to") else v) for k, v in feats.items()}
+        return norm(model(feats)["sentence_embedding"], dim=-1)
+
+    extra: list[torch.nn.Parameter] = []
+    if loss == "mnrl":
+        pairs = make_pairs(texts, labels, max_pairs, seed)
+        if not pairs:
+            raise SettingsError("fine-tuning needs at least one label with two or more texts")
+        plan: list[Any] = []
+        for _ in range(epochs):
+            rng.shuffle(pairs)
+            plan.extend(length_bucketed_batches(pairs, batch_size, rng))
+        n_examples = len(pairs)
+
+        def batch_loss(batch: list[tuple[str, str, str]]) -> torch.Tensor:
+            sims = embed([p[0] for p in batch]) @ embed([p[1] for p in batch]).T * scale
+            target = torch.arange(len(batch))
+            ce = torch.nn.functional.cross_entropy
+            return (ce(sims, target) + ce(sims.T, target)) / 2
+
+    else:
+        names = sorted(set(labels))
+        if len(names) < 2:
+            raise SettingsError("fine-tuning with finetune.loss=proxy needs two or more labels")
+        index = {lab: i for i, lab in enumerate(names)}
+        y = torch.tensor([index[lab] for lab in labels])
+        proxies = torch.nn.Parameter(_label_means(model, list(texts), y, len(names)))
+        extra = [proxies]
+        lengths = [len(t) for t in texts]
+        plan = [b for _ in range(epochs) for b in length_bucketed_chunks(lengths, batch_size, rng)]
+        n_examples = len(texts)
+
+        def batch_loss(batch: list[int]) -> torch.Tensor:
+            target = y[batch]
+            cos = embed([texts[i] for i in batch]) @ norm(proxies, dim=-1).T
+            # Additive cosine margin (CosFace): the own label must win by `margin`.
+            cos = cos - margin * torch.nn.functional.one_hot(target, cos.shape[1])
+            return torch.nn.functional.cross_entropy(cos * scale, target)
+
     total = len(plan)
     warmup = max(1, int(total * warmup_ratio))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01)
+    groups = [{"params": trainable}]
+    if extra:
+        # The proxies start at the label means but must move faster than the encoder.
+        groups.append({"params": extra, "lr": lr * 100, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
     )
     model.train()
     loss_val = float("nan")
-
-    def embed(batch_texts: list[str]) -> torch.Tensor:
-        feats = model.tokenize(batch_texts)
-        feats = {k: (v.to(model.device) if hasattr(v, "to") else v) for k, v in feats.items()}
-        out = model(feats)["sentence_embedding"]
-        return torch.nn.functional.normalize(out, dim=-1)
-
     for step, batch in enumerate(plan):
-        a = embed([p[0] for p in batch])
-        b = embed([p[1] for p in batch])
-        sims = a @ b.T * scale
-        target = torch.arange(len(batch))
-        loss = (
-            torch.nn.functional.cross_entropy(sims, target)
-            + torch.nn.functional.cross_entropy(sims.T, target)
-        ) / 2
+        value = batch_loss(batch)
         opt.zero_grad()
-        loss.backward()
+        value.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         sched.step()
-        loss_val = float(loss.detach())
+        loss_val = float(value.detach())
         if step % 50 == 0:
             log.info("finetune step %d/%d loss %.4f", step, total, loss_val)
     model.eval()
@@ -174,4 +225,16 @@ def finetune(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save(str(output_dir))
-    return FinetuneResult(output_dir, total, len(pairs), time.perf_counter() - t0, loss_val)
+    return FinetuneResult(output_dir, total, n_examples, time.perf_counter() - t0, loss_val)
+
+
+def _label_means(model: object, texts: list[str], y: object, n_labels: int) -> object:
+    """Unit mean embedding per label under the starting model (the proxies' initial value)."""
+    import torch
+
+    with torch.no_grad():
+        emb = torch.as_tensor(
+            model.encode(texts, batch_size=128, normalize_embeddings=True, convert_to_numpy=True)  # type: ignore[attr-defined]
+        )
+        sums = torch.zeros(n_labels, emb.shape[1]).index_add_(0, y, emb)  # type: ignore[arg-type]
+    return torch.nn.functional.normalize(sums, dim=-1)
