@@ -111,4 +111,8 @@ def test_drift_primitives() -> None:
     assert label_tvd(pd.Series(["a", "b"]), pd.Series(["c"])) == 1
     v = np.array([[1.0, 0.0]])
     assert centroid_shift(v, v) == pytest.approx(0)
+    # float32 noise in the centroids must not leak into the metrics file
+    for same in ([[1, 2, 3]], [[0.1, 0.7, 0.2, 0.9]]):  # 1 - cos is +-7e-8 unrounded
+        w = np.array(same, dtype=np.float32)
+        assert centroid_shift(w, w) == 0.0
     assert centroid_shift(v, np.array([[0.0, 1.0]])) == pytest.approx(1)
