@@ -212,12 +212,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(err.exit_code)
     except typer.Abort:
         sys.exit(130)
-    except Exception as err:  # click usage errors
-        import click
-
-        if isinstance(err, click.ClickException):
+    except Exception as err:
+        # Usage errors. Recent typer vendors click (typer._click), so they are not instances of
+        # click.ClickException: recognise the interface instead of the class.
+        code = getattr(err, "exit_code", None)
+        if callable(getattr(err, "show", None)) and isinstance(code, int):
             err.show()
-            sys.exit(2)
+            sys.exit(code)
         raise
 
 

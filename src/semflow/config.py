@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=30.0, gt=0)
     max_concurrency: int = Field(default=256, ge=1)
     index_poll_s: float = Field(default=1.0, gt=0)
+    index_warm_queries: int = Field(default=200, ge=0)  # searches run before a swap-in
     registered_model: str = "semflow"
     model_alias: str = "champion"
 

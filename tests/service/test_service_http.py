@@ -225,6 +225,7 @@ def test_degraded_without_registered_model(server: str) -> None:
     assert httpx.get(f"{server}/readyz").status_code == 200
     m = httpx.get(f"{server}/model", headers=ADMIN).json()
     assert m["version"] is None and m["dimension"] == 384 and m["points"] == 6
+    assert m["index_warm_searches"] == 6  # every point, fewer than index_warm_queries
 
 
 def test_embed_job_task(server: str) -> None:

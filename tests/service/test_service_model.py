@@ -108,6 +108,7 @@ def test_labels_model_and_health(svc) -> None:
     m = httpx.get(f"{url}/model", headers=ADMIN).json()
     assert (m["name"], m["version"], m["alias"]) == ("semflow", version, "champion")
     assert m["tags"]["git_commit"] == "abc123" and m["points"] == 1
+    assert m["index_warm_searches"] == 1
     h = httpx.get(f"{url}/health").json()
     assert h["status"] == "ready", h
     assert h["dependencies"]["cache"] == {"status": "ok", "kind": "redis"}

@@ -76,6 +76,10 @@ def test_sync_then_search_returns_sensible_neighbours(env):
         (("sync", "--since", "yesterday"), 2, "--since must be an ISO 8601 timestamp"),
         (("search", "   "), 2, "the query is empty"),
         (("search", "x", "--filter", "novalue"), 2, "--filter must look like field=value"),
+        # click's own usage errors (typer vendors click, so they are not click.ClickException)
+        (("serach", "card"), 2, "No such command 'serach'"),
+        (("search", "card", "--top-k", "many"), 2, "Invalid value for '--top-k'"),
+        (("search",), 2, "Missing argument"),
     ],
 )
 def test_bad_input_exits_with_a_sentence(env, args, code, message):

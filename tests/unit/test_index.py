@@ -98,6 +98,27 @@ def test_search_is_tenant_scoped_and_filters_cannot_widen(store):
             idx.search(vecs[0], "t1", filters={"$or": "x"})
 
 
+def test_warm_searches_stored_points_in_their_own_tenant(store):
+    with store.writer(MV, DIM) as w:
+        w.upsert(*_points(12, "t1"))
+        w.upsert(*_points(8, "t2", start=1000))
+    with store.open_live() as idx:
+        real_search, seen = idx.search, []
+
+        def spy(vector, tenant, top_k=10, **kw):
+            hits = real_search(vector, tenant, top_k, **kw)
+            seen.append((tenant, hits[0].payload["tenant"], hits[0].score))
+            return hits
+
+        idx.search = spy
+        assert idx.warm(0) == 0 and seen == []
+        assert idx.warm(5) == 5 and len(seen) == 5
+        assert idx.warm(100) == 20 and len(seen) == 25  # capped at the points stored
+        # each warm-up query is a stored vector searched in its own tenant: it finds itself
+        assert {t for t, _, _ in seen} == {"t1", "t2"}
+        assert all(t == hit_t and score > 0.99 for t, hit_t, score in seen)
+
+
 def test_model_version_mismatch_requires_fresh_build(store):
     with store.writer(MV, DIM) as w:
         w.upsert(*_points(2))

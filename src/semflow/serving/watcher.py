@@ -1,8 +1,9 @@
 """Keeps the live index generation open and swaps to a newly published one.
 
 A daemon thread polls the store's LIVE pointer every `poll_s` seconds. A new generation is
-opened *before* it replaces the old one, and the old one is closed only after a grace
-period, so searches in flight never see a closed index.
+opened and warmed (`warm_queries` searches) *before* it replaces the old one, and the old one
+is closed only after a grace period, so searches in flight never see a closed index and the
+first user searches on a new generation do not pay its cold start.
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ log = logging.getLogger(__name__)
 
 
 class IndexWatcher:
-    def __init__(self, settings: Any, poll_s: float = 1.0, grace_s: float = 10.0) -> None:
+    def __init__(
+        self, settings: Any, poll_s: float = 1.0, grace_s: float = 10.0, warm_queries: int = 0
+    ) -> None:
         self.settings = settings
         self.poll_s = poll_s
         self.grace_s = grace_s
+        self.warm_queries = warm_queries
+        self.warmed = 0  # warm-up searches run on the generation being served
         self.store: IndexStore = open_store(settings)
         self._current: VectorIndex | None = None
         self._points: int = 0
@@ -50,17 +55,27 @@ class IndexWatcher:
             if live is None or (cur is not None and cur.generation == live):
                 return False
             new = self.store.open_live()
-            points = new.count()
+            try:
+                points = new.count()
+                warmed = new.warm(self.warm_queries)
+            except Exception:
+                new.close()
+                raise
         except Exception as err:  # keep serving the old generation; report in /health
             self.last_error = str(err)
             log.warning("index refresh failed: %s", err)
             return False
         with self._lock:
-            old, self._current, self._points = self._current, new, points
+            old, self._current, self._points, self.warmed = self._current, new, points, warmed
             if old is not None:
                 self._retiring.append((time.monotonic() + self.grace_s, old))
         self.last_error = None
-        log.info("serving index generation %s (%d points)", new.generation, points)
+        log.info(
+            "serving index generation %s (%d points, %d warm-up searches)",
+            new.generation,
+            points,
+            warmed,
+        )
         return True
 
     def _close_retired(self, force: bool = False) -> None:
