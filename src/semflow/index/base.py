@@ -114,10 +114,10 @@ class VectorIndex(ABC):
         """
         if queries <= 0:
             return 0
-        picked = dict(itertools.islice(self.iter_payloads(fields=("tenant",)), queries))
-        hits = self.retrieve(list(picked), with_vectors=True)
+        ids = [pid for pid, _ in itertools.islice(self.iter_payloads(fields=("tenant",)), queries)]
+        hits = self.retrieve(ids, with_vectors=True)
         for h in hits:
-            self.search(h.payload["_vector"], str(picked[h.id].get("tenant", "")), 10)
+            self.search(h.payload["_vector"], str(h.payload.get("tenant", "")), 10)
         return len(hits)
 
     def info(self) -> GenerationInfo:
