@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from semflow.config import REPO_ROOT, Settings, get_settings, load_params
 from semflow.errors import SemflowError, SettingsError
+from semflow.models.finetune import Loss
 
 log = logging.getLogger("semflow.training")
 
@@ -84,7 +85,7 @@ class PrepareParams(_P):
 
 class FinetuneParams(_P):
     enabled: bool = True
-    loss: Literal["mnrl", "proxy"] = "mnrl"
+    loss: Loss = "mnrl"
     epochs: int = Field(default=1, ge=1, le=20)
     batch_size: int = Field(default=64, ge=2)
     lr: float = Field(default=3e-5, gt=0, lt=1)

@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from semflow.errors import SettingsError
 
@@ -115,7 +115,8 @@ def _freeze(model: object, n_layers: int) -> list[object]:
     return frozen
 
 
-LOSSES = ("mnrl", "proxy")
+Loss = Literal["mnrl", "proxy"]  # also the type of `finetune.loss` in params
+LOSSES: tuple[str, ...] = get_args(Loss)
 
 
 def finetune(
