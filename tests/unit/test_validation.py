@@ -42,6 +42,18 @@ def test_clean_data_passes_and_writes_data_docs(tmp_path: Path) -> None:
     assert (tmp_path / "validation.json").is_file()
 
 
+def _runs(report_dir: Path) -> set[str]:
+    return {p.parent.parent.name for p in (report_dir / "data_docs" / "validations").rglob("*.html")}
+
+
+def test_data_docs_name_each_run_after_the_data(tmp_path: Path) -> None:
+    one, two, other = tmp_path / "one", tmp_path / "two", tmp_path / "other"
+    for frame, out in ((_frame(), one), (_frame(), two), (_frame(14), other)):
+        validate_dataset(frame, PARAMS, allowed_labels=LABELS, report_dir=out)
+    assert len(_runs(one)) == 1 and next(iter(_runs(one))).startswith("data-")
+    assert _runs(one) == _runs(two) != _runs(other)
+
+
 def test_nulls_and_unknown_labels_fail(tmp_path: Path) -> None:
     df = _frame()
     df.loc[0, "text"] = None

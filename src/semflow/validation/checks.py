@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -124,7 +125,13 @@ def _run_gx(
     suites: dict[str, tuple[pd.DataFrame, list[Any]]], report_dir: Path | None
 ) -> tuple[list[CheckResult], str | None]:
     import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
 
+    digest = hashlib.sha256()
+    for frame, _ in suites.values():
+        digest.update(frame.to_csv(index=False).encode())
+    # Name the run after the data, so the data docs say which extract each result is about.
+    run_id = RunIdentifier(run_name=f"data-{digest.hexdigest()[:12]}")
     results: list[CheckResult] = []
     with tempfile.TemporaryDirectory(prefix="semflow-gx-") as tmp:
         ctx = gx.get_context(mode="file", project_root_dir=tmp)
@@ -145,7 +152,7 @@ def _run_gx(
                     result_format="SUMMARY",
                 )
             )
-            res = cp.run(batch_parameters={"dataframe": frame})
+            res = cp.run(batch_parameters={"dataframe": frame}, run_id=run_id)
             for vr in res.run_results.values():
                 for r in vr.results:
                     cfg = r.expectation_config
