@@ -43,7 +43,9 @@ def test_clean_data_passes_and_writes_data_docs(tmp_path: Path) -> None:
 
 
 def _runs(report_dir: Path) -> set[str]:
-    return {p.parent.parent.name for p in (report_dir / "data_docs" / "validations").rglob("*.html")}
+    return {
+        p.parent.parent.name for p in (report_dir / "data_docs" / "validations").rglob("*.html")
+    }
 
 
 def test_data_docs_name_each_run_after_the_data(tmp_path: Path) -> None:
