@@ -114,7 +114,8 @@ class VectorIndex(ABC):
         """
         if queries <= 0:
             return 0
-        ids = [pid for pid, _ in itertools.islice(self.iter_payloads(fields=("tenant",)), queries)]
+        # Ids only: retrieve() below returns each point's whole payload, tenant included.
+        ids = [pid for pid, _ in itertools.islice(self.iter_payloads(fields=()), queries)]
         hits = self.retrieve(ids, with_vectors=True)
         for h in hits:
             self.search(h.payload["_vector"], str(h.payload.get("tenant", "")), 10)

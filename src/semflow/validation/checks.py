@@ -122,16 +122,12 @@ def _suites(
 
 
 def _run_gx(
-    suites: dict[str, tuple[pd.DataFrame, list[Any]]], report_dir: Path | None
+    suites: dict[str, tuple[pd.DataFrame, list[Any]]], report_dir: Path | None, run_name: str
 ) -> tuple[list[CheckResult], str | None]:
     import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
 
-    digest = hashlib.sha256()
-    for frame, _ in suites.values():
-        digest.update(frame.to_csv(index=False).encode())
-    # Name the run after the data, so the data docs say which extract each result is about.
-    run_id = RunIdentifier(run_name=f"data-{digest.hexdigest()[:12]}")
+    run_id = RunIdentifier(run_name=run_name)
     results: list[CheckResult] = []
     with tempfile.TemporaryDirectory(prefix="semflow-gx-") as tmp:
         ctx = gx.get_context(mode="file", project_root_dir=tmp)
@@ -277,7 +273,10 @@ def validate_dataset(
     seed: int = 0,
 ) -> ValidationReport:
     """Run the GX suites and drift checks; write `report_dir/validation.json` and data docs."""
-    checks, docs = _run_gx(_suites(df, params, allowed_labels), report_dir)
+    # Name the GX run after the extract (every suite's frame is it or derived from it), so the
+    # data docs say which data each result is about.
+    run_name = "data-" + hashlib.sha256(df.to_csv(index=False).encode()).hexdigest()[:12]
+    checks, docs = _run_gx(_suites(df, params, allowed_labels), report_dir, run_name)
     drift: dict[str, float] = {}
     usable = {"text", "label"} <= set(df.columns) and len(df) > 0
     if reference is not None and usable:
