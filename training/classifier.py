@@ -1,4 +1,4 @@
-"""DVC stage `classifier`: see `semflow.training.classifier`."""
+"""DVC stage `classifier`: see `semflow.training.stages.classifier`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DVC stage `embed`: see `semflow.training.embed`."""
+"""DVC stage `embed`: see `semflow.training.stages.embed`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DVC stage `evaluate`: see `semflow.training.evaluate`."""
+"""DVC stage `evaluate`: see `semflow.training.stages.evaluate`."""
 
 from __future__ import annotations
 

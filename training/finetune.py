@@ -1,4 +1,4 @@
-"""DVC stage `finetune`: see `semflow.training.finetune`."""
+"""DVC stage `finetune`: see `semflow.training.stages.finetune`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DVC stage `prepare`: see `semflow.training.prepare`."""
+"""DVC stage `prepare`: see `semflow.training.stages.prepare`."""
 
 from __future__ import annotations
 

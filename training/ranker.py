@@ -1,4 +1,4 @@
-"""DVC stage `ranker`: see `semflow.training.ranker`."""
+"""DVC stage `ranker`: see `semflow.training.stages.ranker`."""
 
 from __future__ import annotations
 

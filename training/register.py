@@ -1,4 +1,4 @@
-"""DVC stage `register`: see `semflow.training.register`."""
+"""DVC stage `register`: see `semflow.training.stages.register`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DVC stage `snapshot`: see `semflow.training.snapshot`."""
+"""DVC stage `snapshot`: see `semflow.training.stages.snapshot`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DVC stage `validate`: see `semflow.training.validate`."""
+"""DVC stage `validate`: see `semflow.training.stages.validate`."""
 
 from __future__ import annotations
 

@@ -318,7 +318,7 @@ def test_dvc_repro_then_cached_then_exp_run_reruns_only_dependents(semflow_home,
     import yaml
 
     from semflow.sync import run_sync
-    from semflow.training import _set_dotted
+    from semflow.training.common import _set_dotted
 
     run_sync(small_source(tmp_path), settings=get_settings())  # what `snapshot` exports
     repo = tmp_path / "repo"
@@ -345,3 +345,10 @@ def test_dvc_repro_then_cached_then_exp_run_reruns_only_dependents(semflow_home,
     _run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock")
     exp = _dvc(repo, "exp", "run", "-S", "classifier.C=3")
     assert _ran(exp) - {"snapshot"} == {"classifier", "evaluate", "register"}, exp[-3000:]
+
+    # Code is tracked per stage: an edit of the evaluate stage's module reruns evaluate and
+    # register, not the fine-tune.
+    stage_mod = repo / "src" / "semflow" / "training" / "stages" / "evaluate.py"
+    stage_mod.write_text(stage_mod.read_text() + "\n# edited\n")
+    edited = _dvc(repo, "repro")
+    assert _ran(edited) - {"snapshot"} == {"evaluate", "register"}, edited[-3000:]

@@ -126,6 +126,30 @@ class RankGroup:
     relevance: np.ndarray
 
 
+def rank_groups(
+    q_vecs: np.ndarray,
+    q_texts: Sequence[str],
+    q_labels: Sequence[str],
+    c_vecs: np.ndarray,
+    c_texts: Sequence[str],
+    c_labels: Sequence[str],
+    features: Sequence[str],
+    n_cand: int,
+) -> list[RankGroup]:
+    """One group per query: its `n_cand` nearest corpus rows, relevant = same label."""
+    from semflow.models.metrics import topk_neighbours  # metrics imports this module
+
+    idx = topk_neighbours(q_vecs, c_vecs, n_cand)
+    c_labels_arr = np.asarray(c_labels)
+    groups = []
+    for qi, cand in enumerate(idx):
+        fm = feature_matrix(
+            q_vecs[qi], c_vecs[cand], q_texts[qi], [c_texts[j] for j in cand], None, features
+        )
+        groups.append(RankGroup(fm, (c_labels_arr[cand] == q_labels[qi]).astype(float)))
+    return groups
+
+
 def ndcg_at_k(
     relevance_in_rank_order: Sequence[float], k: int, n_relevant: int | None = None
 ) -> float:

@@ -1,0 +1,139 @@
+"""Rebuild the index with the champion's embedder, checked on golden queries (Airflow)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from semflow.config import Settings, get_settings
+from semflow.errors import SemflowError
+from semflow.training.common import Paths, PipelineParams, load_pipeline_params, read_split
+
+
+class ReindexRejected(SemflowError):
+    """The rebuilt generation scored worse on the golden queries; the old one stays live."""
+
+
+def _bundle_embedder(bundle: Any, settings: Settings) -> Any:
+    from semflow.embedding import Embedder
+
+    name = bundle.embedder_version.rsplit("@", 1)[0]
+    return Embedder(bundle.embedder_dir or settings.resolved_model_path, name, batch_size=128)
+
+
+def golden_ndcg(
+    index: Any, embedder: Any, queries: pd.DataFrame, tenant: str, k: int = 10
+) -> float:
+    """Mean nDCG@k of labelled queries; relevant = a hit carrying the query's label."""
+    from semflow.models.ranker import ndcg_at_k
+
+    vecs = embedder.encode(queries["text"].tolist())
+    vals = []
+    for vec, label in zip(vecs, queries["label"], strict=True):
+        hits = index.search(vec, tenant, top_k=k)
+        vals.append(
+            ndcg_at_k(
+                [float(label in (h.payload.get("labels") or [])) for h in hits], k, n_relevant=k
+            )
+        )
+    return float(np.mean(vals)) if vals else 0.0
+
+
+def reindex_if_changed(
+    paths: Paths,
+    params: PipelineParams,
+    settings: Settings | None = None,
+    golden: pd.DataFrame | None = None,
+    max_golden: int = 200,
+) -> dict[str, Any]:
+    """Rebuild the index with the champion's embedder when it differs from the live one.
+
+    The new generation is filled from the live payloads, checked on golden queries, and
+    published only if its nDCG@10 is not below the old generation's.
+    """
+    from semflow import registry
+    from semflow.index import open_store
+
+    s = settings or get_settings()
+    champ = registry.load_champion(s.tracking_uri, params.register_.model_name)
+    if champ is None:
+        return {"reindexed": False, "reason": "no champion registered"}
+    store = open_store(s)
+    live_version = store.live_model_version()
+    if live_version is None:
+        return {"reindexed": False, "reason": "no live index generation"}
+    if live_version == champ.embedder_version:
+        return {"reindexed": False, "reason": "the index already uses the champion's embedder"}
+    if golden is None:
+        golden = read_split(paths, "test")
+    golden = golden.head(max_golden)
+    new_emb = _bundle_embedder(champ, s)
+    from semflow.embedding import Embedder
+
+    base = Embedder(s.resolved_model_path, s.model_name)
+    old_emb = base if base.version == live_version else None
+    if old_emb is None:
+        # The live generation was built by an earlier fine-tuned bundle: find it to score it.
+        prev = registry.version_with_embedder(
+            s.tracking_uri, live_version, params.register_.model_name
+        )
+        if prev is not None:
+            old_emb = _bundle_embedder(
+                registry.load_version(s.tracking_uri, params.register_.model_name, prev), s
+            )
+    with store.open_live() as live:
+        old_gen = live.generation
+        old_score = golden_ndcg(live, old_emb, golden, params.base.tenant) if old_emb else None
+        ids, payloads = [], []
+        for pid, payload in live.iter_payloads(fields=list(_PAYLOAD_FIELDS)):
+            ids.append(pid)
+            payloads.append({**payload, "model_version": new_emb.version})
+    vectors = new_emb.encode([p.get("text") or "" for p in payloads])
+    if champ.embedder_dir is not None:
+        from semflow.embedding import install_embedder
+
+        # Installed before the switch so the next sync embeds with the same model.
+        install_embedder(s, Path(champ.embedder_dir), new_emb.version)
+    with store.writer(new_emb.version, new_emb.dimension, fresh=True) as w:
+        for i in range(0, len(ids), 1000):
+            w.upsert(ids[i : i + 1000], vectors[i : i + 1000], payloads[i : i + 1000])
+        new_score = golden_ndcg(w, new_emb, golden, params.base.tenant)
+        if old_score is not None and new_score < old_score:
+            raise ReindexRejected(
+                f"the rebuilt index scores nDCG@10 {new_score:.4f} on the golden queries, below the "
+                f"live generation's {old_score:.4f}; generation {old_gen} stays live"
+            )
+    return {
+        "reindexed": True,
+        "old_generation": old_gen,
+        "generation": store.live_generation(),
+        "model_version": new_emb.version,
+        "golden_ndcg": new_score,
+        "old_golden_ndcg": old_score,
+        "points": len(ids),
+    }
+
+
+_PAYLOAD_FIELDS = (
+    "source",
+    "doc_id",
+    "tenant",
+    "type",
+    "title",
+    "text",
+    "labels",
+    "metadata",
+    "updated_at",
+    "content_hash",
+    "model_version",
+    "truncated",
+)
+
+
+def dag_reindex(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    s = get_settings()
+    return reindex_if_changed(Paths.for_home(s), load_pipeline_params(overrides=overrides), s)

@@ -1,0 +1,34 @@
+"""Stage `embed`: embed every split once with the pipeline's embedder."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from semflow.config import Settings, get_settings
+from semflow.training.common import Paths, PipelineParams, read_split
+
+
+def embedder_for(paths: Paths, settings: Settings | None = None) -> Any:
+    """The pipeline's embedder: the fine-tuned model when there is one, else the base."""
+    from semflow.embedding import Embedder, LRUCache
+
+    s = settings or get_settings()
+    meta_path = paths.embedder / "embedder.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"finetuned": False}
+    if meta.get("finetuned"):
+        return Embedder(paths.embedder / "model", f"{s.model_name}-semflow-ft", batch_size=128)
+    return Embedder(s.resolved_model_path, s.model_name, batch_size=128, cache=LRUCache(0))
+
+
+def embed(paths: Paths, params: PipelineParams, settings: Settings | None = None) -> dict[str, Any]:
+    """Embed train/val/test once; later stages read the arrays."""
+    emb = embedder_for(paths, settings)
+    arrays = {}
+    for name in ("train", "val", "test"):
+        arrays[name] = emb.encode(read_split(paths, name)["text"].tolist())
+    paths.features.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(paths.features, **arrays)
+    return {"version": emb.version, **{k: int(v.shape[0]) for k, v in arrays.items()}}

@@ -1,0 +1,60 @@
+"""Stage `finetune`: fine-tune the embedder on the training split."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from semflow.config import Settings, get_settings
+from semflow.training.common import Paths, PipelineParams, read_split, write_json
+
+
+def finetune(
+    paths: Paths, params: PipelineParams, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Fine-tune the embedder on same-label pairs (or record the base model when disabled).
+
+    The model's version (a hash of its weights) is left to its readers: importing
+    `semflow.embedding` here would make every edit of it rerun the fine-tune.
+    """
+    s = settings or get_settings()
+    out = paths.embedder
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    p = params.finetune
+    if not p.enabled:
+        info = {"finetuned": False, "base_model": s.model_name}
+        write_json(out / "embedder.json", info)
+        return info
+    from semflow.models.finetune import finetune as run_finetune
+
+    train = read_split(paths, "train")
+    res = run_finetune(
+        s.resolved_model_path,
+        train["text"].tolist(),
+        train["label"].tolist(),
+        out / "model",
+        loss=p.loss,
+        epochs=p.epochs,
+        batch_size=p.batch_size,
+        lr=p.lr,
+        warmup_ratio=p.warmup_ratio,
+        max_pairs=p.max_pairs,
+        max_seq_length=p.max_seq_length,
+        scale=p.scale,
+        margin=p.margin,
+        freeze_layers=p.freeze_layers,
+        seed=params.base.seed,
+    )
+    info = {
+        "finetuned": True,
+        "steps": res.steps,
+        "loss": p.loss,
+        "examples": res.examples,
+        "seconds": round(res.seconds, 1),
+        "final_loss": res.final_loss,
+    }
+    write_json(out / "embedder.json", info)
+    write_json(paths.metrics / "finetune.json", info)
+    return info

@@ -1,0 +1,45 @@
+"""Stage `ranker`: learn the ranker's weights on validation queries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from semflow.config import Settings
+from semflow.errors import SettingsError
+from semflow.training.common import Paths, PipelineParams, load_features, read_split, write_json
+
+
+def ranker(
+    paths: Paths, params: PipelineParams, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Learn ranker weights on validation queries over training candidates."""
+    from semflow.models.ranker import fit_weights, groups_ndcg, rank_groups
+
+    p = params.ranker
+    if not p.features or p.features[0] != "semantic":
+        raise SettingsError("ranker.features must start with 'semantic'")
+    x = load_features(paths)
+    train, val = read_split(paths, "train"), read_split(paths, "val")
+    n = min(p.max_queries, len(val))
+    groups = rank_groups(
+        x["val"][:n],
+        val["text"].tolist()[:n],
+        val["label"].tolist()[:n],
+        x["train"],
+        train["text"].tolist(),
+        train["label"].tolist(),
+        p.features,
+        p.candidates,
+    )
+    weights, score = fit_weights(groups, p.features, k=p.k, step=p.step)
+    cosine = np.zeros(len(p.features))
+    cosine[0] = 1.0
+    info = {
+        "weights": weights,
+        "val_ndcg": score,
+        "val_cosine_ndcg": groups_ndcg(groups, cosine, p.k),
+    }
+    write_json(paths.ranker, info)
+    return info

@@ -1,0 +1,84 @@
+"""Stage `register`: bundle, MLflow model version and promotion gate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from semflow.config import Settings, get_settings
+from semflow.errors import SemflowError
+from semflow.training.common import (
+    Paths,
+    PipelineParams,
+    Tracker,
+    flat_metrics,
+    load_bundle_parts,
+    log_metrics,
+    read_split,
+    write_json,
+)
+from semflow.training.stages.embed import embedder_for
+
+
+def build_bundle(paths: Paths, params: PipelineParams, settings: Settings | None = None) -> Path:
+    from semflow.models.bundle import Bundle
+
+    emb = embedder_for(paths, settings)
+    clf, info, weights = load_bundle_parts(paths)
+    meta = json.loads((paths.embedder / "embedder.json").read_text())
+    bundle = Bundle(
+        embedder_dir=paths.embedder / "model" if meta.get("finetuned") else None,
+        embedder_version=emb.version,
+        labels=[str(c) for c in clf.classes_],
+        threshold=float(info["threshold"]),
+        ranker_weights=weights,
+        classifier=clf,
+        model_name=params.register_.model_name,
+        tags={"embedder_finetuned": str(bool(meta.get("finetuned")))},
+    )
+    if paths.bundle.exists():
+        shutil.rmtree(paths.bundle)
+    return bundle.save(paths.bundle)
+
+
+def register(
+    paths: Paths, params: PipelineParams, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Bundle -> MLflow model version -> promotion gate; writes `metrics/register.json`."""
+    from semflow import registry
+
+    s = settings or get_settings()
+    p = params.register_
+    metrics_path = paths.metrics / "evaluate.json"
+    if not metrics_path.is_file():
+        raise SemflowError(f"{metrics_path} does not exist; run the evaluate stage first")
+    metrics = json.loads(metrics_path.read_text())
+    flat = flat_metrics(metrics)
+    bundle_dir = build_bundle(paths, params, s)
+    examples = read_split(paths, "test")["text"].head(3).tolist()
+
+    def _do(run: Any) -> dict[str, Any]:
+        log_metrics(metrics)
+        version = registry.log_bundle(
+            bundle_dir,
+            tracking_uri=s.tracking_uri,
+            name=p.model_name,
+            metrics=flat,
+            example_texts=examples,
+        )
+        gate = registry.promote(
+            s.tracking_uri,
+            version,
+            floors=p.floors,
+            tolerance=p.tolerance,
+            compare=p.compare,
+            name=p.model_name,
+            run_id=run.info.run_id,
+        )
+        return gate.to_dict()
+
+    result = Tracker(paths, params, s, "register").run(_do)
+    write_json(paths.metrics / "register.json", {k: v for k, v in result.items() if k != "version"})
+    return result
