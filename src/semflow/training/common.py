@@ -1,7 +1,8 @@
 """What every stage shares: params, paths, file helpers, MLflow logging and the runner.
 
-A stage's outputs depend on this module and its own `stages/<name>.py` only, which is
-what `dvc.yaml` lists, so editing one stage reruns that stage and what follows it.
+A stage's outputs depend on this module, its own `stages/<name>.py` and the library
+modules that one imports; `dvc.yaml` lists exactly those, so editing one stage reruns
+that stage and what follows it, and nothing before it.
 """
 
 from __future__ import annotations
