@@ -36,16 +36,16 @@ def _semflow_imports(path: Path) -> set[str]:
 
 def _code_deps(stage: str) -> set[str]:
     """The stage module's semflow imports, following imports of other stage modules."""
-    seen, todo, mods = set(), [f"semflow.training.stages.{stage}"], set()
+    seen: set[str] = set()
+    todo = [f"semflow.training.stages.{stage}"]
     while todo:
         mod = todo.pop()
         if mod in seen:
             continue
         seen.add(mod)
-        mods.add(mod)
         if mod.startswith("semflow.training.stages."):
             todo.extend(_semflow_imports(STAGES_DIR / f"{mod.rsplit('.', 1)[1]}.py"))
-    return mods - NOT_DEPS
+    return seen - NOT_DEPS
 
 
 def _source(module: str) -> str:

@@ -12,6 +12,7 @@ from semflow.errors import SettingsError
 from semflow.models.bundle import Bundle, BundleError
 from semflow.models.ranker import (
     RankGroup,
+    cosine_only,
     fit_weights,
     groups_ndcg,
     lexical_overlap,
@@ -124,6 +125,11 @@ def test_validate_weights_ok_and_errors() -> None:
         validate_weights({"semantic": 0.5, "lexical": 0.4})
     with pytest.raises(SettingsError, match="non-empty"):
         validate_weights({})
+
+
+def test_cosine_only_weights_the_semantic_feature_alone() -> None:
+    assert cosine_only(["semantic", "lexical"]).tolist() == [1.0, 0.0]
+    assert cosine_only(["price", "semantic", "lexical"]).tolist() == [0.0, 1.0, 0.0]
 
 
 def test_lexical_overlap() -> None:

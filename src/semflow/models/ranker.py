@@ -173,6 +173,11 @@ def groups_ndcg(groups: Sequence[RankGroup], weights: np.ndarray, k: int) -> flo
     return float(np.mean(vals)) if vals else 0.0
 
 
+def cosine_only(names: Sequence[str]) -> np.ndarray:
+    """The weights of the cosine-only baseline over the features `names`."""
+    return np.array([1.0 if n == SEMANTIC else 0.0 for n in names])
+
+
 def simplex_grid(n: int, step: float) -> list[np.ndarray]:
     """All weight vectors on the n-simplex with the given step (cosine-only included)."""
     m = round(1.0 / step)

@@ -23,7 +23,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Test-set metrics, plots data, and `metrics/evaluate.json`."""
     from semflow.models.metrics import classification_metrics, search_metrics
-    from semflow.models.ranker import groups_ndcg, rank_groups
+    from semflow.models.ranker import cosine_only, groups_ndcg, rank_groups
 
     k = params.evaluate.k
     x = load_features(paths)
@@ -59,13 +59,12 @@ def evaluate(
         params.ranker.candidates,
     )
     wv = np.array([weights[n] for n in names])
-    cosine = np.array([1.0 if n == "semantic" else 0.0 for n in names])
     metrics = {
         "classifier": cls,
         "search": search,
         "ranker": {
             f"ndcg@{k}": groups_ndcg(groups, wv, k),
-            f"baseline_ndcg@{k}": groups_ndcg(groups, cosine, k),
+            f"baseline_ndcg@{k}": groups_ndcg(groups, cosine_only(names), k),
         },
         "test_size": len(y),
     }

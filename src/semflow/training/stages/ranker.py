@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from semflow.config import Settings
 from semflow.errors import SettingsError
 from semflow.training.common import Paths, PipelineParams, load_features, read_split, write_json
@@ -15,7 +13,7 @@ def ranker(
     paths: Paths, params: PipelineParams, settings: Settings | None = None
 ) -> dict[str, Any]:
     """Learn ranker weights on validation queries over training candidates."""
-    from semflow.models.ranker import fit_weights, groups_ndcg, rank_groups
+    from semflow.models.ranker import cosine_only, fit_weights, groups_ndcg, rank_groups
 
     p = params.ranker
     if not p.features or p.features[0] != "semantic":
@@ -34,12 +32,10 @@ def ranker(
         p.candidates,
     )
     weights, score = fit_weights(groups, p.features, k=p.k, step=p.step)
-    cosine = np.zeros(len(p.features))
-    cosine[0] = 1.0
     info = {
         "weights": weights,
         "val_ndcg": score,
-        "val_cosine_ndcg": groups_ndcg(groups, cosine, p.k),
+        "val_cosine_ndcg": groups_ndcg(groups, cosine_only(p.features), p.k),
     }
     write_json(paths.ranker, info)
     return info
