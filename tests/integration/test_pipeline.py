@@ -88,6 +88,7 @@ def test_full_pipeline_registers_a_champion_then_rejects_a_weak_one(pipeline, tm
     for section, key in [
         ("classifier", "accuracy"),
         ("classifier", "macro_f1"),
+        ("classifier", "linear_accuracy"),
         ("search", "ndcg@10"),
         ("search", "precision@10"),
         ("search", "mrr@10"),
@@ -96,6 +97,11 @@ def test_full_pipeline_registers_a_champion_then_rejects_a_weak_one(pipeline, tm
     ]:
         assert 0.0 <= ev[section][key] <= 1.0, (section, key)
     assert ev["classifier"]["accuracy"] > 0.7
+    # The params' vote ships the training embeddings: train + val rows of the subset.
+    clf_info = json.loads((paths.metrics / "classifier.json").read_text())
+    assert clf_info["memory"] == len(pd.read_csv(paths.prepared / "train.csv")) + len(
+        pd.read_csv(paths.prepared / "val.csv")
+    )
     assert ev["ranker"]["ndcg@10"] >= ev["ranker"]["baseline_ndcg@10"] - 0.02
     assert set(pd.read_csv(paths.plots / "confusion.csv").columns) == {"actual", "predicted"}
     assert len(pd.read_csv(paths.plots / "per_class_f1.csv")) == N_LABELS

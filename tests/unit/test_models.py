@@ -251,6 +251,66 @@ def test_temperature_scaling_and_classifier_training() -> None:
     assert (refit.model.predict(xv) == yv).mean() >= (res.model.predict(xv) == yv).mean()
 
 
+def _xor(n_per: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Label "a" near +-e1, "b" near +-e2: no linear model separates them, neighbours do."""
+    rng = np.random.default_rng(seed)
+    centers = [(1, 0), (-1, 0), (0, 1), (0, -1)]
+    x = np.vstack([np.array(c) + rng.normal(0, 0.15, (n_per, 2)) for c in centers])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), np.repeat(["a", "a", "b", "b"], n_per)
+
+
+def test_neighbour_vote_blends_with_the_linear_model(tmp_path: Path) -> None:
+    import joblib
+
+    from semflow.models.classifier import NeighbourVote, neighbour_vote, train_classifier
+
+    x, y = _xor(30, seed=5)
+    xv, yv = _xor(15, seed=6)
+    linear = train_classifier(x, y.tolist(), xv, yv.tolist(), C=10.0)
+    blend = train_classifier(
+        x, y.tolist(), xv, yv.tolist(), C=10.0, vote=NeighbourVote(5, 0.5, 0.05)
+    )
+    assert linear.model.memory is None
+    assert linear.val_accuracy < 0.8
+    assert blend.val_accuracy > 0.95
+    # Same linear model underneath: the vote alone makes the difference.
+    np.testing.assert_allclose(blend.model.linear_decision(xv), linear.model.linear_decision(xv))
+    np.testing.assert_allclose(blend.model.predict_proba(xv).sum(axis=1), 1.0)
+    # The refitted model votes among train + val; the memory survives a pickle round trip.
+    refit = train_classifier(
+        x, y.tolist(), xv, yv.tolist(), refit_on_val=True, vote=NeighbourVote(5, 0.5, 0.05)
+    )
+    assert refit.model.memory is not None and len(refit.model.memory) == len(x) + len(xv)
+    joblib.dump(refit.model, tmp_path / "clf.joblib")
+    loaded = joblib.load(tmp_path / "clf.joblib")
+    np.testing.assert_allclose(loaded.predict_proba(xv), refit.model.predict_proba(xv))
+    # The vote itself: k is capped by the memory, and the nearest row dominates at a low
+    # temperature.
+    memory = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    vote = neighbour_vote(
+        np.array([[0.9, 0.1]]), memory, np.array([0, 1]), 2, NeighbourVote(10, 1.0, 0.01)
+    )
+    assert vote.shape == (1, 2) and vote[0, 0] > 0.99
+    with pytest.raises(SettingsError, match=r"classifier\.knn_k"):
+        NeighbourVote(k=0)
+    with pytest.raises(SettingsError, match=r"classifier\.knn_weight"):
+        NeighbourVote(weight=1.5)
+
+
+def test_binary_classifier_probabilities_match_sklearn() -> None:
+    from semflow.models.classifier import CalibratedClassifier
+
+    x, y = _blobs()
+    keep = y != "topup"
+    base = LogisticRegression(max_iter=500).fit(x[keep], y[keep])
+    clf = CalibratedClassifier(base)
+    # A classifier pickled before the vote existed has no vote attributes of its own.
+    assert "memory" not in vars(clf)
+    np.testing.assert_allclose(clf.predict_proba(x), base.predict_proba(x), atol=1e-6)
+    assert (clf.predict(x) == base.predict(x)).all()
+
+
 def test_make_embedder_checks_the_version(bundle: Bundle, tmp_path: Path) -> None:
     from semflow.config import load_settings
     from semflow.embedding import model_version

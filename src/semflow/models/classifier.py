@@ -1,5 +1,6 @@
-"""Classifier on normalised embeddings: logistic regression, temperature-calibrated on
-validation, with an "unknown" threshold chosen on validation for a target precision."""
+"""Classifier on normalised embeddings: logistic regression, optionally blended with a vote
+of the nearest training texts, temperature-calibrated on validation, with an "unknown"
+threshold chosen on validation for a target precision."""
 
 from __future__ import annotations
 
@@ -12,22 +13,104 @@ import numpy as np
 from semflow.errors import SettingsError
 
 
-class CalibratedClassifier:
-    """A fitted sklearn classifier whose logits are divided by a learned temperature."""
+@dataclass(frozen=True)
+class NeighbourVote:
+    """How much of the prediction is a vote of the `k` most similar training texts.
 
-    def __init__(self, base: Any, temperature: float = 1.0) -> None:
+    Each neighbour votes for its label with weight `exp(cosine / temperature)`; the vote's
+    distribution is mixed into the linear model's as `(1 - weight) * lr + weight * vote`.
+    """
+
+    k: int = 10
+    weight: float = 0.0
+    temperature: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise SettingsError(f"classifier.knn_k must be >= 1, got {self.k}")
+        if not 0 <= self.weight <= 1:
+            raise SettingsError(f"classifier.knn_weight must be in [0, 1], got {self.weight}")
+        if self.temperature <= 0:
+            raise SettingsError(f"classifier.knn_temperature must be > 0, got {self.temperature}")
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(axis=1, keepdims=True))
+
+
+def neighbour_vote(
+    x: np.ndarray,
+    memory: np.ndarray,
+    memory_idx: np.ndarray,
+    n_classes: int,
+    vote: NeighbourVote,
+    chunk: int = 1024,
+) -> np.ndarray:
+    """Label distribution `[n, n_classes]` of each row's `vote.k` nearest memory rows.
+
+    Rows and memory are unit vectors, so the dot product is the cosine similarity.
+    """
+    k = min(vote.k, len(memory))
+    out = np.zeros((len(x), n_classes))
+    for start in range(0, len(x), chunk):
+        sims = np.asarray(x[start : start + chunk], dtype=np.float32) @ memory.T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        s = np.take_along_axis(sims, top, axis=1).astype(np.float64)
+        w = np.exp((s - s.max(axis=1, keepdims=True)) / vote.temperature)
+        rows = np.repeat(np.arange(len(s)) + start, k)
+        np.add.at(out, (rows, memory_idx[top].ravel()), w.ravel())
+    return out / out.sum(axis=1, keepdims=True)
+
+
+class CalibratedClassifier:
+    """A fitted sklearn classifier whose logits are divided by a learned temperature.
+
+    With a `NeighbourVote` of positive weight and a memory (the training embeddings and
+    their label indices), the logits are those of the blend of the two distributions.
+    """
+
+    # Class-level defaults keep classifiers pickled before the vote existed loadable.
+    vote: NeighbourVote = NeighbourVote()
+    memory: np.ndarray | None = None
+    memory_idx: np.ndarray | None = None
+
+    def __init__(
+        self,
+        base: Any,
+        temperature: float = 1.0,
+        vote: NeighbourVote | None = None,
+        memory: np.ndarray | None = None,
+        memory_labels: Sequence[str] | np.ndarray | None = None,
+    ) -> None:
         self.base = base
         self.temperature = float(temperature)
         self.classes_ = base.classes_
+        if vote is not None and vote.weight > 0:
+            if memory is None or memory_labels is None or len(memory) == 0:
+                raise SettingsError("classifier.knn_weight > 0 needs the training embeddings")
+            self.vote = vote
+            self.memory = np.ascontiguousarray(memory, dtype=np.float32)
+            self.memory_idx = np.searchsorted(self.classes_, np.asarray(memory_labels))
+
+    def linear_decision(self, x: np.ndarray) -> np.ndarray:
+        """The linear model's own logits `[n, n_classes]`, without the vote."""
+        z = np.asarray(self.base.decision_function(x), dtype=np.float64)
+        if z.ndim == 1:  # a binary model returns the positive class's logit only
+            z = np.column_stack([np.zeros_like(z), z])
+        return z
 
     def decision(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.base.decision_function(x), dtype=np.float64)
+        z = self.linear_decision(x)
+        if self.memory is None or self.memory_idx is None:
+            return z
+        w = self.vote.weight
+        knn = neighbour_vote(x, self.memory, self.memory_idx, len(self.classes_), self.vote)
+        return np.log(np.maximum((1 - w) * _softmax(z) + w * knn, 1e-12))
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        z = self.decision(x) / self.temperature
-        z -= z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        return _softmax(self.decision(x) / self.temperature)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.classes_[np.argmax(self.decision(x), axis=1)]
@@ -93,6 +176,7 @@ def train_classifier(
     max_iter: int = 2000,
     target_precision: float = 0.95,
     refit_on_val: bool = False,
+    vote: NeighbourVote | None = None,
     seed: int = 0,
 ) -> ClassifierResult:
     """Fit on train, calibrate and pick the unknown threshold on validation.
@@ -100,6 +184,8 @@ def train_classifier(
     With `refit_on_val`, the final model is refitted on train + validation with the same C,
     keeping the temperature and threshold chosen on validation with the train-only model
     (10% more data for the weights; the reported validation figures stay the held-out ones).
+    A `vote` of positive weight blends in the nearest training texts' labels: validation
+    rows vote among the training rows; the final memory holds the final model's rows.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -111,19 +197,21 @@ def train_classifier(
     base.fit(x_train, np.asarray(y_train))
     yv = np.asarray(y_val)
     known = np.isin(yv, base.classes_)
-    clf = CalibratedClassifier(base, 1.0)
+    clf = CalibratedClassifier(base, 1.0, vote, x_train, np.asarray(y_train))
+    z = clf.decision(x_val)  # once: with a vote, each call searches the memory
     if known.sum() >= 2:
         idx = np.searchsorted(base.classes_, yv[known])
-        clf.temperature = fit_temperature(clf.decision(x_val[known]), idx)
-    proba = clf.predict_proba(x_val)
+        clf.temperature = fit_temperature(z[known], idx)
+    proba = _softmax(z / clf.temperature)
     pred = base.classes_[proba.argmax(axis=1)]
     correct = pred == yv
     scores = proba.max(axis=1)
     threshold = choose_threshold(scores, correct, target_precision) if len(yv) else 0.0
     if refit_on_val and known.any():
-        full = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
-        full.fit(np.vstack([x_train, x_val[known]]), np.concatenate([y_train, yv[known]]))
-        clf = CalibratedClassifier(full, clf.temperature)
+        x_all = np.vstack([x_train, x_val[known]])
+        y_all = np.concatenate([y_train, yv[known]])
+        full = LogisticRegression(C=C, max_iter=max_iter, random_state=seed).fit(x_all, y_all)
+        clf = CalibratedClassifier(full, clf.temperature, vote, x_all, y_all)
     return ClassifierResult(
         model=clf,
         threshold=threshold,

@@ -102,6 +102,9 @@ class ClassifierParams(_P):
     max_iter: int = Field(default=2000, ge=10)
     target_precision: float = Field(default=0.95, gt=0, le=1)
     refit_on_val: bool = False
+    knn_k: int = Field(default=10, ge=1)
+    knn_weight: float = Field(default=0.0, ge=0, le=1)
+    knn_temperature: float = Field(default=0.02, gt=0)
 
 
 class RankerParams(_P):

@@ -13,7 +13,7 @@ def classifier(
 ) -> dict[str, Any]:
     import joblib
 
-    from semflow.models.classifier import train_classifier
+    from semflow.models.classifier import NeighbourVote, train_classifier
 
     x = load_features(paths)
     p = params.classifier
@@ -26,6 +26,7 @@ def classifier(
         max_iter=p.max_iter,
         target_precision=p.target_precision,
         refit_on_val=p.refit_on_val,
+        vote=NeighbourVote(p.knn_k, p.knn_weight, p.knn_temperature),
         seed=params.base.seed,
     )
     paths.classifier.mkdir(parents=True, exist_ok=True)
@@ -35,6 +36,7 @@ def classifier(
         "temperature": res.temperature,
         "val_accuracy": res.val_accuracy,
         "val_coverage": res.val_coverage,
+        "memory": 0 if res.model.memory is None else len(res.model.memory),
     }
     write_json(paths.classifier / "classifier.json", info)
     write_json(paths.metrics / "classifier.json", info)

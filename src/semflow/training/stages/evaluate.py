@@ -34,12 +34,15 @@ def evaluate(
     clf, info, weights = load_bundle_parts(paths)
     proba = clf.predict_proba(x["test"])
     pred = clf.classes_[proba.argmax(axis=1)]
+    linear = clf.classes_[clf.linear_decision(x["test"]).argmax(axis=1)]
     y = test["label"].to_numpy()
     cm = classification_metrics(y.tolist(), pred.tolist())
     accepted = proba.max(axis=1) >= info["threshold"]
     cls = {
         "accuracy": cm["accuracy"],
         "macro_f1": cm["macro_f1"],
+        # The logistic regression alone: what the neighbour vote adds, on every run.
+        "linear_accuracy": float((linear == y).mean()),
         "coverage": float(accepted.mean()) if len(y) else 0.0,
         "selective_accuracy": float((pred[accepted] == y[accepted]).mean())
         if accepted.any()
