@@ -21,7 +21,7 @@ import numpy as np
 GOAL_RATIO = 0.5  # vote-blend classify time / embed time, one text per request
 
 
-def best_ms(fn: Callable[[], object], repeat: int) -> float:
+def median_ms(fn: Callable[[], object], repeat: int) -> float:
     """Median of `repeat` timings, in milliseconds (the median resists a busy neighbour)."""
     times = []
     for _ in range(repeat):
@@ -58,11 +58,11 @@ def main() -> None:
     text = ["I still have not received my new card, how long does delivery take?"]
     embedder.encode(text)
     ms = {
-        "linear_1": best_ms(lambda: linear.predict_proba(one), args.repeat),
-        "vote_1": best_ms(lambda: blend.predict_proba(one), args.repeat),
-        "linear_32": best_ms(lambda: linear.predict_proba(batch), args.repeat // 4),
-        "vote_32": best_ms(lambda: blend.predict_proba(batch), args.repeat // 4),
-        "embed_1": best_ms(lambda: embedder.encode(text), args.repeat // 4),
+        "linear_1": median_ms(lambda: linear.predict_proba(one), args.repeat),
+        "vote_1": median_ms(lambda: blend.predict_proba(one), args.repeat),
+        "linear_32": median_ms(lambda: linear.predict_proba(batch), args.repeat // 4),
+        "vote_32": median_ms(lambda: blend.predict_proba(batch), args.repeat // 4),
+        "embed_1": median_ms(lambda: embedder.encode(text), args.repeat // 4),
     }
     ratio = ms["vote_1"] / ms["embed_1"]
     print(

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from semflow.errors import SettingsError
+from semflow.models.metrics import topk_similar
 
 
 @dataclass(frozen=True)
@@ -46,21 +47,17 @@ def neighbour_vote(
     memory_idx: np.ndarray,
     n_classes: int,
     vote: NeighbourVote,
-    chunk: int = 1024,
 ) -> np.ndarray:
     """Label distribution `[n, n_classes]` of each row's `vote.k` nearest memory rows.
 
     Rows and memory are unit vectors, so the dot product is the cosine similarity.
     """
-    k = min(vote.k, len(memory))
+    top, sims = topk_similar(np.asarray(x, dtype=np.float32), memory, vote.k)
+    s = sims.astype(np.float64)
+    w = np.exp((s - s.max(axis=1, keepdims=True)) / vote.temperature)
     out = np.zeros((len(x), n_classes))
-    for start in range(0, len(x), chunk):
-        sims = np.asarray(x[start : start + chunk], dtype=np.float32) @ memory.T
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        s = np.take_along_axis(sims, top, axis=1).astype(np.float64)
-        w = np.exp((s - s.max(axis=1, keepdims=True)) / vote.temperature)
-        rows = np.repeat(np.arange(len(s)) + start, k)
-        np.add.at(out, (rows, memory_idx[top].ravel()), w.ravel())
+    rows = np.repeat(np.arange(len(x)), top.shape[1])
+    np.add.at(out, (rows, memory_idx[top].ravel()), w.ravel())
     return out / out.sum(axis=1, keepdims=True)
 
 

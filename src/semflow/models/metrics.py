@@ -24,20 +24,29 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> dict
     }
 
 
-def topk_neighbours(
+def topk_similar(
     queries: np.ndarray, corpus: np.ndarray, k: int, chunk: int = 1024
-) -> np.ndarray:
-    """Indices of the k most cosine-similar corpus rows per (normalised) query."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and cosine similarities of the k most similar corpus rows per (normalised)
+    query, best first."""
     k = min(k, corpus.shape[0])
-    out = np.empty((queries.shape[0], k), dtype=np.int64)
+    idx = np.empty((queries.shape[0], k), dtype=np.int64)
+    top = np.empty((queries.shape[0], k), dtype=np.result_type(queries, corpus))
     for s in range(0, queries.shape[0], chunk):
         sims = queries[s : s + chunk] @ corpus.T
         part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         rows = np.take_along_axis(sims, part, axis=1)
-        out[s : s + chunk] = np.take_along_axis(
-            part, np.argsort(-rows, axis=1, kind="stable"), axis=1
-        )
-    return out
+        order = np.argsort(-rows, axis=1, kind="stable")
+        idx[s : s + chunk] = np.take_along_axis(part, order, axis=1)
+        top[s : s + chunk] = np.take_along_axis(rows, order, axis=1)
+    return idx, top
+
+
+def topk_neighbours(
+    queries: np.ndarray, corpus: np.ndarray, k: int, chunk: int = 1024
+) -> np.ndarray:
+    """Indices of the k most cosine-similar corpus rows per (normalised) query."""
+    return topk_similar(queries, corpus, k, chunk)[0]
 
 
 def retrieval_metrics(
