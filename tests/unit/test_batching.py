@@ -1,0 +1,98 @@
+"""The embed micro-batcher survives callers that give up, fail or time out."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from semflow.serving.batching import MicroBatcher
+
+
+class SlowModel:
+    """Embeds texts as their lengths; blocks each call until `gate` is set."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.calls: list[list[str]] = []
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        self.gate.wait(10)
+        if any(t == "boom" for t in texts):
+            raise ValueError("model failed")
+        return np.array([[float(len(t))] for t in texts], dtype=np.float32)
+
+
+def test_cancelled_callers_do_not_stop_the_batcher() -> None:
+    model = SlowModel()
+    b = MicroBatcher(model, max_batch_size=4, max_latency_ms=0)
+    try:
+        running = b.submit(["abc"])  # taken by the thread, blocked in the model
+        queued = b.submit(["de"])  # waits in the queue
+        assert running.cancel() and queued.cancel()  # both time out, as a 504 does
+        model.gate.set()
+        after = b.submit(["hello", "x"])
+        assert after.result(timeout=5).ravel().tolist() == [5.0, 1.0]
+        assert b.alive
+    finally:
+        b.close()
+
+
+def test_asyncio_timeout_then_more_traffic() -> None:
+    model = SlowModel()
+    b = MicroBatcher(model, max_batch_size=8, max_latency_ms=1)
+
+    async def scenario() -> list[float]:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(b.encode(["slow"]), 0.05)
+        model.gate.set()
+        out = await asyncio.wait_for(b.encode(["four"]), 5)
+        return out.ravel().tolist()
+
+    try:
+        assert asyncio.run(scenario()) == [4.0]
+    finally:
+        b.close()
+
+
+def test_a_failed_batch_fails_its_callers_only() -> None:
+    model = SlowModel()
+    model.gate.set()
+    b = MicroBatcher(model, max_batch_size=8, max_latency_ms=0)
+    try:
+        with pytest.raises(ValueError, match="model failed"):
+            b.submit(["boom"]).result(timeout=5)
+        assert b.submit(["ok"]).result(timeout=5).ravel().tolist() == [2.0]
+    finally:
+        b.close()
+
+
+def test_large_request_runs_in_chunks_and_stops_when_abandoned() -> None:
+    model = SlowModel()
+    b = MicroBatcher(model, max_batch_size=2, max_latency_ms=0)
+    try:
+        fut = b.submit(["a", "b", "c", "d", "e", "f"])
+        fut.cancel()  # abandoned while the first chunk runs
+        model.gate.set()
+        assert b.submit(["zz"]).result(timeout=5).ravel().tolist() == [2.0]
+        # the abandoned request stopped after its first chunk (or before it)
+        assert sum(len(c) for c in model.calls if c != ["zz"]) <= 2
+    finally:
+        b.close()
+
+
+def test_a_dead_worker_is_restarted() -> None:
+    model = SlowModel()
+    model.gate.set()
+    b = MicroBatcher(model, max_batch_size=2, max_latency_ms=0)
+    try:
+        b._q.put(None)  # stops the worker thread, as a crash would
+        b._thread.join(5)
+        assert not b.alive
+        assert b.submit(["abc"]).result(timeout=5).ravel().tolist() == [3.0]
+        assert b.alive and b.restarts == 1
+    finally:
+        b.close()
