@@ -187,14 +187,10 @@ def keys_new(
 
 @app.command()
 def settings() -> None:
-    """Print the validated settings (secrets masked)."""
-    from semflow.config import get_settings
+    """Print the validated settings (secrets and the passwords inside URLs masked)."""
+    from semflow.config import get_settings, masked_settings
 
-    data = get_settings().model_dump(mode="json")
-    for key in list(data):
-        if any(w in key for w in ("key", "password", "secret")) and data[key]:
-            data[key] = "***"
-    _echo(data)
+    _echo(masked_settings(get_settings()))
 
 
 def main(argv: list[str] | None = None) -> None:

