@@ -209,3 +209,40 @@ def test_grafana_dashboard_uses_bento_metrics():
     assert any("bentoml_service_request_duration_seconds_bucket" in e for e in exprs)
     prov = yaml.safe_load((REPO / "docker/grafana/provisioning/dashboards/semflow.yml").read_text())
     assert prov["providers"][0]["options"]["path"] == "/etc/grafana/dashboards"
+
+
+def test_mlflow_requires_a_login_and_every_client_has_one(services, compose):
+    """Whoever can move `@champion` picks the model the Bento unpickles: MLflow runs its
+    basic-auth app, its admin comes from .env, and every client logs in."""
+    import configparser
+
+    mlflow = services["mlflow"]
+    cmd = _cmd(mlflow["command"])
+    assert "--app-name" in cmd and cmd[cmd.index("--app-name") + 1] == "basic-auth", cmd
+    env = mlflow["environment"]
+    assert env["MLFLOW_AUTH_ADMIN_USERNAME"] == "${MLFLOW_ADMIN_USER}"
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == "${MLFLOW_ADMIN_PASSWORD}"
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"].startswith("${")  # CSRF secret from .env
+    # the auth config is the repo's file; its user store lives on a volume, not in the container
+    mounts = dict(v.split(":")[:2] for v in mlflow["volumes"])
+    ini_src = next(src for src, dst in mounts.items() if dst == env["MLFLOW_AUTH_CONFIG_PATH"])
+    ini = configparser.ConfigParser()
+    ini.read_string((REPO / ini_src).read_text())
+    assert "admin_password" not in ini["mlflow"], "the admin password belongs in .env"
+    db = ini["mlflow"]["database_uri"]
+    assert db.startswith("sqlite:////")
+    volume = next(src for src, dst in mounts.items() if db[len("sqlite:///") :].startswith(dst))
+    assert volume in compose["volumes"]
+    dockerfile = (REPO / mlflow["build"]["dockerfile"]).read_text()
+    assert '"mlflow[auth]==' in dockerfile  # Flask-WTF, which the basic-auth app needs
+
+    clients = [
+        n for n, s in services.items() if "SEMFLOW_MLFLOW_TRACKING_URI" in s.get("environment", {})
+    ]
+    assert {"bento", "airflow-worker", "airflow-scheduler"} <= set(clients)
+    for name in clients:
+        cenv = services[name]["environment"]
+        assert cenv["MLFLOW_TRACKING_USERNAME"] == "${MLFLOW_ADMIN_USER}", name
+        assert cenv["MLFLOW_TRACKING_PASSWORD"] == "${MLFLOW_ADMIN_PASSWORD}", name
+    example = _env_example()
+    assert len(example["MLFLOW_ADMIN_PASSWORD"]) >= 12  # MLflow refuses shorter admin passwords
