@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import os
 import sys
@@ -25,10 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-
-def banking77_texts() -> list[str]:
-    with (REPO / "data" / "banking77" / "train.csv").open() as fh:
-        return [r["text"] for r in csv.DictReader(fh)]
+from benchmarks._load import banking77_texts, rss_mb  # noqa: E402
 
 
 def encode_per_s(embedder, texts: list[str], n: int) -> float:
@@ -71,13 +67,6 @@ async def load(url: str, path: str, bodies: list, clients: int) -> dict:
         "p99_ms": float(np.percentile(arr, 99)),
         "errors": errors,
     }
-
-
-def rss_mb(proc) -> float:
-    import psutil
-
-    p = psutil.Process(proc.pid)
-    return sum(x.memory_info().rss for x in [p, *p.children(recursive=True)]) / 2**20
 
 
 def build_random_index(home: Path, version: str, n: int) -> None:
