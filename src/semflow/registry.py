@@ -23,7 +23,7 @@ from typing import Any
 
 from semflow.config import REPO_ROOT, get_settings
 from semflow.errors import SemflowError
-from semflow.models.bundle import BUNDLE_FILE, Bundle
+from semflow.models.bundle import BUNDLE_FILE, Bundle, bundle_digest, verify_bundle
 
 log = logging.getLogger("semflow.registry")
 
@@ -31,6 +31,9 @@ MODEL_NAME = "semflow"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 EXPERIMENT = "semflow"
+# The bundle's sha256 (models.bundle.bundle_digest), set at registration: a bundle whose
+# artifacts were changed in the artifact store afterwards is refused when loaded.
+DIGEST_TAG = "bundle.sha256"
 
 
 class RegistryError(SemflowError):
@@ -210,10 +213,12 @@ def log_bundle(
     metrics: Mapping[str, float] | None = None,
     example_texts: list[str] | None = None,
 ) -> str:
-    """Log the bundle as a pyfunc in the active run and register it; return the version."""
+    """Log the bundle as a pyfunc in the active run and register it (tagged with the bundle's
+    sha256); return the version."""
     import mlflow
     import pandas as pd
 
+    digest = bundle_digest(bundle_dir)  # before the upload: what was built is what is trusted
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     example = pd.DataFrame({"text": example_texts or ["I lost my card"]})
@@ -230,6 +235,7 @@ def log_bundle(
     version = str(info.registered_model_version)
     c = client(tracking_uri)
     manifest = json.loads((Path(bundle_dir) / BUNDLE_FILE).read_text())
+    c.set_model_version_tag(name, version, DIGEST_TAG, digest)
     c.set_model_version_tag(name, version, "embedder_version", manifest["embedder_version"])
     for k, v in (metrics or {}).items():
         c.set_model_version_tag(name, version, _metric_tag(k), f"{float(v):.6f}")
@@ -262,11 +268,20 @@ def _find_bundle(root: Path) -> Path:
 
 
 def download_bundle(tracking_uri: str, name: str, version: str, dst: Path | None = None) -> Path:
-    """Download (once) the bundle directory of a registered model version."""
+    """Download (once) the bundle directory of a registered model version and check it
+    against the version's `bundle.sha256` tag (BundleIntegrityError on a mismatch).
+
+    Policy for versions registered before the tag existed: they load, with a warning, since
+    there is nothing to compare with; registering them again adds the tag.
+    """
+    import shutil
+
     import mlflow
 
     target = Path(dst) if dst else _download_dir(tracking_uri, name, version)
     if not (target / ".complete").exists():
+        if dst is None and target.exists():
+            shutil.rmtree(target)  # our cache: a refused or partial copy must not linger
         target.mkdir(parents=True, exist_ok=True)
         mlflow.set_registry_uri(tracking_uri)
         mlflow.artifacts.download_artifacts(
@@ -275,14 +290,40 @@ def download_bundle(tracking_uri: str, name: str, version: str, dst: Path | None
             tracking_uri=tracking_uri,
         )
         (target / ".complete").write_text(version)
-    return _find_bundle(target)
+    path = _find_bundle(target)
+    expected = _registered_digest(tracking_uri, name, version)
+    if expected is None:
+        log.warning(
+            "model %s v%s has no %s tag (registered before bundle checksums): loading it "
+            "unverified; register it again to have it checked",
+            name,
+            version,
+            DIGEST_TAG,
+        )
+        return path
+    try:
+        verify_bundle(path, expected, f"model {name} v{version}")
+    except Exception:
+        # The next attempt downloads afresh: a tampered cache heals, a tampered store does not.
+        (target / ".complete").unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _registered_digest(tracking_uri: str, name: str, version: str) -> str | None:
+    try:
+        mv = client(tracking_uri).get_model_version(name, str(version))
+    except Exception as err:
+        raise RegistryError(f"could not read {name} v{version} from the registry: {err}") from None
+    return mv.tags.get(DIGEST_TAG) or None
 
 
 def load_version(
     tracking_uri: str, name: str, version: str, dst: Path | None = None, alias: str | None = None
 ) -> Bundle:
-    """Download (once) and load the bundle of a registered model version."""
-    bundle = Bundle.load(download_bundle(tracking_uri, name, version, dst))
+    """Download (once), verify and load the bundle of a registered model version."""
+    # download_bundle has just checked it against the registry's tag, the authority here.
+    bundle = Bundle.load(download_bundle(tracking_uri, name, version, dst), verify=False)
     bundle.model_name, bundle.model_version, bundle.alias = name, str(version), alias
     return bundle
 

@@ -154,3 +154,85 @@ def test_rollback_and_list_through_the_cli(uri: str, tmp_path: Path, monkeypatch
         main(["model", "rollback", "--to", "latest"])
     assert exc.value.code == 2
     assert str(c.get_model_version_by_alias("semflow", "champion").version) == v1
+
+
+def _tamper(joblib_file: Path) -> None:
+    """Swap in another classifier with the same labels, one that loads without complaint."""
+    import joblib
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(30, 384)).astype(np.float32)
+    y = np.repeat(["card_lost", "top_up", "refund"], 10)
+    joblib.dump(LogisticRegression(max_iter=50).fit(x, y), joblib_file)
+
+
+def test_a_bundle_changed_in_the_artifact_store_is_refused(uri: str, tmp_path: Path) -> None:
+    from semflow.errors import SemflowError
+
+    v1 = _register(uri, _bundle(tmp_path / "b1"), {"accuracy": 0.9})
+    registry.promote(uri, v1, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"])
+    stored = list((tmp_path / "mlartifacts").rglob("classifier.joblib"))
+    assert len(stored) == 1, stored
+    original = stored[0].read_bytes()
+    _tamper(stored[0])
+
+    # A SemflowError, so the service runs degraded as when the registry is down.
+    with pytest.raises(SemflowError, match=f"model semflow v{v1} does not match") as err:
+        registry.load_champion(uri)
+    assert type(err.value).__name__ == "BundleIntegrityError"
+    assert "register it again" in str(err.value)
+    with pytest.raises(SemflowError):  # the pinned-Bento path downloads the same way
+        registry.download_bundle(uri, "semflow", v1)
+
+    # The store restored: the refused copy is downloaded again, not served from the cache.
+    stored[0].write_bytes(original)
+    bundle = registry.load_champion(uri)
+    assert bundle is not None and bundle.model_version == v1
+    mv = registry.client(uri).get_model_version("semflow", v1)
+    assert len(mv.tags[registry.DIGEST_TAG]) == 64
+
+
+def test_a_changed_cached_or_pinned_copy_is_refused(uri: str, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from semflow.models.bundle import BUNDLE_FILE, BundleIntegrityError
+
+    v1 = _register(uri, _bundle(tmp_path / "b1"), {"accuracy": 0.9})
+    registry.promote(uri, v1, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"])
+    cached = registry.download_bundle(uri, "semflow", v1)
+
+    # A pinned copy as bentos/pin_model.py makes it: lineage rewritten, BentoML's model.yaml
+    # beside it. It loads; once its classifier is swapped, it does not.
+    pinned = tmp_path / "pinned"
+    shutil.copytree(cached, pinned)
+    meta = json.loads((pinned / BUNDLE_FILE).read_text())
+    meta.update(model_name="semflow", model_version=v1)
+    (pinned / BUNDLE_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    (pinned / "model.yaml").write_text("name: semflow-bundle\n")
+    assert Bundle.load(pinned).labels
+    _tamper(pinned / "classifier.joblib")
+    with pytest.raises(BundleIntegrityError, match="does not match the checksum"):
+        Bundle.load(pinned)
+
+    # a changed threshold is a change too
+    meta["threshold"] = 0.0
+    (tmp_path / "b1" / BUNDLE_FILE).write_text(json.dumps(meta))
+    with pytest.raises(BundleIntegrityError):
+        Bundle.load(tmp_path / "b1")
+
+    _tamper(cached / "classifier.joblib")
+    with pytest.raises(BundleIntegrityError):
+        registry.load_champion(uri)
+    assert registry.load_champion(uri).model_version == v1  # re-downloaded from the store
+
+
+def test_a_version_registered_before_checksums_still_loads(
+    uri: str, tmp_path: Path, caplog
+) -> None:
+    v1 = _register(uri, _bundle(tmp_path / "b1"), {"accuracy": 0.9})
+    registry.promote(uri, v1, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"])
+    registry.client(uri).delete_model_version_tag("semflow", v1, registry.DIGEST_TAG)
+    with caplog.at_level("WARNING", logger="semflow.registry"):
+        assert registry.load_champion(uri).model_version == v1
+    assert "register it again" in caplog.text

@@ -1,12 +1,18 @@
 """The model bundle: everything the service needs, saved as one directory.
 
-Layout: `bundle.json` (labels, threshold, ranker weights, versions, tags),
+Layout: `bundle.json` (labels, threshold, ranker weights, versions, tags, checksum),
 `classifier.joblib` (sklearn estimator on L2-normalised embeddings) and, when the
 embedder was fine-tuned, an `embedder/` sentence-transformers directory.
+
+Integrity: `bundle_digest` is a sha256 over every file and the manifest's content fields.
+`save` records it in `bundle.json` and the registry records it as the model version's tag
+`bundle.sha256`; `load` refuses a bundle that no longer matches (joblib.load runs code), see
+`verify_bundle`. A bundle saved before checksums existed carries none and loads unchecked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +27,56 @@ CLASSIFIER_FILE = "classifier.joblib"
 EMBEDDER_DIR = "embedder"
 UNKNOWN = "unknown"
 FORMAT_VERSION = 1
+DIGEST_KEY = "sha256"
+# Lineage that is rewritten after registration (bentos/pin_model.py) and so is not content.
+_UNHASHED_KEYS = frozenset({DIGEST_KEY, "model_name", "model_version", "alias"})
 
 
 class BundleError(SemflowError):
     """A bundle directory is missing, incomplete or incompatible."""
+
+
+class BundleIntegrityError(BundleError):
+    """A bundle's files no longer match the checksum recorded when it was saved/registered."""
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def bundle_digest(path: Path | str) -> str:
+    """sha256 over what `load` reads: bundle.json's content fields (not the digest itself nor
+    the lineage fields), then the path and sha256 of `classifier.joblib` and of every file
+    under `embedder/`. Files beside them (BentoML's model.yaml) are not part of the bundle."""
+    root = Path(path)
+    manifest = json.loads((root / BUNDLE_FILE).read_text())
+    content = {k: v for k, v in manifest.items() if k not in _UNHASHED_KEYS}
+    h = hashlib.sha256(b"semflow-bundle-digest-1\n")
+    canon = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
+    h.update(f"{BUNDLE_FILE}\0{hashlib.sha256(canon).hexdigest()}\n".encode())
+    files = [CLASSIFIER_FILE] if (root / CLASSIFIER_FILE).exists() else []
+    files += sorted(
+        p.relative_to(root).as_posix() for p in (root / EMBEDDER_DIR).rglob("*") if p.is_file()
+    )
+    for rel in files:
+        h.update(f"{rel}\0{_file_sha256(root / rel)}\n".encode())
+    return h.hexdigest()
+
+
+def verify_bundle(path: Path | str, expected: str, what: str | None = None) -> None:
+    """Raise BundleIntegrityError unless the bundle at `path` has digest `expected`."""
+    found = bundle_digest(path)
+    if found != expected:
+        raise BundleIntegrityError(
+            f"{what or f'the bundle at {path}'} does not match the checksum recorded for it "
+            f"(sha256 {expected[:12]}..., found {found[:12]}...): its files changed after it was "
+            "saved, so it is not loaded; register it again from a trusted bundle or roll back "
+            "to another version"
+        )
 
 
 @dataclass
@@ -124,7 +176,8 @@ class Bundle:
         }
 
     def save(self, path: Path | str) -> Path:
-        """Write the bundle directory (copying a fine-tuned embedder into `embedder/`)."""
+        """Write the bundle directory (copying a fine-tuned embedder into `embedder/`) with
+        its digest in `bundle.json`."""
         import shutil
 
         import joblib
@@ -140,12 +193,16 @@ class Bundle:
                 if target.exists():
                     shutil.rmtree(target)
                 shutil.copytree(src, target)
-        (dest / BUNDLE_FILE).write_text(json.dumps(self.manifest(), indent=2, sort_keys=True))
+        manifest = self.manifest()
+        (dest / BUNDLE_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        manifest[DIGEST_KEY] = bundle_digest(dest)
+        (dest / BUNDLE_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         return dest
 
     @classmethod
-    def load(cls, path: Path | str) -> Bundle:
-        """Read a bundle directory written by `save`."""
+    def load(cls, path: Path | str, verify: bool = True) -> Bundle:
+        """Read a bundle directory written by `save`; unless `verify` is off (the caller has
+        just checked it), refuse one whose files differ from the digest it records."""
         import joblib
 
         src = Path(path)
@@ -158,6 +215,8 @@ class Bundle:
             raise BundleError(f"{manifest_path} is not valid JSON: {err}") from None
         if m.get("format") != FORMAT_VERSION:
             raise BundleError(f"unsupported bundle format {m.get('format')!r} in {manifest_path}")
+        if verify and m.get(DIGEST_KEY):
+            verify_bundle(src, str(m[DIGEST_KEY]), f"the bundle at {src}")
         clf_path = src / CLASSIFIER_FILE
         classifier = joblib.load(clf_path) if clf_path.is_file() else None
         emb = src / EMBEDDER_DIR if m.get("embedder_dir") else None
