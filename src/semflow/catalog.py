@@ -143,6 +143,19 @@ class Catalog:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
 
+    def last_run_id(self) -> int:
+        """The newest run id of any source, 0 before the first run."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.max(runs.c.id))).scalar() or 0)
+
+    def changed_since(self, source: str, run_id: int | None) -> dict[str, dict[str, Any]]:
+        """Rows written by runs newer than `run_id` (none when it is None), by doc id."""
+        if run_id is None:
+            return {}
+        q = sa.select(documents).where(documents.c.source == source, documents.c.run_id > run_id)
+        with self.engine.connect() as conn:
+            return {r.doc_id: dict(r._mapping) for r in conn.execute(q)}
+
     def last_run(self, source: str) -> dict[str, Any] | None:
         q = (
             sa.select(runs)
@@ -202,7 +215,11 @@ class Catalog:
                 c.execute(stmt)
 
     def record(self, rows: list[dict[str, Any]], conn: Any) -> None:
-        """Upsert document rows (keys: the table's columns) inside the caller's transaction."""
+        """Upsert document rows (keys: the table's columns) inside the caller's transaction.
+
+        Newer wins: a row whose `source_updated_at` is older than the stored one is ignored
+        (rows without one, and stored rows without one, always apply).
+        """
         if not rows:
             return
         now = _audit_now()
@@ -219,9 +236,14 @@ class Catalog:
         params = [{c: r.get(c, _DEFAULTS.get(c)) for c in cols} for r in rows]
         stmt = insert(documents)
         update = {c: stmt.excluded[c] for c in cols if c not in ("source", "doc_id")}
+        stored, incoming = documents.c.source_updated_at, stmt.excluded.source_updated_at
+        newer = sa.or_(stored.is_(None), incoming.is_(None), incoming >= stored)
         # One statement, many parameter sets: SQLAlchemy batches it ("insertmanyvalues").
         conn.execute(
-            stmt.on_conflict_do_update(index_elements=["source", "doc_id"], set_=update), params
+            stmt.on_conflict_do_update(
+                index_elements=["source", "doc_id"], set_=update, where=newer
+            ),
+            params,
         )
 
     def prune_failed(self, older_than: datetime, dry_run: bool = False) -> int:

@@ -6,13 +6,18 @@ Three steps, so a DAG can fan the embedding out over workers (`.expand()`):
   apply_sync()       one writer: upsert, delete, reconcile, publish a generation, then record
 `run_sync()` runs all three in one process; the CLI and the DAG call the same functions.
 
-The catalog is written only after the index generation is published, so it never marks a
-document indexed that is not in the index; a crash in between means the next run re-upserts
-the same deterministic ids (no duplicates).
+apply_sync() holds the index writer lock from its first write to its catalog commit, so no
+other writer (a sync of another window, a backfill, a re-index) comes between the publish and
+the catalog write. Under that lock newer wins: a version older than the one the catalog or the
+index already holds (by the source's `updated_at`) is skipped, upserts, tombstones and dead
+letters alike. The catalog is written only after the generation is published, so it never
+marks a document indexed that is not in the index; a crash in between means the next run
+re-upserts the same deterministic ids (no duplicates).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,12 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from semflow.catalog import DELETED, FAILED, INDEXED, Catalog, DocState
+from semflow.catalog import DELETED, FAILED, INDEXED, Catalog
 from semflow.config import Settings, get_settings
 from semflow.documents import Document, point_id, to_utc
 from semflow.embedding import Embedder
 from semflow.errors import SemflowError
-from semflow.index.base import IndexStore, open_store
+from semflow.index.base import IndexStore, VectorIndex, open_store
 from semflow.sources.base import Source
 
 log = logging.getLogger("semflow.sync")
@@ -54,6 +59,9 @@ class SyncPlan:
     reconcile: bool
     partitions: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    # The newest run id when the plan was made: catalog rows of later runs are changes other
+    # syncs published meanwhile, which a full refresh or a reconcile must not undo.
+    since_run: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,14 +124,36 @@ def _iso(dt: datetime | None) -> str | None:
     return dt.isoformat() if dt else None
 
 
-def _is_stale(doc: Document, state: DocState | None) -> bool:
-    """A newer version of the doc was already recorded (an older window applied late)."""
-    return bool(
-        state
-        and state.source_updated_at
-        and doc.updated_at
-        and state.source_updated_at > doc.updated_at
-    )
+def _is_older(doc: Document, known: dict[str, datetime]) -> bool:
+    """A newer version of the doc is already held (an older window applied late).
+
+    Equal timestamps are not older (a re-run of the same version), and a document without
+    `updated_at` cannot be ordered, so the last writer wins for it.
+    """
+    seen = known.get(doc.doc_id)
+    return bool(seen and doc.updated_at and seen > doc.updated_at)
+
+
+def _known_versions(
+    catalog: Catalog, index: VectorIndex | None, source: str, doc_ids: list[str]
+) -> dict[str, datetime]:
+    """The newest `updated_at` the catalog or the index holds for each document.
+
+    The index is asked too because a crash between a publish and its catalog commit leaves
+    the index ahead of the catalog.
+    """
+    known = {
+        i: st.source_updated_at
+        for i, st in catalog.states(source, doc_ids).items()
+        if st.source_updated_at is not None
+    }
+    if index is not None and doc_ids:
+        for hit in index.retrieve([point_id(source, i) for i in doc_ids]):
+            ts = to_utc(hit.payload.get("updated_at"))
+            i = str(hit.payload.get("doc_id"))
+            if ts is not None and (i not in known or ts > known[i]):
+                known[i] = ts
+    return known
 
 
 # -- step 1: plan ----------------------------------------------------------------
@@ -140,6 +170,7 @@ def plan_sync(
 ) -> SyncPlan:
     """Extract the window (reading the whole source first, so a down source fails here)."""
     s = settings or get_settings()
+    since_run = catalog.last_run_id()  # before reading the source: later runs may be newer
     live_version = store.live_model_version()
     if live_version is not None and live_version != model_version and not full_refresh:
         log.warning(
@@ -215,6 +246,7 @@ def plan_sync(
         mode="full" if full_refresh else "incremental",
         reconcile=live_ids is not None,
         partitions=parts,
+        since_run=since_run,
         counts={
             "extracted": extracted,
             "retried": len(retry_ids),
@@ -267,97 +299,192 @@ def apply_sync(
     dimension: int,
     vectors: list[str] | None = None,
 ) -> SyncResult:
-    """Single writer: upsert, delete, reconcile, publish, then record in the catalog."""
+    """Single writer: upsert, delete, reconcile, publish, then record in the catalog.
+
+    All of it under the index writer lock, and newer wins (see the module docstring).
+    """
     t0 = time.perf_counter()
-    pdir = Path(plan.plan_dir)
     window = (to_utc(plan.window[0]), to_utc(plan.window[1]))
     run_id = catalog.start_run(plan.source, window, plan.mode + ("+reconcile" * plan.reconcile))
     counts = dict(plan.counts)
-    rows: list[dict[str, Any]] = []
+    try:
+        with store.lock():
+            generation = _apply_locked(plan, catalog, store, dimension, vectors, run_id, counts)
+    except BaseException as err:
+        catalog.finish_run(run_id, "failed", counts, None, error=str(err)[:2000])
+        raise
+    shutil.rmtree(plan.plan_dir, ignore_errors=True)
+    return SyncResult(plan.source, run_id, generation, plan.mode, counts, time.perf_counter() - t0)
+
+
+def _apply_locked(
+    plan: SyncPlan,
+    catalog: Catalog,
+    store: IndexStore,
+    dimension: int,
+    vectors: list[str] | None,
+    run_id: int,
+    counts: dict[str, int],
+) -> int | None:
+    """apply_sync's work; the caller holds the writer lock. Returns the live generation."""
+    pdir = Path(plan.plan_dir)
+    failed = _read_lines(pdir / "failed.jsonl")
     if _nothing_to_write(plan):
         # No new generation for a no-op run: readers keep theirs, the run is still recorded.
         counts.update(indexed=0, deleted=0, orphans=0)
         generation = store.live_generation()
-        failed = _read_lines(pdir / "failed.jsonl")
-        with catalog.engine.begin() as conn:
-            catalog.record(_failed_rows(catalog, plan, failed, generation, run_id), conn)
-            catalog.finish_run(run_id, "succeeded", counts, generation, conn=conn)
-        shutil.rmtree(pdir, ignore_errors=True)
-        return SyncResult(
-            plan.source, run_id, generation, plan.mode, counts, time.perf_counter() - t0
+        with contextlib.ExitStack() as stack:
+            ref = (
+                stack.enter_context(store.open_live())
+                if failed and generation is not None
+                else None
+            )
+            rows = _failed_rows(catalog, ref, plan, failed, generation, run_id, [])
+        _record(catalog, rows, run_id, counts, generation)
+        return generation
+
+    full = plan.mode == "full"
+    changed = catalog.changed_since(plan.source, plan.since_run)
+    rows: list[dict[str, Any]] = []
+    stale: list[str] = []
+    with contextlib.ExitStack() as stack:
+        idx = stack.enter_context(store.writer(plan.model_version, dimension, fresh=full))
+        generation = idx.generation
+        # What the index already holds: the writer's copy of the live generation, or for a
+        # fresh build the live generation itself (closed before the writer publishes).
+        ref: VectorIndex | None = idx
+        if full:
+            ref = (
+                None if store.live_generation() is None else stack.enter_context(store.open_live())
+            )
+        indexed = 0
+        for k, part in enumerate(plan.partitions):
+            docs = _read_lines(Path(part))
+            vec_path = Path(vectors[k]) if vectors else _vectors_path(plan, part, docs)
+            if not vec_path.exists():
+                raise SemflowError(f"partition {part} has not been embedded ({vec_path})")
+            vecs = np.load(vec_path)
+            known = _known_versions(catalog, ref, plan.source, [d["doc_id"] for d in docs])
+            keep = []
+            for i, d in enumerate(docs):
+                if _is_older(Document.from_json(d), known):
+                    stale.append(d["doc_id"])
+                else:
+                    keep.append(i)
+            ids, payloads = [], []
+            for i in keep:
+                d = docs[i]
+                doc = Document.from_json({**d, "text": d["index_text"]})
+                payload = doc.payload(plan.model_version, truncated=d["truncated"])
+                payload["content_hash"] = Document.from_json(d).content_hash
+                ids.append(doc.point_id)
+                payloads.append(payload)
+                rows.append(_row(Document.from_json(d), INDEXED, plan, generation, run_id))
+                rows[-1]["content_hash"] = payload["content_hash"]
+                rows[-1]["truncated"] = bool(d["truncated"])
+            idx.upsert(ids, vecs[keep], payloads)
+            indexed += len(ids)
+            log.info("upserted partition %d/%d (%d points)", k + 1, len(plan.partitions), len(ids))
+        counts["indexed"] = indexed
+
+        tombstones = [Document.from_json(d) for d in _read_lines(pdir / "deletes.jsonl")]
+        known = _known_versions(catalog, ref, plan.source, [d.doc_id for d in tombstones])
+        stale += [d.doc_id for d in tombstones if _is_older(d, known)]
+        tombstones = [d for d in tombstones if not _is_older(d, known)]
+        idx.delete([d.point_id for d in tombstones])
+        rows += [_row(d, DELETED, plan, generation, run_id) for d in tombstones]
+
+        orphans: list[str] = []
+        if plan.reconcile:
+            live = set(json.loads((pdir / "live_ids.json").read_text()))
+            orphans = [
+                p["doc_id"]
+                for _, p in idx.iter_payloads(plan.source, fields=("doc_id",))
+                if p.get("doc_id") not in live
+            ]
+            orphans += [i for i in catalog.ids(plan.source, [INDEXED, FAILED]) if i not in live]
+            # A document another sync indexed after the live ids were read is not an orphan.
+            orphans = sorted(set(orphans) - {d.doc_id for d in tombstones} - set(changed))
+            idx.delete([point_id(plan.source, i) for i in orphans])
+        rows += _failed_rows(catalog, ref, plan, failed, generation, run_id, stale)
+        if full:
+            counts["carried"] = _carry_over(
+                plan, idx, ref, stale, changed, rows, generation, run_id
+            )
+        counts["orphans"] = len(orphans)
+        counts["deleted"] = len(tombstones) + len(orphans)
+        counts["stale"] = len(stale)
+        counts["points"] = idx.count()
+
+    # Published; the lock is still held, so no writer comes between the publish and the record.
+    gone: set[str] = set()
+    if full:
+        keep_ids = set(json.loads((pdir / "all_ids.json").read_text()))
+        gone = catalog.ids(plan.source, [INDEXED, FAILED, "pending"]) - keep_ids - set(changed)
+        counts["deleted"] = counts.get("deleted", 0) + len(gone)
+    rows += [_deleted_row(catalog, plan.source, o, generation, run_id) for o in orphans]
+    rows += [_deleted_row(catalog, plan.source, o, generation, run_id) for o in sorted(gone)]
+    _record(catalog, rows, run_id, counts, generation)
+    return generation
+
+
+def _carry_over(
+    plan: SyncPlan,
+    idx: VectorIndex,
+    ref: VectorIndex | None,
+    stale: list[str],
+    changed: dict[str, dict[str, Any]],
+    rows: list[dict[str, Any]],
+    generation: int,
+    run_id: int,
+) -> int:
+    """A full refresh fills its fresh generation from the plan's snapshot of the source; what
+    other syncs published after that snapshot (newer versions, new documents) is carried over
+    from the live generation instead of lost. Returns how many points were copied.
+
+    Points of another model cannot be copied: those documents become dead letters that the
+    next run fetches and embeds again.
+    """
+    all_ids = set(json.loads((Path(plan.plan_dir) / "all_ids.json").read_text()))
+    wanted = set(stale) | ({i for i, r in changed.items() if r["status"] == INDEXED} - all_ids)
+    if ref is None or not wanted:
+        return 0
+    hits = ref.retrieve([point_id(plan.source, i) for i in sorted(wanted)], with_vectors=True)
+    if ref.model_version == plan.model_version:
+        vecs = np.asarray([h.payload.pop("_vector") for h in hits], dtype=np.float32)
+        idx.upsert([h.id for h in hits], vecs.reshape(len(hits), -1), [h.payload for h in hits])
+        return len(hits)
+    for h in hits:
+        p = h.payload
+        rows.append(
+            {
+                **_key(plan.source, str(p["doc_id"])),
+                "tenant": p.get("tenant") or "default",
+                "content_hash": p.get("content_hash"),
+                "model_version": None,
+                "generation": generation,
+                "status": FAILED,
+                "attempts": 0,
+                "last_error": "changed while a full refresh embedded the source; "
+                "embedded again by the next run",
+                "truncated": bool(p.get("truncated")),
+                "source_updated_at": to_utc(p.get("updated_at")),
+                "run_id": run_id,
+            }
         )
-    try:
-        with store.writer(plan.model_version, dimension, fresh=plan.mode == "full") as idx:
-            generation = idx.generation
-            embedded = 0
-            for k, part in enumerate(plan.partitions):
-                docs = _read_lines(Path(part))
-                vec_path = Path(vectors[k]) if vectors else _vectors_path(plan, part, docs)
-                if not vec_path.exists():
-                    raise SemflowError(f"partition {part} has not been embedded ({vec_path})")
-                vecs = np.load(vec_path)
-                # Re-check under the writer lock: a concurrent run may have stored newer rows.
-                states = catalog.states(plan.source, [d["doc_id"] for d in docs])
-                keep = [
-                    i
-                    for i, d in enumerate(docs)
-                    if not _is_stale(Document.from_json(d), states.get(d["doc_id"]))
-                ]
-                counts["stale"] = counts.get("stale", 0) + len(docs) - len(keep)
-                ids, payloads = [], []
-                for i in keep:
-                    d = docs[i]
-                    doc = Document.from_json({**d, "text": d["index_text"]})
-                    payload = doc.payload(plan.model_version, truncated=d["truncated"])
-                    payload["content_hash"] = Document.from_json(d).content_hash
-                    ids.append(doc.point_id)
-                    payloads.append(payload)
-                    rows.append(_row(Document.from_json(d), INDEXED, plan, generation, run_id))
-                    rows[-1]["content_hash"] = payload["content_hash"]
-                    rows[-1]["truncated"] = bool(d["truncated"])
-                idx.upsert(ids, vecs[keep], payloads)
-                embedded += len(ids)
-                log.info(
-                    "upserted partition %d/%d (%d points)", k + 1, len(plan.partitions), len(ids)
-                )
-            counts["indexed"] = embedded
+    return 0
 
-            tombstones = [Document.from_json(d) for d in _read_lines(pdir / "deletes.jsonl")]
-            idx.delete([d.point_id for d in tombstones])
-            rows += [_row(d, DELETED, plan, generation, run_id) for d in tombstones]
 
-            orphans: list[str] = []
-            if plan.reconcile:
-                live = set(json.loads((pdir / "live_ids.json").read_text()))
-                orphans = [
-                    p["doc_id"]
-                    for _, p in idx.iter_payloads(plan.source, fields=("doc_id",))
-                    if p.get("doc_id") not in live
-                ]
-                orphans += [i for i in catalog.ids(plan.source, [INDEXED, FAILED]) if i not in live]
-                orphans = sorted(set(orphans) - {d.doc_id for d in tombstones})
-                idx.delete([point_id(plan.source, i) for i in orphans])
-            counts["orphans"] = len(orphans)
-            counts["deleted"] = len(tombstones) + len(orphans)
-            counts["points"] = idx.count()
-
-        failed = _read_lines(pdir / "failed.jsonl")
-        gone: set[str] = set()
-        if plan.mode == "full":
-            keep_ids = set(json.loads((pdir / "all_ids.json").read_text()))
-            gone = catalog.ids(plan.source, [INDEXED, FAILED, "pending"]) - keep_ids
-            counts["deleted"] = counts.get("deleted", 0) + len(gone)
-        rows += [_deleted_row(catalog, plan.source, o, generation, run_id) for o in orphans]
-        rows += [_deleted_row(catalog, plan.source, o, generation, run_id) for o in sorted(gone)]
-        rows += _failed_rows(catalog, plan, failed, generation, run_id)
-        with catalog.engine.begin() as conn:
-            catalog.record(_dedupe(rows), conn)
-            catalog.finish_run(run_id, "succeeded", counts, generation, conn=conn)
-    except BaseException as err:
-        catalog.finish_run(run_id, "failed", counts, None, error=str(err)[:2000])
-        raise
-    shutil.rmtree(pdir, ignore_errors=True)
-    return SyncResult(plan.source, run_id, generation, plan.mode, counts, time.perf_counter() - t0)
+def _record(
+    catalog: Catalog,
+    rows: list[dict[str, Any]],
+    run_id: int,
+    counts: dict[str, int],
+    generation: int | None,
+) -> None:
+    with catalog.engine.begin() as conn:
+        catalog.record(_dedupe(rows), conn)
+        catalog.finish_run(run_id, "succeeded", counts, generation, conn=conn)
 
 
 def _nothing_to_write(plan: SyncPlan) -> bool:
@@ -371,16 +498,26 @@ def _nothing_to_write(plan: SyncPlan) -> bool:
 
 def _failed_rows(
     catalog: Catalog,
+    ref: VectorIndex | None,
     plan: SyncPlan,
     failed: list[dict[str, Any]],
     generation: int | None,
     run_id: int,
+    stale: list[str],
 ) -> list[dict[str, Any]]:
-    """Dead letters: recorded with their reason and attempt count, retried next run."""
-    prev = catalog.states(plan.source, [f["doc_id"] for f in failed])
+    """Dead letters: recorded with their reason and attempt count, retried next run.
+
+    A dead letter older than the version already held is skipped (added to `stale`).
+    """
+    ids = [f["doc_id"] for f in failed]
+    prev = catalog.states(plan.source, ids)
+    known = _known_versions(catalog, ref, plan.source, ids)
     rows = []
     for f in failed:
         doc = Document.from_json(f)
+        if _is_older(doc, known):
+            stale.append(doc.doc_id)
+            continue
         r = _row(doc, FAILED, plan, generation, run_id)
         r["attempts"] = (prev[doc.doc_id].attempts if doc.doc_id in prev else 0) + 1
         r["last_error"] = f["error"]

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from semflow.errors import SemflowError
+from semflow.index.lock import Reentrant
 
 # Payload fields that get a keyword index and may be used in filters.
 INDEXED_FIELDS = ("tenant", "type", "source", "doc_id", "labels")
@@ -134,6 +135,19 @@ class VectorIndex(ABC):
 class IndexStore(ABC):
     """The generations of one collection."""
 
+    def lock(self) -> AbstractContextManager[None]:
+        """Hold the writer lock: one writer at a time, re-entrant in the holding thread.
+
+        `writer()` takes it by itself; hold it around `writer()` to keep what must follow the
+        publish (a sync's catalog write, a re-index's catch-up) in the same critical section.
+        """
+        held = self.__dict__.get("_held") or self.__dict__.setdefault("_held", Reentrant())
+        return held.hold(self._acquire_lock)
+
+    @abstractmethod
+    def _acquire_lock(self) -> AbstractContextManager[None]:
+        """Take the lock once (a file lock, a thread lock); raises IndexLockedError on timeout."""
+
     @abstractmethod
     def live_generation(self) -> int | None: ...
 
@@ -155,7 +169,7 @@ class IndexStore(ABC):
     def writer(
         self, model_version: str, dimension: int, fresh: bool = False
     ) -> AbstractContextManager[VectorIndex]:
-        """A writable generation based on the live one (or empty if `fresh`).
+        """A writable generation based on the live one (or empty if `fresh`), under `lock()`.
 
         Published atomically when the block exits without error; discarded otherwise.
         """
@@ -181,7 +195,13 @@ def open_store(settings: Any = None) -> IndexStore:
     if s.index_backend == "server":
         from semflow.index.qdrant_server import ServerStore
 
-        return ServerStore(s.qdrant_url or ":memory:", s.collection, api_key=s.qdrant_api_key)
+        return ServerStore(
+            s.qdrant_url or ":memory:",
+            s.collection,
+            api_key=s.qdrant_api_key,
+            lock_dir=s.index_dir,
+            lock_timeout_s=s.writer_lock_timeout_s,
+        )
     from semflow.index.qdrant_edge import EdgeStore
 
     return EdgeStore(s.index_dir / s.collection, lock_timeout_s=s.writer_lock_timeout_s)

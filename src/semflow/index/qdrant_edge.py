@@ -2,7 +2,7 @@
 
 Layout under `root` (e.g. var/index/semflow/):
   LIVE            the live generation number, replaced atomically (write tmp + rename)
-  WRITER.lock     flock held by the one writer
+  WRITER.lock     flock held by the one writer (see semflow.index.lock)
   gen-000007/     an edge shard + meta.json
 
 Published generations are immutable, so their shards are created with the WAL off: any
@@ -14,18 +14,16 @@ unpublished directory that the next writer removes.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from semflow.errors import IndexError_, IndexLockedError
+from semflow.errors import IndexError_
 from semflow.index.base import (
     INDEXED_FIELDS,
     Hit,
@@ -33,6 +31,7 @@ from semflow.index.base import (
     VectorIndex,
     normalize_filters,
 )
+from semflow.index.lock import file_lock
 
 _GEN_PREFIX = "gen-"
 _UPSERT_CHUNK = 1024
@@ -252,34 +251,10 @@ class EdgeStore(IndexStore):
         return self.open_generation(gen)
 
     # -- writing -----------------------------------------------------------
-    @contextlib.contextmanager
-    def _writer_lock(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        lock_path = self.root / "WRITER.lock"
-        fh = lock_path.open("a+")
-        deadline = time.monotonic() + self.lock_timeout_s
-        try:
-            while True:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        fh.seek(0)
-                        holder = fh.read().strip() or "unknown"
-                        raise IndexLockedError(
-                            f"the index at {self.root} is being written by another process "
-                            f"({holder}); waited {self.lock_timeout_s:.0f} s. Try again when it "
-                            "finishes, or raise SEMFLOW_WRITER_LOCK_TIMEOUT_S."
-                        ) from None
-                    time.sleep(0.1)
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"pid {os.getpid()}")
-            fh.flush()
-            yield
-        finally:
-            fh.close()  # closing releases the flock
+    def _acquire_lock(self) -> contextlib.AbstractContextManager[None]:
+        return file_lock(
+            self.root / "WRITER.lock", self.lock_timeout_s, f"the index at {self.root}"
+        )
 
     def _remove_unpublished(self, live: int | None) -> None:
         for p in self.root.iterdir():
@@ -298,7 +273,7 @@ class EdgeStore(IndexStore):
     ) -> Iterator[EdgeIndex]:
         import qdrant_edge as q
 
-        with self._writer_lock():
+        with self.lock():
             live = self.live_generation()
             self._remove_unpublished(live)
             base = None if fresh else live

@@ -1,24 +1,42 @@
 """Server backend: qdrant-client against a Qdrant server (or its in-process local mode).
 
 Each generation is a collection `<name>_g<N>`; the alias `<name>` points to the live one and
-is switched atomically by one `update_collection_aliases` call. The server takes concurrent
-writers, so an incremental sync writes into the live collection in place (upserts are
-idempotent); only a fresh build (full refresh, new model) creates a new generation.
+is switched atomically by one `update_collection_aliases` call. An incremental sync writes
+into the live collection in place (upserts are idempotent); only a fresh build (full refresh,
+new model) creates a new generation.
+
+Writers still take a lock (`IndexStore.lock`), because a sync's writes and its catalog record
+must not interleave with another writer's: a thread lock per client in local mode (one process
+owns a local collection), a `flock` under `lock_dir` for a server reached by URL.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import threading
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from semflow.errors import IndexError_
 from semflow.index.base import INDEXED_FIELDS, Hit, IndexStore, VectorIndex, normalize_filters
+from semflow.index.lock import file_lock, thread_lock
 
 _BATCH = 512
+# One lock per (client, collection): stores sharing an in-process client share its writers.
+_CLIENT_LOCKS: weakref.WeakKeyDictionary[Any, dict[str, threading.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+_CLIENT_LOCKS_GUARD = threading.Lock()
+
+
+def _client_lock(client: Any, name: str) -> threading.Lock:
+    with _CLIENT_LOCKS_GUARD:
+        return _CLIENT_LOCKS.setdefault(client, {}).setdefault(name, threading.Lock())
 
 
 class ServerIndex(VectorIndex):
@@ -137,10 +155,23 @@ class ServerIndex(VectorIndex):
 class ServerStore(IndexStore):
     """Generations as collections behind one alias."""
 
-    def __init__(self, url: str, name: str, api_key: str | None = None, client: Any = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        api_key: str | None = None,
+        client: Any = None,
+        lock_dir: Path | str | None = None,
+        lock_timeout_s: float = 120.0,
+    ) -> None:
         from qdrant_client import QdrantClient
 
         self.name = name
+        self.lock_timeout_s = lock_timeout_s
+        remote = url.startswith(("http://", "https://"))
+        self._lock_path = (
+            Path(lock_dir) / f"{name}.server-WRITER.lock" if remote and lock_dir else None
+        )
         if client is not None:
             self.client = client
         elif url == ":memory:":
@@ -206,28 +237,35 @@ class ServerStore(IndexStore):
         )
         self.client.update_collection_aliases(change_aliases_operations=ops)
 
+    def _acquire_lock(self) -> contextlib.AbstractContextManager[None]:
+        what = f"the collection {self.name!r}"
+        if self._lock_path is not None:
+            return file_lock(self._lock_path, self.lock_timeout_s, what)
+        return thread_lock(_client_lock(self.client, self.name), self.lock_timeout_s, what)
+
     @contextlib.contextmanager
     def writer(
         self, model_version: str, dimension: int, fresh: bool = False
     ) -> Iterator[ServerIndex]:
-        live = self.live_generation()
-        if live is not None and not fresh:
-            index = ServerIndex(self.client, self._coll(live), live)
-            if index.model_version != model_version:
-                raise IndexError_(
-                    f"live generation {live} was built with {index.model_version}, "
-                    f"not {model_version}; rebuild with a full refresh"
-                )
-            yield index
-            return
-        gen = max([*self.generations(), live or 0]) + 1
-        self._create(gen, model_version, dimension)
-        try:
-            yield ServerIndex(self.client, self._coll(gen), gen)
-        except BaseException:
-            self.client.delete_collection(self._coll(gen))
-            raise
-        self._switch(gen)
+        with self.lock():
+            live = self.live_generation()
+            if live is not None and not fresh:
+                index = ServerIndex(self.client, self._coll(live), live)
+                if index.model_version != model_version:
+                    raise IndexError_(
+                        f"live generation {live} was built with {index.model_version}, "
+                        f"not {model_version}; rebuild with a full refresh"
+                    )
+                yield index
+                return
+            gen = max([*self.generations(), live or 0]) + 1
+            self._create(gen, model_version, dimension)
+            try:
+                yield ServerIndex(self.client, self._coll(gen), gen)
+            except BaseException:
+                self.client.delete_collection(self._coll(gen))
+                raise
+            self._switch(gen)
 
     def drop_generation(self, generation: int) -> None:
         if generation == self.live_generation():

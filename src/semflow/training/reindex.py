@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,34 +88,71 @@ def reindex_if_changed(
     with store.open_live() as live:
         old_gen = live.generation
         old_score = golden_ndcg(live, old_emb, golden, params.base.tenant) if old_emb else None
-        ids, payloads = [], []
-        for pid, payload in live.iter_payloads(fields=list(_PAYLOAD_FIELDS)):
-            ids.append(pid)
-            payloads.append({**payload, "model_version": new_emb.version})
-    vectors = new_emb.encode([p.get("text") or "" for p in payloads])
     if champ.embedder_dir is not None:
         from semflow.embedding import install_embedder
 
         # Installed before the switch so the next sync embeds with the same model.
         install_embedder(s, Path(champ.embedder_dir), new_emb.version)
-    with store.writer(new_emb.version, new_emb.dimension, fresh=True) as w:
-        for i in range(0, len(ids), 1000):
-            w.upsert(ids[i : i + 1000], vectors[i : i + 1000], payloads[i : i + 1000])
-        new_score = golden_ndcg(w, new_emb, golden, params.base.tenant)
-        if old_score is not None and new_score < old_score:
+    scores: dict[str, float] = {}
+
+    def check(w: Any) -> None:
+        scores["new"] = golden_ndcg(w, new_emb, golden, params.base.tenant)
+        if old_score is not None and scores["new"] < old_score:
             raise ReindexRejected(
-                f"the rebuilt index scores nDCG@10 {new_score:.4f} on the golden queries, below the "
-                f"live generation's {old_score:.4f}; generation {old_gen} stays live"
+                f"the rebuilt index scores nDCG@10 {scores['new']:.4f} on the golden queries, "
+                f"below the live generation's {old_score:.4f}; generation {old_gen} stays live"
             )
+
+    points = rebuild_generation(store, new_emb, check)
     return {
         "reindexed": True,
         "old_generation": old_gen,
         "generation": store.live_generation(),
         "model_version": new_emb.version,
-        "golden_ndcg": new_score,
+        "golden_ndcg": scores["new"],
         "old_golden_ndcg": old_score,
-        "points": len(ids),
+        "points": points,
     }
+
+
+def rebuild_generation(
+    store: Any, embedder: Any, check: Callable[[Any], None] | None = None
+) -> int:
+    """Publish a fresh generation of every live point embedded with `embedder`; returns
+    its point count. `check(index)` runs before the switch and may raise to keep the old one.
+
+    The bulk is embedded outside the writer lock, so syncs keep publishing meanwhile. Under
+    the lock the live points are read again and whatever changed since (edited, new and
+    deleted documents) is embedded too, so the swap never drops a sync's changes.
+    """
+    before = _live_payloads(store)
+    vectors = dict(zip(before, _encode(embedder, before.values()), strict=True))
+    with store.lock():
+        now = _live_payloads(store)
+        changed = {pid: p for pid, p in now.items() if before.get(pid) != p}
+        vectors.update(zip(changed, _encode(embedder, changed.values()), strict=True))
+        ids = list(now)
+        with store.writer(embedder.version, embedder.dimension, fresh=True) as w:
+            for i in range(0, len(ids), 1000):
+                chunk = ids[i : i + 1000]
+                w.upsert(
+                    chunk,
+                    np.stack([vectors[pid] for pid in chunk]),
+                    [{**now[pid], "model_version": embedder.version} for pid in chunk],
+                )
+            if check is not None:
+                check(w)
+    return len(ids)
+
+
+def _live_payloads(store: Any) -> dict[str, dict[str, Any]]:
+    with store.open_live() as live:
+        return dict(live.iter_payloads(fields=list(_PAYLOAD_FIELDS)))
+
+
+def _encode(embedder: Any, payloads: Iterable[dict[str, Any]]) -> np.ndarray:
+    texts = [p.get("text") or "" for p in payloads]
+    return embedder.encode(texts) if texts else np.zeros((0, embedder.dimension), np.float32)
 
 
 _PAYLOAD_FIELDS = (
