@@ -4,7 +4,10 @@ Wiring only: every endpoint calls `semflow.serving.Engine`. A pure-ASGI guard
 (`semflow.serving.http.GuardMiddleware`) checks the API key, the body size and the JSON
 schema first, so bad input gets a 401/403/413/422 sentence before any model code runs.
 Errors raised by the engine are mapped to their status (409 model mismatch, 503 no
-classifier or no index) by `semflow.serving.errors.status_for`.
+classifier or no index) by `semflow.serving.errors.status_for`. Long jobs
+(`/embed_job/*`, `/classify_job/*`) run on the engine's own job pool and belong to the key
+that submitted them; BentoML's task store is not used, since it keeps every request's
+headers (the API key) and texts on disk.
 """
 
 from __future__ import annotations
@@ -25,15 +28,13 @@ from starlette.routing import Route
 
 from semflow.config import get_settings
 from semflow.serving import Engine, status_for
-from semflow.serving.auth import ANONYMOUS
-from semflow.serving.batching import MicroBatcher
+from semflow.serving.auth import NOBODY, Principal
 from semflow.serving.http import PRINCIPAL, GuardMiddleware
 from semflow.serving.schemas import (
     Candidate,
     ClassifyRequest,
     EmbedRequest,
     EncodeRequest,
-    JobRequest,
     RankRequest,
     SearchRequest,
     SimilarityRequest,
@@ -75,12 +76,24 @@ def _answer(fn: Callable[[], Any], ctx: bentoml.Context | None = None) -> Any:
         return _fail(err, ctx)
 
 
+def _principal(scope: Any) -> Principal:
+    """The caller the guard authenticated; none (a route it did not see) reads nothing."""
+    return scope.get(PRINCIPAL, NOBODY)
+
+
+def _engine() -> Engine | None:
+    svc = bentoml.get_current_service()
+    return None if svc is None else svc.engine
+
+
+STARTING = JSONResponse({"error": "the service is still starting"}, 503)
+
+
 async def _get(request: Request) -> JSONResponse:
     """GET /labels, /model, /health (a plain ASGI app: BentoML APIs are POST-only)."""
-    svc = bentoml.get_current_service()
-    if svc is None:
-        return JSONResponse({"error": "the service is still starting"}, 503)
-    engine: Engine = svc.engine
+    engine = _engine()
+    if engine is None:
+        return STARTING
     fn = {"/labels": engine.labels, "/model": engine.model_info, "/health": engine.health}[
         request.url.path
     ]
@@ -88,8 +101,32 @@ async def _get(request: Request) -> JSONResponse:
     return out if isinstance(out, JSONResponse) else JSONResponse(out)
 
 
+async def _job(request: Request) -> JSONResponse:
+    """/<job>/submit (POST), /<job>/status and /<job>/get (GET), /<job>/cancel (PUT)."""
+    engine = _engine()
+    if engine is None:
+        return STARTING
+    kind, action = request.url.path.strip("/").split("/")
+    principal = _principal(request.scope)
+    if action == "submit":
+        body = await request.json()  # the guard has checked it
+        fn = lambda: engine.submit_job(kind, body, principal)  # noqa: E731
+    else:
+        task_id = request.query_params.get("task_id", "")
+        fn = lambda: engine.job(kind, action, task_id, principal)  # noqa: E731
+    out = _answer(fn)
+    return out if isinstance(out, JSONResponse) else JSONResponse(out)
+
+
+_JOB_METHODS = {"submit": "POST", "status": "GET", "get": "GET", "cancel": "PUT"}
+_JOB_KINDS = ("embed_job", "classify_job")
 info_app = Starlette(
     routes=[Route(p, _get, methods=["GET"]) for p in ("/labels", "/model", "/health")]
+    + [
+        Route(f"/{kind}/{action}", _job, methods=[method])
+        for kind in _JOB_KINDS
+        for action, method in _JOB_METHODS.items()
+    ]
 )
 
 
@@ -107,16 +144,12 @@ class Semflow:
     def __init__(self) -> None:
         pinned = Path(self.bundle_model.path) if self.bundle_model is not None else None
         self.engine = Engine(get_settings(), pinned=pinned)
-        self.batcher = MicroBatcher(
-            self.engine.encode, _S.embed_max_batch_size, _S.embed_max_latency_ms
-        )
 
     def __is_ready__(self) -> bool:
         return self.engine.health()["status"] in ("ready", "degraded")
 
     @bentoml.on_shutdown
     def _close(self) -> None:
-        self.batcher.close()
         self.engine.close()
 
     @bentoml.api(input_spec=EmbedRequest)
@@ -124,9 +157,9 @@ class Semflow:
         """Embed texts (adaptive micro-batching across concurrent requests)."""
         try:
             if normalize:
-                vectors = await self.batcher.encode(texts)
-            else:
-                vectors = self.engine.encode(texts, normalize=False)
+                vectors = await self.engine.batcher.encode(texts)
+            else:  # one request's model call, off the event loop
+                vectors = await run_in_threadpool(self.engine.encode, texts, False)
         except Exception as err:
             return _error(err)
         return self.engine.embed_response(vectors)
@@ -166,20 +199,27 @@ class Semflow:
             score_threshold=score_threshold,
             filters=filters or {},
         )
-        principal = ctx.request.scope.get(PRINCIPAL, ANONYMOUS) if ctx else ANONYMOUS
+        principal = _principal(ctx.request.scope) if ctx else NOBODY
         try:
             self.engine.check_search(req, principal)
             # Queries of concurrent requests share one model call, as /embed does.
-            vector = (await self.batcher.encode([req.query]))[0]
+            vector = (await self.engine.batcher.encode([req.query]))[0]
         except Exception as err:
             return _fail(err, ctx)
         body = lambda: self.engine.search(req, principal, vector)  # noqa: E731
         return await run_in_threadpool(_answer, body, ctx)
 
     @bentoml.api(input_spec=ClassifyRequest)
-    def classify(self, texts: list[str], top_k: int = 1, tenant: str = "") -> dict[str, Any]:
+    def classify(
+        self,
+        texts: list[str],
+        top_k: int = 1,
+        tenant: str = "",
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> dict[str, Any]:
         """Label each text with the registered classifier ("unknown" below its threshold)."""
-        return _answer(lambda: self.engine.classify(texts, top_k, tenant))
+        principal = _principal(ctx.request.scope) if ctx else NOBODY
+        return _answer(lambda: self.engine.classify(texts, principal, top_k, tenant), ctx)
 
     @bentoml.api(input_spec=RankRequest)
     def rank(
@@ -188,16 +228,6 @@ class Semflow:
         """Order candidates by the registered ranker's weighted score."""
         req = RankRequest(query=query, candidates=candidates, top_n=top_n)
         return _answer(lambda: self.engine.rank(req))
-
-    @bentoml.task(input_spec=JobRequest)
-    def embed_job(self, texts: list[str], top_k: int = 1, tenant: str = "") -> dict[str, Any]:
-        """Long job: embed up to SEMFLOW_MAX_JOB_TEXTS texts."""
-        return self.engine.embed_response(self.engine.encode(texts))
-
-    @bentoml.task(input_spec=JobRequest)
-    def classify_job(self, texts: list[str], top_k: int = 1, tenant: str = "") -> dict[str, Any]:
-        """Long job: classify up to SEMFLOW_MAX_JOB_TEXTS texts."""
-        return self.engine.classify(texts, top_k, tenant, max_count=_S.max_job_texts)
 
 
 Semflow.add_asgi_middleware(GuardMiddleware)

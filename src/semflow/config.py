@@ -73,10 +73,22 @@ class Settings(BaseSettings):
     embed_max_latency_ms: int = Field(default=10, ge=0)
     request_timeout_s: float = Field(default=30.0, gt=0)
     max_concurrency: int = Field(default=256, ge=1)
+    job_workers: int = Field(default=1, ge=1)  # threads of the long-job pool
+    max_jobs: int = Field(default=16, ge=1)  # jobs kept (queued, running or finished)
+    job_ttl_s: float = Field(default=3600.0, gt=0)  # a finished job's result is kept this long
     index_poll_s: float = Field(default=1.0, gt=0)
     index_warm_queries: int = Field(default=200, ge=0)  # searches run before a swap-in
     registered_model: str = "semflow"
     model_alias: str = "champion"
+
+    @field_validator("api_keys")
+    @classmethod
+    def _key_entries(cls, v: list[str]) -> list[str]:
+        from semflow.serving.auth import parse_key_entry  # one parser for start and serve
+
+        for raw in v:
+            parse_key_entry(raw)
+        return v
 
     @field_validator("qdrant_url")
     @classmethod
@@ -152,6 +164,14 @@ def mask_url(value: str) -> str:
     return f"{scheme}://{netloc}{tail}"
 
 
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def mask_text(text: str) -> str:
+    """`text` (an error message, say) with every URL in it masked by `mask_url`."""
+    return _URL_IN_TEXT.sub(lambda m: mask_url(m.group(0)), text)
+
+
 def mask_secrets(value: Any, name: str = "") -> Any:
     """A copy of `value` (settings as JSON) with secret fields and URL credentials masked."""
     if isinstance(value, dict):
@@ -180,10 +200,16 @@ def _explain(err: ValidationError, prefix: str) -> str:
 
 def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment; raise SettingsError naming the bad variable."""
+    from pydantic_settings import SettingsError as SourceError
+
     try:
         return Settings(**overrides)
     except ValidationError as err:
         raise SettingsError(_explain(err, "SEMFLOW_")) from None
+    except SourceError as err:  # a list/dict variable that is not JSON
+        field = re.search(r'field "(\w+)"', str(err))
+        name = f"SEMFLOW_{field.group(1).upper()}" if field else "a SEMFLOW_ variable"
+        raise SettingsError(f"invalid setting: {name}: not valid JSON") from None
 
 
 @functools.lru_cache(maxsize=1)

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,25 +74,86 @@ class LRUCache:
 
 
 class RedisCache:
-    """Embeddings in Redis as float32 bytes, keyed by (model version, text hash)."""
+    """Embeddings in Redis as float32 bytes, keyed by (model version, text hash), in front
+    of an in-process LRU.
 
-    def __init__(self, url: str, ttl_s: int = 7 * 24 * 3600) -> None:
+    The cache is an optimisation, so Redis going away never fails a request: reads and
+    writes fall back to the LRU, `status()` says "degraded", and Redis is tried again
+    every `retry_s` seconds. Entries expire after `ttl_s`.
+    """
+
+    PREFIX = "semflow:emb:"
+
+    def __init__(self, url: str, ttl_s: int, local: LRUCache, retry_s: float = 5.0) -> None:
         import redis
 
-        self.client = redis.Redis.from_url(url)
+        # Short socket timeouts: a hung Redis must cost a request milliseconds, not seconds.
+        self.client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self.ttl_s = ttl_s
+        self.local = local
+        self.retry_s = retry_s
+        self._down_until = 0.0
+        self.last_error: str | None = None
+
+    def _usable(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, err: Exception) -> None:
+        if self.last_error is None:
+            log.warning("Redis cache unavailable, using the in-process cache: %s", err)
+        self.last_error = type(err).__name__
+        self._down_until = time.monotonic() + self.retry_s
+
+    def _recovered(self) -> None:
+        if self.last_error is not None:
+            log.info("Redis cache is back")
+        self.last_error = None
 
     def get_many(self, keys: Sequence[str]) -> list[np.ndarray | None]:
-        if not keys:
-            return []
-        raw = self.client.mget([f"semflow:emb:{k}" for k in keys])
-        return [None if r is None else np.frombuffer(r, dtype=np.float32) for r in raw]
+        out = self.local.get_many(keys)
+        missing = [i for i, v in enumerate(out) if v is None]
+        if not missing or not self._usable():
+            return out
+        try:
+            raw = self.client.mget([self.PREFIX + keys[i] for i in missing])
+        except Exception as err:  # redis.RedisError and socket errors alike
+            self._failed(err)
+            return out
+        self._recovered()
+        for i, r in zip(missing, raw, strict=True):
+            if r is not None:
+                out[i] = np.frombuffer(r, dtype=np.float32)
+        return out
 
     def set_many(self, items: dict[str, np.ndarray]) -> None:
+        self.local.set_many(items)
+        if not items or not self._usable():
+            return
         pipe = self.client.pipeline(transaction=False)
         for k, v in items.items():
-            pipe.set(f"semflow:emb:{k}", np.asarray(v, dtype=np.float32).tobytes(), ex=self.ttl_s)
-        pipe.execute()
+            pipe.set(self.PREFIX + k, np.asarray(v, dtype=np.float32).tobytes(), ex=self.ttl_s)
+        try:
+            pipe.execute()
+        except Exception as err:
+            self._failed(err)
+            return
+        self._recovered()
+
+    def status(self) -> dict[str, Any]:
+        """Health of the cache; pings Redis when it is due for a retry."""
+        if self._usable():
+            try:
+                self.client.ping()
+                self._recovered()
+            except Exception as err:
+                self._failed(err)
+        if self.last_error is None:
+            return {"status": "ok", "kind": "redis"}
+        return {
+            "status": "degraded",
+            "kind": "redis",
+            "detail": f"Redis unreachable ({self.last_error}); using the in-process cache",
+        }
 
 
 class Embedder:
@@ -119,9 +181,7 @@ class Embedder:
     @classmethod
     def from_settings(cls, settings: Settings | None = None, cache: Any | None = None) -> Embedder:
         s = settings or get_settings()
-        return cls(
-            s.resolved_model_path, s.model_name, s.device, s.embed_batch_size, _cache(s, cache)
-        )
+        return cls(s.resolved_model_path, s.model_name, s.device, s.embed_batch_size, cache)
 
     @classmethod
     def for_index(
@@ -145,7 +205,7 @@ class Embedder:
         if installed is None:
             return cls.from_settings(s, cache)
         name = live_version.rsplit("@", 1)[0]
-        return cls(installed, name, s.device, s.embed_batch_size, _cache(s, cache))
+        return cls(installed, name, s.device, s.embed_batch_size, cache)
 
     @property
     def model(self) -> Any:
@@ -198,13 +258,6 @@ class Embedder:
             out[missing] = fresh
             self.cache.set_many({keys[i]: fresh[j] for j, i in enumerate(missing)})
         return out
-
-
-def _cache(settings: Settings, cache: Any | None) -> Any | None:
-    """The given cache, else Redis when SEMFLOW_REDIS_URL is set (the CLI and DAGs share it)."""
-    if cache is None and settings.redis_url:
-        return RedisCache(settings.redis_url)
-    return cache
 
 
 def _embedder_home(settings: Settings, version: str) -> Path:

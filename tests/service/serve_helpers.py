@@ -11,20 +11,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
 
 REPO = Path(__file__).resolve().parents[2]
-KEYS = {"admin": "admin-key-0123", "bank": "bank-key-4567"}
+KEYS = {"admin": "admin-key-0123", "bank": "bank-key-4567", "other": "other-key-8901"}
 ADMIN = {"Authorization": f"Bearer {KEYS['admin']}"}
 BANK = {"Authorization": f"Bearer {KEYS['bank']}"}
+OTHER = {"Authorization": f"Bearer {KEYS['other']}"}
 
 
 def api_keys_env() -> str:
     h = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in KEYS.items()}
-    return json.dumps([h["admin"], f"{h['bank']}:bank"])
+    return json.dumps([h["admin"], f"{h['bank']}:bank", f"{h['other']}:other"])
 
 
 def free_port() -> int:
@@ -101,7 +102,8 @@ def serve(
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with suppress(ProcessLookupError):  # it may have exited on its own (a failed start)
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:

@@ -282,19 +282,43 @@ def test_hot_swap_without_failed_requests(svc: tuple[str, Path], embedder) -> No
     assert top["results"][0]["text"] == "How do I order a gold card"
 
 
-def test_model_mismatch_is_409(svc: tuple[str, Path], embedder) -> None:
+def test_reindex_with_another_embedder_keeps_the_matching_generation(
+    svc: tuple[str, Path], embedder
+) -> None:
+    """A promotion re-indexes with a new embedder: a server still running the old model keeps
+    answering from the newest generation its queries fit, and says it is behind."""
     server, home = svc
+    before = post(server, "/search", {"query": "card", "tenant": "bank"})
+    assert before.status_code == 200
+    served = before.json()["generation"]
     gen = build_index(home, embedder, docs_for("bank", ["x"]), model_version="other-model@abc")
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if httpx.get(f"{server}/health").json()["dependencies"]["index"].get("generation") == gen:
+        if httpx.get(f"{server}/model", headers=ADMIN).json()["index_live_generation"] == gen:
             break
         time.sleep(0.1)
-    r = post(server, "/search", {"query": "card", "tenant": "bank"})
-    assert r.status_code == 409, r.text
-    assert "other-model@abc" in r.json()["error"]
-    assert httpx.get(f"{server}/health").json()["dependencies"]["index"]["status"] == "mismatch"
+    for _ in range(5):  # every search, not only the first after the swap
+        r = post(server, "/search", {"query": "card", "tenant": "bank"})
+        assert r.status_code == 200, r.text
+        assert r.json()["generation"] == served and r.json()["results"]
+    time.sleep(1.1)  # past the health page's one-second cache
+    index = httpx.get(f"{server}/health").json()["dependencies"]["index"]
+    assert index["status"] == "behind" and index["live"] == gen
+    assert index["generation"] == served and "other-model@abc" in index["detail"]
+    m = httpx.get(f"{server}/model", headers=ADMIN).json()
+    assert m["index_generation"] == served and m["index_behind_live"] is True
     assert post(server, "/embed", {"texts": ["still works"]}).status_code == 200
+
+
+def test_no_generation_of_this_embedder_is_409(tmp_path: Path, embedder) -> None:
+    home = tmp_path / "home"
+    build_index(home, embedder, docs_for("bank", ["x"]), model_version="other-model@abc")
+    with serve(home, tmp_path) as url:
+        r = post(url, "/search", {"query": "card", "tenant": "bank"})
+        assert r.status_code == 409, r.text
+        assert "other-model@abc" in r.json()["error"]
+        assert httpx.get(f"{url}/health").json()["dependencies"]["index"]["status"] == "mismatch"
+        assert post(url, "/embed", {"texts": ["still works"]}).status_code == 200
 
 
 def test_slow_request_is_504_and_the_server_stays_up(tmp_path: Path, embedder) -> None:
@@ -315,3 +339,17 @@ def test_slow_request_is_504_and_the_server_stays_up(tmp_path: Path, embedder) -
             time.sleep(1)
             r = post(url, "/similarity", {"pairs": [["card", "card"]]})
         assert r.status_code == 200 and r.json()["scores"][0] > 0.99
+        # the micro-batcher survived the cancelled request: once the abandoned batch's
+        # current chunk is done, /embed and /search answer again (before the fix: 504 forever)
+        deadline = time.monotonic() + 60
+        r = post(url, "/embed", {"texts": ["after the timeout"]})
+        while r.status_code != 200 and time.monotonic() < deadline:
+            time.sleep(1)
+            r = post(url, "/embed", {"texts": ["after the timeout"]})
+        assert r.status_code == 200, r.text
+        for i in range(3):
+            assert post(url, "/embed", {"texts": [f"after the timeout {i}"]}).status_code == 200
+            r = post(url, "/search", {"query": f"lost card {i}", "tenant": "bank", "top_k": 2})
+            assert r.status_code == 200 and r.json()["results"], r.text
+        h = httpx.get(f"{url}/health").json()
+        assert h["dependencies"]["batcher"] == {"status": "ok"}

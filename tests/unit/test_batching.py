@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -94,5 +95,30 @@ def test_a_dead_worker_is_restarted() -> None:
         assert not b.alive
         assert b.submit(["abc"]).result(timeout=5).ravel().tolist() == [3.0]
         assert b.alive and b.restarts == 1
+    finally:
+        b.close()
+
+
+def test_small_requests_do_not_wait_for_a_large_one() -> None:
+    """A large request runs a chunk at a time; a small one that arrives meanwhile is served
+    at the next chunk instead of after the whole large request."""
+    order: list[str] = []
+    step = threading.Semaphore(0)
+
+    def model(texts: list[str]) -> np.ndarray:
+        step.acquire(timeout=10)
+        order.append(texts[0][0])
+        return np.array([[float(len(t))] for t in texts], dtype=np.float32)
+
+    b = MicroBatcher(model, max_batch_size=2, max_latency_ms=0)
+    try:
+        large = b.submit(["L1", "L2", "L3", "L4", "L5", "L6"])
+        time.sleep(0.05)  # the first chunk of the large request is in the model
+        small = b.submit(["s"])
+        for _ in range(4):
+            step.release()
+        assert small.result(timeout=5).ravel().tolist() == [1.0]
+        assert large.result(timeout=5).ravel().tolist() == [2.0] * 6
+        assert order[:2] == ["L", "s"]  # served right after the chunk that was running
     finally:
         b.close()

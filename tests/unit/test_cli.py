@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -117,6 +118,9 @@ def test_keys_new_prints_a_key_its_scoped_entry_accepts(capsys):
     assert exc.value.code == 2
 
 
+KEY_HASH = hashlib.sha256(b"key-Secret9").hexdigest()
+
+
 def test_settings_masks_credentials_inside_urls(env):
     secrets = {
         "SEMFLOW_CATALOG_URL": "postgresql+psycopg2://semflow:pg-Secret1@postgres:5432/semflow",
@@ -126,10 +130,11 @@ def test_settings_masks_credentials_inside_urls(env):
         "SEMFLOW_S3_ENDPOINT_URL": "http://minio:9000/?X-Amz-Signature=sig-Secret7#top",
         "SEMFLOW_QDRANT_URL": "https://token-Secret10@qdrant:6333/?api_key=qdrant-Secret4&timeout=5",
         "SEMFLOW_QDRANT_API_KEY": "qdrant-Secret8",
-        "SEMFLOW_API_KEYS": '["hash-Secret9:bank"]',
+        "SEMFLOW_API_KEYS": f'["{KEY_HASH}:bank"]',
     }
     r = run(dict(env, **secrets), "settings")
     assert r.returncode == 0, r.stderr
+    assert KEY_HASH not in r.stdout
     for n in range(1, 11):
         assert f"Secret{n}" not in r.stdout and "SECRET5" not in r.stdout, (n, r.stdout)
     out = json.loads(r.stdout)
@@ -149,3 +154,18 @@ def test_bad_setting_error_masks_the_password(env):
     r = run(dict(env, SEMFLOW_QDRANT_URL="ftp://bob:ftp-Secret1@qdrant"), "settings")
     assert r.returncode == 2 and "SEMFLOW_QDRANT_URL" in r.stderr
     assert "ftp-Secret1" not in r.stderr and "ftp://bob:***@qdrant" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("keys", "says"),
+    [
+        (f'["{KEY_HASH}:"]', "empty tenant scope"),
+        (f'["{KEY_HASH}:|"]', "empty tenant scope"),
+        ('["not-a-digest"]', "sha256 hex digest"),
+        ("not json", "SEMFLOW_API_KEYS: not valid JSON"),
+    ],
+)
+def test_a_malformed_key_list_stops_with_a_sentence(env, keys: str, says: str):
+    r = run(dict(env, SEMFLOW_API_KEYS=keys), "settings")
+    assert r.returncode == 2 and says in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

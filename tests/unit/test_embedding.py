@@ -30,7 +30,7 @@ def test_lru_cache_reuses_rows_and_evicts():
 
 
 def test_redis_cache_round_trip(embedder):
-    cache = RedisCache(REDIS_URL, ttl_s=60)
+    cache = RedisCache(REDIS_URL, ttl_s=60, local=LRUCache(0))
     cache.client.flushdb()
     e = Embedder(embedder.model_dir, embedder.name, cache=cache)
     e._model = embedder.model  # share the loaded weights
@@ -59,3 +59,42 @@ def test_for_index_uses_the_installed_embedder_of_the_live_generation(semflow_ho
     assert Embedder.for_index(s, "other@123456789abc").version == embedder.version
     # no index at all: the configured model
     assert Embedder.for_index(s).version == embedder.version
+
+
+def test_redis_going_away_and_coming_back(embedder):
+    from tests.helpers import PrivateRedis
+
+    server = PrivateRedis()
+    server.start()
+    try:
+        cache = RedisCache(server.url, ttl_s=60, local=LRUCache(100), retry_s=0.2)
+        e = Embedder(embedder.model_dir, embedder.name, cache=cache)
+        e._model = embedder.model
+        first = e.encode(["kept while redis is up"])
+        assert cache.status() == {"status": "ok", "kind": "redis"}
+        server.stop()
+        # Redis down: answers come from the model and the in-process cache, never an error
+        down = e.encode(["kept while redis is up", "new text while redis is down"])
+        assert np.allclose(down[0], first[0])
+        st = cache.status()
+        assert st["status"] == "degraded" and "in-process" in st["detail"]
+        assert "127.0.0.1" not in st["detail"]  # no addresses on an open health page
+        server.start()  # an empty Redis again, on the same port
+        import time
+
+        time.sleep(0.3)  # past retry_s
+        assert cache.status() == {"status": "ok", "kind": "redis"}
+        e.encode(["after redis came back"])
+        assert cache.client.dbsize() == 1  # written to Redis again
+    finally:
+        server.stop()
+
+
+def test_batch_embedders_do_not_fill_the_serving_cache(monkeypatch, semflow_home):
+    """The sync and the CLI embed every document: they must not write them to Redis."""
+    from semflow.config import load_settings
+
+    monkeypatch.setenv("SEMFLOW_REDIS_URL", REDIS_URL)
+    s = load_settings()
+    assert Embedder.from_settings(s).cache is None
+    assert Embedder.for_index(s, "other@123456789abc").cache is None

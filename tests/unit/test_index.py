@@ -180,3 +180,35 @@ def test_published_generation_is_read_only(tmp_path):
         w.upsert(*_points(1))
     with store.open_live() as idx, pytest.raises(IndexError_, match="read-only"):
         idx.delete([_points(1)[0][0]])
+
+
+@pytest.mark.parametrize(
+    ("filters", "says"),
+    [
+        ({"labels": ["a", 1]}, "mixes value types"),
+        ({"doc_id": 10**30}, "64-bit integer range"),
+        ({"doc_id": [1, -(10**19)]}, "64-bit integer range"),
+        ({"labels": [True, False]}, "list of booleans"),
+        ({"labels": [["nested"]]}, "string/int/bool"),
+        ({"labels": []}, "string/int/bool"),
+        ({"labels": [1.5]}, "string/int/bool"),
+        ({"labels": ["x" * 2000]}, "longer than"),
+        ({"labels": [str(i) for i in range(2000)]}, "the limit is"),
+    ],
+)
+def test_filters_qdrant_cannot_match_are_filter_errors(store, filters, says):
+    """Each of these reached the engine before and failed there (a 500 over HTTP)."""
+    with store.writer(MV, DIM) as w:
+        ids, vecs, pls = _points(4)
+        w.upsert(ids, vecs, pls)
+    with store.open_live() as idx, pytest.raises(FilterError, match=says):
+        idx.search(vecs[0], "t1", filters=filters)
+
+
+def test_largest_int64_filter_is_accepted(store):
+    with store.writer(MV, DIM) as w:
+        ids, vecs, pls = _points(4)
+        w.upsert(ids, vecs, pls)
+    with store.open_live() as idx:
+        assert idx.search(vecs[0], "t1", filters={"doc_id": 2**63 - 1}) == []
+        assert len(idx.search(vecs[0], "t1", filters={"labels": ["l0", "l1"]})) == 3

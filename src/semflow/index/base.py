@@ -23,6 +23,9 @@ from semflow.index.lock import Reentrant
 # Payload fields that get a keyword index and may be used in filters.
 INDEXED_FIELDS = ("tenant", "type", "source", "doc_id", "labels")
 FILTERABLE = ("type", "source", "doc_id", "labels")
+MAX_FILTER_VALUES = 1024
+MAX_FILTER_CHARS = 1024
+_INT64 = (-(2**63), 2**63 - 1)
 _META_KEY = re.compile(r"^metadata\.[A-Za-z0-9_\-]{1,64}$")
 
 
@@ -59,11 +62,32 @@ def normalize_filters(filters: Mapping[str, Any] | None) -> list[tuple[str, list
             raise FilterError(
                 f"unknown filter field {key!r}; allowed: {', '.join(FILTERABLE)}, metadata.<name>"
             )
-        values = value if isinstance(value, list) else [value]
-        if not values or not all(isinstance(v, (str, int, bool)) for v in values):
-            raise FilterError(f"filter {key!r} needs a string/int/bool or a non-empty list of them")
-        out.append((key, values))
+        out.append((key, _filter_values(key, value)))
     return out
+
+
+def _filter_values(key: str, value: Any) -> list[Any]:
+    """One string/int/bool, or a list of strings or of ints: what Qdrant can match."""
+    values = value if isinstance(value, list) else [value]
+    kinds = {bool if isinstance(v, bool) else type(v) for v in values}
+    if not values or not kinds <= {str, int, bool}:
+        raise FilterError(f"filter {key!r} needs a string/int/bool or a non-empty list of them")
+    if len(values) > 1 and len(kinds) > 1:
+        raise FilterError(f"filter {key!r} mixes value types; use only strings or only integers")
+    if len(values) > 1 and bool in kinds:
+        raise FilterError(f"filter {key!r}: a list of booleans cannot be matched; pass one")
+    if len(values) > MAX_FILTER_VALUES:
+        raise FilterError(
+            f"filter {key!r} has {len(values)} values; the limit is {MAX_FILTER_VALUES}"
+        )
+    for v in values:
+        if type(v) is int and not _INT64[0] <= v <= _INT64[1]:
+            raise FilterError(f"filter {key!r}: {v} is outside the 64-bit integer range")
+        if isinstance(v, str) and len(v) > MAX_FILTER_CHARS:
+            raise FilterError(
+                f"filter {key!r}: a value is longer than {MAX_FILTER_CHARS} characters"
+            )
+    return values
 
 
 class VectorIndex(ABC):
@@ -157,6 +181,15 @@ class IndexStore(ABC):
     @abstractmethod
     def open_live(self) -> VectorIndex:
         """Open the live generation for reading; raises if there is none."""
+
+    @abstractmethod
+    def open_generation(self, generation: int) -> VectorIndex:
+        """Open one published generation for reading; raises if it does not exist."""
+
+    def model_version_of(self, generation: int) -> str | None:
+        """The embedder version a generation was built with."""
+        with self.open_generation(generation) as idx:
+            return idx.model_version
 
     def live_model_version(self) -> str | None:
         """Model version of the live generation, or None when nothing is published."""

@@ -230,7 +230,10 @@ class EdgeStore(IndexStore):
 
     def live_model_version(self) -> str | None:
         gen = self.live_generation()
-        return None if gen is None else self.meta(gen).get("model_version")
+        return None if gen is None else self.model_version_of(gen)
+
+    def model_version_of(self, generation: int) -> str | None:
+        return self.meta(generation).get("model_version")
 
     # -- reading -----------------------------------------------------------
     def open_generation(self, gen: int) -> EdgeIndex:

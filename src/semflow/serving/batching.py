@@ -74,54 +74,88 @@ class MicroBatcher:
         self._closed = True
         self._q.put(None)
 
-    def _collect(self, first: _Job) -> list[_Job]:
-        """`first` plus whatever arrives within the latency budget."""
-        jobs = [first]
-        n = len(first[0])
-        deadline = time.monotonic() + self.max_latency_s
-        while n < self.max_batch_size:
+    def _collect(self, pending: list[_Pending]) -> bool:
+        """Add queued requests to `pending`. Idle: wait for one, then up to the latency
+        budget for more to fill a batch. Busy: take all that are queued, without waiting.
+        False once closed."""
+        idle = not pending
+        if idle:
+            first = self._q.get()
+            if first is None:
+                return False
+            pending.append(_Pending(*first))
+        deadline = time.monotonic() + (self.max_latency_s if idle else 0.0)
+        while not idle or sum(p.remaining for p in pending) < self.max_batch_size:
             timeout = deadline - time.monotonic()
             try:
-                nxt = self._q.get(timeout=timeout) if timeout > 0 else self._q.get_nowait()
+                item = self._q.get(timeout=timeout) if timeout > 0 else self._q.get_nowait()
             except queue.Empty:
-                break
-            if nxt is None:
-                self._q.put(None)
-                break
-            jobs.append(nxt)
-            n += len(nxt[0])
-        return jobs
+                return True
+            if item is None:
+                return False
+            pending.append(_Pending(*item))
+        return True
 
     def _run(self) -> None:
+        pending: list[_Pending] = []
         while True:
-            item = self._q.get()
-            if item is None:
-                return
             try:
-                self._process(self._collect(item))
+                if not self._collect(pending):
+                    return
+                self._step(pending)
             except Exception:  # never let one batch end the thread
                 log.exception("embed batch failed unexpectedly")
 
-    def _process(self, jobs: list[_Job]) -> None:
-        # Large batches run in chunks of max_batch_size, so a request that timed out stops
-        # costing model time at the next chunk instead of holding the thread to the end.
-        texts = [t for j, _ in jobs for t in j]
-        parts: list[np.ndarray] = []
+    def _step(self, pending: list[_Pending]) -> None:
+        """One model call of at most `max_batch_size` texts, shortest requests first.
+
+        Large requests run a chunk at a time, so small ones that arrive meanwhile wait for
+        one chunk, not for the whole large request, and a request that timed out stops
+        costing model time at its next chunk.
+        """
+        pending[:] = [p for p in pending if not p.future.cancelled()]
+        pending.sort(key=lambda p: p.remaining)
+        chunk: list[tuple[_Pending, int]] = []
+        room = self.max_batch_size
+        for p in pending:
+            if room <= 0:
+                break
+            take = min(room, p.remaining)
+            chunk.append((p, take))
+            room -= take
+        if not chunk:
+            return
+        texts = [t for p, n in chunk for t in p.texts[p.done : p.done + n]]
         try:
-            for i in range(0, len(texts), self.max_batch_size):
-                if all(f.cancelled() for _, f in jobs):
-                    return
-                parts.append(self.fn(texts[i : i + self.max_batch_size]))
-        except BaseException as err:  # hand the error to every waiting request
-            for _, f in jobs:
-                _settle(f, error=err)
+            out = self.fn(texts)
+        except BaseException as err:  # hand the error to every request in the chunk
+            for p, _ in chunk:
+                _settle(p.future, error=err)
+            pending[:] = [p for p in pending if all(p is not q for q, _ in chunk)]
             return
         self.batches += 1
-        out = np.concatenate(parts) if parts else self.fn([])
         start = 0
-        for j, f in jobs:
-            _settle(f, out[start : start + len(j)])
-            start += len(j)
+        for p, n in chunk:
+            p.parts.append(out[start : start + n])
+            p.done += n
+            start += n
+            if p.remaining == 0:
+                _settle(p.future, p.parts[0] if len(p.parts) == 1 else np.concatenate(p.parts))
+        pending[:] = [p for p in pending if p.remaining > 0]
+
+
+class _Pending:
+    """A request being embedded: its texts, how many are done and their vectors so far."""
+
+    def __init__(self, texts: list[str], future: Future[np.ndarray]) -> None:
+        self.texts = texts
+        self.future = future
+        self.done = 0
+        self.parts: list[np.ndarray] = []
+
+    @property
+    def remaining(self) -> int:
+        return len(self.texts) - self.done
 
 
 def _settle(

@@ -7,6 +7,7 @@ status comes from `semflow.serving.errors.status_for`.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,24 +15,35 @@ from typing import Any
 
 import numpy as np
 
-from semflow.config import Settings, get_settings
+from semflow.config import Settings, get_settings, mask_text
 from semflow.embedding import Embedder, LRUCache, RedisCache
 from semflow.errors import ModelMismatchError
 from semflow.models.ranker import score_candidates, validate_weights
-from semflow.serving.auth import KeyRing, Principal
+from semflow.serving.auth import Principal
+from semflow.serving.batching import MicroBatcher
 from semflow.serving.errors import Unavailable, Unprocessable
-from semflow.serving.schemas import RankRequest, SearchRequest, check_texts
+from semflow.serving.jobs import JobRunner
+from semflow.serving.schemas import (
+    ClassifyJobRequest,
+    EmbedJobRequest,
+    RankRequest,
+    SearchRequest,
+    check_texts,
+    parse,
+)
 from semflow.serving.watcher import IndexWatcher
 
 log = logging.getLogger(__name__)
+HEALTH_TTL_S = 1.0
 NO_CLASSIFIER = "no classifier registered: register and promote a model to serve classify/rank"
 
 
-def make_cache(settings: Settings) -> Any:
-    """Redis when SEMFLOW_REDIS_URL is set, the in-process LRU otherwise."""
+def make_cache(settings: Settings) -> LRUCache | RedisCache:
+    """Redis (in front of the in-process LRU) when SEMFLOW_REDIS_URL is set, else the LRU."""
+    local = LRUCache(settings.cache_size)
     if settings.redis_url:
-        return RedisCache(settings.redis_url)
-    return LRUCache(settings.cache_size)
+        return RedisCache(settings.redis_url, settings.cache_ttl_s, local)
+    return local
 
 
 def load_bundle(settings: Settings, pinned: Path | None = None) -> tuple[Any, str | None]:
@@ -50,8 +62,10 @@ def load_bundle(settings: Settings, pinned: Path | None = None) -> tuple[Any, st
             settings.tracking_uri, name=settings.registered_model, alias=settings.model_alias
         ), None
     except Exception as err:  # the registry being down must not stop embed/search
-        log.warning("could not load the registered model: %s", err)
-        return None, str(err)
+        log.warning("could not load the registered model: %s", mask_text(str(err)))
+        # The health page is open: the class only, never the text (it can carry the
+        # tracking URI and its credentials); the log has the whole message.
+        return None, f"could not load the registered model ({type(err).__name__}); see the log"
 
 
 class Engine:
@@ -59,7 +73,6 @@ class Engine:
         self, settings: Settings | None = None, watch: bool = True, pinned: Path | None = None
     ) -> None:
         self.settings = s = settings or get_settings()
-        self.keys = KeyRing(s.api_keys, required=s.auth_required)
         self.default_weights = validate_weights(s.rank_weights)
         self.cache = make_cache(s)
         self.bundle, self.bundle_error = load_bundle(s, pinned)
@@ -74,8 +87,16 @@ class Engine:
             self.embedder = Embedder.for_index(s, cache=self.cache)
         self.embedder.encode(["warm up"])  # load weights now, not on the first request
         self.dimension = self.embedder.dimension
+        self.batcher = MicroBatcher(self.encode, s.embed_max_batch_size, s.embed_max_latency_ms)
+        self.jobs = JobRunner(s.job_workers, s.max_jobs, s.job_ttl_s)
+        self._health: tuple[float, dict[str, Any]] | None = None
         self.watcher = (
-            IndexWatcher(s, poll_s=s.index_poll_s, warm_queries=s.index_warm_queries)
+            IndexWatcher(
+                s,
+                self.embedder.version,
+                poll_s=s.index_poll_s,
+                warm_queries=s.index_warm_queries,
+            )
             if watch
             else None
         )
@@ -101,15 +122,18 @@ class Engine:
 
     # -- search -------------------------------------------------------------------
     def _index(self) -> Any:
-        idx = self.watcher.current if self.watcher else None
-        if idx is None:
-            raise Unavailable("no index generation is published yet; run `semflow sync` first")
-        if idx.model_version and idx.model_version != self.embedder.version:
+        w = self.watcher
+        idx = w.current if w else None
+        if idx is not None:
+            return idx
+        if w is not None and w.live is not None:
             raise ModelMismatchError(
-                f"index generation {idx.generation} was built with {idx.model_version}, but this "
-                f"server embeds with {self.embedder.version}; rebuild the index or serve that model"
+                f"index generation {w.live} was built with {w.live_model_version}, and no "
+                f"published generation was built with this server's embedder "
+                f"{self.embedder.version}; serve the model that built the index, or rebuild it "
+                "(`semflow model rollback` realigns both)"
             )
-        return idx
+        raise Unavailable("no index generation is published yet; run `semflow sync` first")
 
     def check_search(self, req: SearchRequest, principal: Principal) -> Any:
         """Scope, limits and index/model agreement: everything that fails before embedding.
@@ -149,11 +173,18 @@ class Engine:
         return self.bundle
 
     def classify(
-        self, texts: list[str], top_k: int = 1, tenant: str = "", max_count: int | None = None
+        self,
+        texts: list[str],
+        principal: Principal,
+        top_k: int = 1,
+        tenant: str = "",
+        max_count: int | None = None,
     ) -> dict[str, Any]:
+        """Labels of `texts`; the prediction log records the tenant the key acts for."""
+        tenant = principal.tenant_for(tenant)
         bundle = self._bundle()
         check_texts(texts, self.settings, max_count)
-        preds = bundle.classify(self.encode(texts), top_k=top_k)
+        preds = bundle.classify(self.encode(texts), top_k=min(top_k, self.settings.max_top_k))
         self._log_predictions(texts, preds, tenant)
         return {"predictions": preds, "model": self.model_ref}
 
@@ -192,6 +223,28 @@ class Engine:
             "model": self.model_ref,
         }
 
+    # -- long jobs ----------------------------------------------------------------
+    def submit_job(self, kind: str, body: Any, principal: Principal) -> dict[str, Any]:
+        """Queue an `embed_job` or `classify_job` owned by the caller's key."""
+        if kind == "embed_job":
+            ereq = parse(EmbedJobRequest, body)
+            check_texts(ereq.texts, self.settings, self.settings.max_job_texts)
+            work = lambda: self.embed_response(self.encode(ereq.texts))  # noqa: E731
+        else:
+            creq = parse(ClassifyJobRequest, body)
+            tenant = principal.tenant_for(creq.tenant)
+            limit = self.settings.max_job_texts
+            work = lambda: self.classify(creq.texts, principal, creq.top_k, tenant, limit)  # noqa: E731
+        return self.jobs.submit(kind, principal.owner, work).describe()
+
+    def job(self, kind: str, action: str, task_id: str, principal: Principal) -> Any:
+        """`status`, `get` (the result) or `cancel` of one of the caller's jobs."""
+        if action == "get":
+            return self.jobs.result(task_id, kind, principal.owner)
+        if action == "cancel":
+            return self.jobs.cancel(task_id, kind, principal.owner).describe()
+        return self.jobs.get(task_id, kind, principal.owner).describe()
+
     # -- metadata -----------------------------------------------------------------
     @property
     def model_ref(self) -> str:
@@ -216,35 +269,62 @@ class Engine:
             "device": self.settings.device,
             "index_generation": idx.generation if idx else None,
             "index_model_version": idx.model_version if idx else None,
+            "index_live_generation": self.watcher.live if self.watcher else None,
+            "index_behind_live": self.watcher.behind if self.watcher else False,
             "points": self.watcher.points if (self.watcher and idx) else 0,
             "index_warm_searches": self.watcher.warmed if (self.watcher and idx) else 0,
             "tags": dict(b.tags) if b else {},
         }
 
+    def _index_health(self) -> dict[str, Any]:
+        w = self.watcher
+        idx = w.current if w else None
+        if w is None or w.live is None:
+            return {"status": "missing", "detail": "no generation published"}
+        if idx is None:
+            return {"status": "mismatch", "live": w.live}
+        if w.behind:
+            return {
+                "status": "behind",
+                "generation": idx.generation,
+                "live": w.live,
+                "detail": f"the live generation was built with {w.live_model_version}",
+            }
+        return {"status": "ok", "generation": idx.generation}
+
     def health(self) -> dict[str, Any]:
+        """Per-dependency status; computed at most once a second (the page is open)."""
+        now = time.monotonic()
+        cached = self._health
+        if cached is not None and now - cached[0] < HEALTH_TTL_S:
+            return cached[1]
+        out = self._check_health()
+        self._health = (now, out)
+        return out
+
+    def _check_health(self) -> dict[str, Any]:
         deps: dict[str, dict[str, Any]] = {"embedder": {"status": "ok"}}
         if self.bundle is None:
             deps["classifier"] = {"status": "missing", "detail": self.bundle_error or NO_CLASSIFIER}
         else:
             deps["classifier"] = {"status": "ok", "version": self.bundle.model_version}
-        idx = self.watcher.current if self.watcher else None
-        if idx is None:
-            deps["index"] = {"status": "missing", "detail": "no generation published"}
-        elif idx.model_version and idx.model_version != self.embedder.version:
-            deps["index"] = {"status": "mismatch", "generation": idx.generation}
-        else:
-            deps["index"] = {"status": "ok", "generation": idx.generation}
-        if isinstance(self.cache, RedisCache):
-            try:
-                self.cache.client.ping()
-                deps["cache"] = {"status": "ok", "kind": "redis"}
-            except Exception as err:
-                deps["cache"] = {"status": "error", "kind": "redis", "detail": str(err)}
-        else:
-            deps["cache"] = {"status": "ok", "kind": "lru"}
+        deps["index"] = self._index_health()
+        deps["cache"] = (
+            self.cache.status()
+            if isinstance(self.cache, RedisCache)
+            else {"status": "ok", "kind": "lru"}
+        )
+        deps["batcher"] = (
+            {"status": "ok"}
+            if self.batcher.alive
+            else {"status": "stopped", "restarts": self.batcher.restarts}
+        )
         ok = all(d["status"] == "ok" for d in deps.values())
-        return {"status": "ready" if ok else "degraded", "dependencies": deps}
+        status = "ready" if ok else "degraded" if self.batcher.alive else "unavailable"
+        return {"status": status, "dependencies": deps}
 
     def close(self) -> None:
+        self.batcher.close()
+        self.jobs.close()
         if self.watcher is not None:
             self.watcher.close()

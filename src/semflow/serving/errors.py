@@ -30,6 +30,18 @@ class Forbidden(ApiError):
     status = 403
 
 
+class NotFound(ApiError):
+    status = 404
+
+
+class Conflict(ApiError):
+    status = 409
+
+
+class TooManyRequests(ApiError):
+    status = 429
+
+
 class PayloadTooLarge(ApiError):
     status = 413
 

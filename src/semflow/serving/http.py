@@ -1,7 +1,9 @@
 """A pure ASGI guard in front of the service: auth, body size, JSON and schema checks.
 
 It answers 401/403/413/422 with `{"error": sentence}` before any endpoint code runs, then
-replays the body it read to the app. Probes, metrics and the OpenAPI page stay open.
+replays the body it read to the app. Probes, metrics and the OpenAPI page stay open; the
+open `/health` has a concurrency limit of its own (BentoML's limit skips it). The
+`Authorization` header is removed once checked, so nothing behind the guard can keep a key.
 """
 
 from __future__ import annotations
@@ -12,13 +14,22 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from semflow.config import Settings, get_settings
+from semflow.index.base import normalize_filters
 from semflow.serving.auth import KeyRing
-from semflow.serving.errors import ApiError, PayloadTooLarge, Unprocessable
+from semflow.serving.errors import (
+    ApiError,
+    PayloadTooLarge,
+    TooManyRequests,
+    Unprocessable,
+    status_for,
+)
 from semflow.serving.schemas import (
     JOB_ROUTES,
+    MAX_JSON_DEPTH,
     ROUTES,
     SearchRequest,
     check_texts,
+    json_depth_ok,
     parse,
 )
 
@@ -31,6 +42,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 OPEN_PATHS = frozenset(
     {"/livez", "/readyz", "/healthz", "/metrics", "/health", "/", "/docs", "/docs.json"}
 )
+LIMITED_OPEN_PATHS = frozenset({"/health"})
 PRINCIPAL = "semflow.principal"
 log = logging.getLogger(__name__)
 
@@ -55,10 +67,15 @@ class GuardMiddleware:
         self.app = app
         self.settings = settings or get_settings()
         self.keys = KeyRing(self.settings.api_keys, required=self.settings.auth_required)
+        self._open_inflight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path in OPEN_PATHS or path.startswith("/static"):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if path in LIMITED_OPEN_PATHS:
+            return await self._limited(scope, receive, send)
+        if path in OPEN_PATHS or path.startswith("/static"):
             return await self.app(scope, receive, send)
         try:
             headers = {
@@ -66,26 +83,42 @@ class GuardMiddleware:
             }
             principal = self.keys.authenticate(headers.get("authorization"))
             scope[PRINCIPAL] = principal
+            scope["headers"] = [
+                (k, v) for k, v in scope["headers"] if k.lower() != b"authorization"
+            ]
             model = ROUTES.get(path)
             if model is None or scope.get("method") != "POST":
                 return await self.app(scope, receive, send)
             job = path in JOB_ROUTES
             limit = self.settings.max_job_body_bytes if job else self.settings.max_body_bytes
             body = await self._read_body(receive, headers, limit)
-            try:
-                data = json.loads(body)
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise Unprocessable(f"the request body is not valid JSON: {err}") from None
-            req = parse(model, data)
+            req = parse(model, _decode(body))
             if isinstance(req, SearchRequest):
                 principal.check_tenant(req.tenant)
+                normalize_filters(req.filters)
+            elif isinstance(getattr(req, "tenant", None), str):
+                principal.tenant_for(req.tenant)  # type: ignore[attr-defined]
             texts = getattr(req, "texts", None)
             if texts is not None:
                 check_texts(texts, self.settings, self.settings.max_job_texts if job else None)
-        except ApiError as err:
-            log.info("rejected %s %s: %s %s", scope.get("method"), path, err.status, err)
-            return await send_json(send, err.status, {"error": str(err)})
+        except Exception as err:
+            status = err.status if isinstance(err, ApiError) else status_for(err)
+            if status >= 500:
+                raise
+            log.info("rejected %s %s: %s %s", scope.get("method"), path, status, err)
+            return await send_json(send, status, {"error": str(err)})
         await self.app(scope, _replay(body, receive), send)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Single-threaded event loop: a plain counter is race-free between awaits.
+        if self._open_inflight >= self.settings.max_concurrency:
+            err = TooManyRequests("too many requests in flight; retry shortly")
+            return await send_json(send, err.status, {"error": str(err)})
+        self._open_inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._open_inflight -= 1
 
     @staticmethod
     async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
@@ -105,6 +138,21 @@ class GuardMiddleware:
             chunks.append(chunk)
             if not msg.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _decode(body: bytes) -> Any:
+    """The JSON body, or Unprocessable (422) for bad bytes, bad JSON, numbers Python will
+    not convert (over 4,300 digits) and nesting deeper than any request needs."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise Unprocessable(f"the request body is not valid JSON: {err}") from None
+    except RecursionError:  # deeper than the parser goes: too deep by far
+        data = None
+    else:
+        if json_depth_ok(data):
+            return data
+    raise Unprocessable(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
 
 
 def _replay(body: bytes, receive_next: Receive) -> Receive:

@@ -59,8 +59,15 @@ class RankRequest(BaseModel):
     top_n: int | None = Field(default=None, ge=1)
 
 
-class JobRequest(BaseModel):
-    """A long job: embed or classify many texts (BentoML task endpoints)."""
+class EmbedJobRequest(BaseModel):
+    """A long embed job (`POST /embed_job/submit`): normalised vectors of many texts."""
+
+    model_config = _STRICT
+    texts: list[Text] = Field(min_length=1)
+
+
+class ClassifyJobRequest(BaseModel):
+    """A long classify job (`POST /classify_job/submit`)."""
 
     model_config = _STRICT
     texts: list[Text] = Field(min_length=1)
@@ -83,10 +90,25 @@ ROUTES: dict[str, type[BaseModel]] = {
     "/search": SearchRequest,
     "/classify": ClassifyRequest,
     "/rank": RankRequest,
-    "/embed_job/submit": JobRequest,
-    "/classify_job/submit": JobRequest,
+    "/embed_job/submit": EmbedJobRequest,
+    "/classify_job/submit": ClassifyJobRequest,
 }
 JOB_ROUTES = frozenset({"/embed_job/submit", "/classify_job/submit"})
+
+
+MAX_JSON_DEPTH = 32  # the deepest legitimate body (rank candidates' features) is 4
+
+
+def json_depth_ok(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether decoded JSON nests at most `limit` levels (checked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict | list):
+            if depth > limit:
+                return False
+            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return True
 
 
 def describe(err: ValidationError) -> str:

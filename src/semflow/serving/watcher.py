@@ -4,6 +4,11 @@ A daemon thread polls the store's LIVE pointer every `poll_s` seconds. A new gen
 opened and warmed (`warm_queries` searches) *before* it replaces the old one, and the old one
 is closed only after a grace period, so searches in flight never see a closed index and the
 first user searches on a new generation do not pay its cold start.
+
+The watcher serves the newest published generation (up to the live one) that was built with
+the server's own embedder (`model_version`): after a promotion re-indexed with a new
+embedder, a server still running the old model keeps answering from the last generation
+its queries fit, and `behind` says so, instead of refusing every search.
 """
 
 from __future__ import annotations
@@ -21,9 +26,15 @@ log = logging.getLogger(__name__)
 
 class IndexWatcher:
     def __init__(
-        self, settings: Any, poll_s: float = 1.0, grace_s: float = 10.0, warm_queries: int = 0
+        self,
+        settings: Any,
+        model_version: str | None = None,
+        poll_s: float = 1.0,
+        grace_s: float = 10.0,
+        warm_queries: int = 0,
     ) -> None:
         self.settings = settings
+        self.model_version = model_version
         self.poll_s = poll_s
         self.grace_s = grace_s
         self.warm_queries = warm_queries
@@ -35,6 +46,8 @@ class IndexWatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.last_error: str | None = None
+        self.live: int | None = None  # the store's live generation at the last poll
+        self.live_model_version: str | None = None
         self.refresh()
         self._thread = threading.Thread(target=self._loop, name="semflow-index-watch", daemon=True)
         self._thread.start()
@@ -47,14 +60,39 @@ class IndexWatcher:
     def points(self) -> int:
         return self._points
 
+    @property
+    def behind(self) -> bool:
+        """The live generation was built with another embedder than this server's."""
+        cur = self._current
+        return self.live is not None and (cur is None or cur.generation != self.live)
+
+    def _target(self, live: int) -> int | None:
+        """Newest generation <= `live` built with this server's embedder (None: none is)."""
+        cur = self._current
+        for gen in sorted((g for g in self.store.generations() if g <= live), reverse=True):
+            if cur is not None and gen == cur.generation:
+                return gen
+            version = self.store.model_version_of(gen)
+            if gen == live:
+                self.live_model_version = version
+            if self.model_version is None or version in (None, self.model_version):
+                return gen
+        return None
+
     def refresh(self) -> bool:
-        """Open the live generation if it changed; True when a swap happened."""
+        """Open the generation to serve if it changed; True when a swap happened."""
         try:
             live = self.store.live_generation()
             cur = self._current
             if live is None or (cur is not None and cur.generation == live):
+                self.live = live
+                self.live_model_version = cur.model_version if live is not None and cur else None
                 return False
-            new = self.store.open_live()
+            target = self._target(live)
+            self.live = live
+            if target is None or (cur is not None and cur.generation == target):
+                return False
+            new = self.store.open_generation(target)
             try:
                 points = new.count()
                 warmed = new.warm(self.warm_queries)
@@ -71,10 +109,11 @@ class IndexWatcher:
                 self._retiring.append((time.monotonic() + self.grace_s, old))
         self.last_error = None
         log.info(
-            "serving index generation %s (%d points, %d warm-up searches)",
+            "serving index generation %s (%d points, %d warm-up searches; live is %s)",
             new.generation,
             points,
             warmed,
+            live,
         )
         return True
 
