@@ -44,6 +44,8 @@ class Principal:
             return tenant
         if self.tenants is None:
             return ""
+        if not self.tenants:
+            raise Forbidden("this request may not use any tenant")
         if len(self.tenants) == 1:
             return next(iter(self.tenants))
         raise Unprocessable("tenant is required: this API key is scoped to several tenants")
