@@ -8,6 +8,10 @@ becomes `champion`; a failing one `challenger`, with the reason on the version. 
 promotion a Bento is built (skipped when bentoml or bentofile.yaml is missing) and, if the
 embedding model changed, the index is rebuilt as a new generation, checked on golden queries
 and only then switched. Emits `semflow://champion`.
+
+`overrides` may not weaken the gate (lower or drop a floor, raise the tolerance, compare
+fewer metrics, use another registered model): such a run fails unless an operator sets
+`force` with a `force_reason`; the version then carries `gate.forced=true`, who and why.
 """
 
 from __future__ import annotations
@@ -34,14 +38,31 @@ CHAMPION = Asset("semflow://champion")
         "build_bento": Param(True, type="boolean", description="Build a Bento after promotion"),
         "reindex": Param(True, type="boolean", description="Rebuild the index on a new embedder"),
         "overrides": Param({}, type="object", description="params.yaml overrides, dotted keys"),
+        "force": Param(
+            False, type="boolean", description="Allow overrides that weaken the promotion gate"
+        ),
+        "force_reason": Param("", type="string", description="Why the gate is weakened"),
     },
 )
 def register_model():
     @task(outlets=[CHAMPION])
-    def register(params=None) -> dict:
+    def register(params=None, dag_run=None) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from semflow.errors import SettingsError
         from semflow.training import dag_stage
 
-        return dag_stage("register", params["overrides"])
+        try:
+            return dag_stage(
+                "register",
+                params["overrides"],
+                force=params["force"],
+                forced_by=getattr(dag_run, "triggering_user_name", None),
+                reason=params["force_reason"],
+            )
+        except SettingsError as err:
+            # Bad or gate-weakening overrides do not change on retry: fail now.
+            raise AirflowFailException(str(err)) from err
 
     @task
     def bento(gate: dict, params=None) -> dict:

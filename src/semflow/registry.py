@@ -441,8 +441,10 @@ def promote(
     compare: list[str],
     name: str = MODEL_NAME,
     run_id: str | None = None,
+    forced: Mapping[str, str] | None = None,
 ) -> GateResult:
-    """Gate `version`: champion if it passes, else challenger; the reason is logged."""
+    """Gate `version`: champion if it passes, else challenger; the reason is logged. `forced`
+    (by, reason, changes) records that an operator weakened this gate: tags `gate.forced*`."""
     c = client(tracking_uri)
     wait_ready(tracking_uri, name, version)
     cand = version_metrics(tracking_uri, name, version)
@@ -466,6 +468,10 @@ def promote(
             name, str(version), "gate.result", "promoted" if promoted else "rejected"
         )
         c.set_model_version_tag(name, str(version), "gate.reason", summary[:4000])
+        if forced:
+            c.set_model_version_tag(name, str(version), "gate.forced", "true")
+            for key, value in forced.items():
+                c.set_model_version_tag(name, str(version), f"gate.forced_{key}", value[:4000])
         changed = False
         if promoted and prev:
             old = c.get_model_version(name, prev).tags.get("embedder_version")
@@ -474,6 +480,17 @@ def promote(
     if run_id:
         c.set_tag(run_id, "gate.result", "promoted" if promoted else "rejected")
         c.set_tag(run_id, "gate.reason", summary[:4000])
+        if forced:
+            c.set_tag(run_id, "gate.forced", "true")
+    if forced:
+        log.warning(
+            "model %s v%s was gated with a weakened gate, forced by %s (%s): %s",
+            name,
+            version,
+            forced.get("by"),
+            forced.get("reason"),
+            forced.get("changes"),
+        )
     log.info("model %s v%s: %s (%s)", name, version, alias, summary)
     return GateResult(str(version), promoted, alias, reasons, prev, changed)
 

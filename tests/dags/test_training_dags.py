@@ -57,7 +57,18 @@ def test_validate_train_register_ends_with_loadable_champion(airflow_db, semflow
     assert run.state == "success", _states(run)
     metrics = json.loads((s.home / "pipeline" / "metrics" / "evaluate.json").read_text())
     assert metrics["classifier"]["accuracy"] > 0.7
+    # The CI subset's lower floors weaken the gate: refused without force, recorded with it.
     run = _dag("register_model").test(run_conf={"overrides": overrides, "build_bento": True})
+    assert _states(run)["register"] == "failed" and run.state == "failed"
+    assert registry.list_versions(s.tracking_uri) == []
+    run = _dag("register_model").test(
+        run_conf={
+            "overrides": overrides,
+            "build_bento": True,
+            "force": True,
+            "force_reason": "CI subset: 8 labels",
+        }
+    )
     assert run.state == "success", _states(run)
     states = _states(run)
     assert states["register"] == "success"
@@ -65,6 +76,10 @@ def test_validate_train_register_ends_with_loadable_champion(airflow_db, semflow
 
     bundle = registry.load_champion(s.tracking_uri)
     assert bundle is not None and bundle.alias == "champion"
+    tags = registry.client(s.tracking_uri).get_model_version("semflow", bundle.model_version).tags
+    assert tags["gate.forced"] == "true" and tags["gate.forced_reason"] == "CI subset: 8 labels"
+    assert tags["gate.forced_by"] == "dag_test"  # the run's triggering user
+    assert "lowers the floor on classifier.accuracy" in tags["gate.forced_changes"]
     emb = Embedder(s.resolved_model_path, s.model_name)
     assert bundle.embedder_dir is None and bundle.embedder_version == emb.version
     test = pd.read_csv(s.home / "pipeline" / "data" / "prepared" / "test.csv").head(10)

@@ -236,3 +236,22 @@ def test_a_version_registered_before_checksums_still_loads(
     with caplog.at_level("WARNING", logger="semflow.registry"):
         assert registry.load_champion(uri).model_version == v1
     assert "register it again" in caplog.text
+
+
+def test_a_forced_gate_is_recorded_on_the_version(uri: str, tmp_path: Path, caplog) -> None:
+    v1 = _register(uri, _bundle(tmp_path / "b1"), {"accuracy": 0.6})
+    forced = {"by": "ops", "reason": "CI subset", "changes": "lowers the floor on accuracy"}
+    with caplog.at_level("WARNING", logger="semflow.registry"):
+        res = registry.promote(
+            uri, v1, floors={"accuracy": 0.5}, tolerance=0.01, compare=[], forced=forced
+        )
+    assert res.promoted
+    tags = registry.client(uri).get_model_version("semflow", v1).tags
+    assert tags["gate.forced"] == "true" and tags["gate.forced_by"] == "ops"
+    assert tags["gate.forced_reason"] == "CI subset"
+    assert tags["gate.forced_changes"] == "lowers the floor on accuracy"
+    assert "forced by ops" in caplog.text
+    # an ordinary promotion carries no such tag
+    v2 = _register(uri, _bundle(tmp_path / "b2"), {"accuracy": 0.9})
+    registry.promote(uri, v2, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"])
+    assert "gate.forced" not in registry.client(uri).get_model_version("semflow", v2).tags

@@ -180,6 +180,50 @@ def load_pipeline_params(
     return parse_params(load_params(path), overrides)
 
 
+def gate_weakenings(base: RegisterParams, new: RegisterParams) -> list[str]:
+    """How `new` loosens the promotion gate of `base` (params.yaml): a floor removed or
+    lowered, the tolerance raised, a metric dropped from the champion comparison, or another
+    registered model (whose champion the candidate would be compared with instead)."""
+    out = []
+    for metric, floor in base.floors.items():
+        if metric not in new.floors:
+            out.append(f"removes the floor on {metric} ({floor})")
+        elif new.floors[metric] < floor:
+            out.append(f"lowers the floor on {metric} from {floor} to {new.floors[metric]}")
+    if new.tolerance > base.tolerance:
+        out.append(f"raises the tolerance from {base.tolerance} to {new.tolerance}")
+    for metric in base.compare:
+        if metric not in new.compare:
+            out.append(f"stops comparing {metric} with the champion")
+    if new.model_name != base.model_name:
+        out.append(f"registers as {new.model_name!r} instead of {base.model_name!r}")
+    return out
+
+
+def check_gate_overrides(
+    params: PipelineParams,
+    *,
+    force: bool = False,
+    forced_by: str | None = None,
+    reason: str | None = None,
+    base: PipelineParams | None = None,
+) -> dict[str, str] | None:
+    """Refuse overrides that weaken the promotion gate unless an operator forces them; a forced
+    run is logged and returns what `promote` records on the version (else None)."""
+    weaker = gate_weakenings((base or load_pipeline_params()).register_, params.register_)
+    if not weaker:
+        return None
+    changes = "; ".join(weaker)
+    if not force:
+        raise SettingsError(
+            f"the run's overrides weaken the promotion gate ({changes}); run it with "
+            "force: true and a reason to register with a weaker gate"
+        )
+    who, why = forced_by or "unknown", reason or "none given"
+    log.warning("promotion gate weakened by %s (reason: %s): %s", who, why, changes)
+    return {"by": who, "reason": why, "changes": changes}
+
+
 # -- paths ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Paths:
@@ -393,11 +437,26 @@ def stage_main(name: str, argv: Sequence[str] | None = None) -> int:
 
 
 # -- Airflow entry point ---------------------------------------------------------------
-def dag_stage(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """One stage under `$SEMFLOW_HOME/pipeline` with params.yaml + DAG-run overrides."""
+def dag_stage(
+    name: str,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    force: bool = False,
+    forced_by: str | None = None,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """One stage under `$SEMFLOW_HOME/pipeline` with params.yaml + DAG-run overrides.
+
+    Run conf is not params.yaml's review: overrides may not weaken the promotion gate of
+    `register` unless `force` (an operator's decision, recorded on the model version)."""
     s = get_settings()
     params = load_pipeline_params(overrides=overrides)
+    kw: dict[str, Any] = {}
+    if name == "register":
+        forced = check_gate_overrides(params, force=force, forced_by=forced_by, reason=reason)
+        if forced:
+            kw["forced"] = forced
     paths = Paths.for_home(s)
     if name == "ranker" and paths.ranker.exists():
         paths.ranker.unlink()  # a failed/skipped ranker must not leave stale weights behind
-    return json.loads(json.dumps(run_stage(name, paths, params, s), default=str))
+    return json.loads(json.dumps(run_stage(name, paths, params, s, **kw), default=str))

@@ -44,9 +44,13 @@ def build_bundle(paths: Paths, params: PipelineParams, settings: Settings | None
 
 
 def register(
-    paths: Paths, params: PipelineParams, settings: Settings | None = None
+    paths: Paths,
+    params: PipelineParams,
+    settings: Settings | None = None,
+    forced: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Bundle -> MLflow model version -> promotion gate; writes `metrics/register.json`."""
+    """Bundle -> MLflow model version -> promotion gate; writes `metrics/register.json`.
+    `forced` (who, why, what changed) marks a gate an operator weakened on purpose."""
     from semflow import registry
 
     s = settings or get_settings()
@@ -76,6 +80,7 @@ def register(
             compare=p.compare,
             name=p.model_name,
             run_id=run.info.run_id,
+            forced=forced,
         )
         return gate.to_dict()
 

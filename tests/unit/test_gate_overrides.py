@@ -1,0 +1,58 @@
+"""DAG-run overrides may not weaken the promotion gate unless an operator forces it."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from semflow.errors import SettingsError
+from semflow.training.common import dag_stage, load_pipeline_params
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        ({"register.floors": {}}, "removes the floor on classifier.accuracy"),
+        (
+            {"register.floors": {"classifier.accuracy": 0.1, "search.ndcg@10": 0.85}},
+            "lowers the floor on classifier.accuracy from 0.9 to 0.1",
+        ),
+        ({"register.tolerance": 1.0}, "raises the tolerance from 0.01 to 1.0"),
+        ({"register.compare": []}, "stops comparing classifier.accuracy with the champion"),
+        ({"register.model_name": "shadow"}, "registers as 'shadow' instead of 'semflow'"),
+    ],
+)
+def test_weakening_overrides_are_refused_before_anything_runs(semflow_home, overrides, says):
+    with pytest.raises(SettingsError, match="weaken the promotion gate") as err:
+        dag_stage("register", overrides)
+    assert says in str(err.value)
+    assert "force: true" in str(err.value)
+    assert not (semflow_home / "pipeline").exists()  # refused before the stage started
+
+
+def test_stricter_overrides_need_no_force():
+    from semflow.training.common import check_gate_overrides
+
+    params = load_pipeline_params(
+        overrides={
+            "register.floors": {"classifier.accuracy": 0.95, "search.ndcg@10": 0.9, "x": 0.1},
+            "register.tolerance": 0.0,
+            "register.compare": ["classifier.accuracy", "classifier.macro_f1", "search.ndcg@10"],
+        }
+    )
+    assert check_gate_overrides(params) is None
+
+
+def test_force_lets_an_operator_weaken_the_gate_and_is_logged(caplog):
+    from semflow.training.common import check_gate_overrides
+
+    params = load_pipeline_params(overrides={"register.tolerance": 0.5})
+    with caplog.at_level(logging.WARNING, logger="semflow.training"):
+        forced = check_gate_overrides(params, force=True, forced_by="ops", reason="CI subset")
+    assert forced == {
+        "by": "ops",
+        "reason": "CI subset",
+        "changes": "raises the tolerance from 0.01 to 0.5",
+    }
+    assert "promotion gate weakened by ops (reason: CI subset)" in caplog.text
