@@ -8,6 +8,7 @@ faults get a server of their own.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -294,18 +295,19 @@ GET_ROUTES = [
 ]
 
 
-def _bodies():
+def _values():
     from hypothesis import strategies as st
 
     scalars = (
         st.none()
         | st.booleans()
         | st.integers(min_value=-(2**70), max_value=2**70)
-        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.integers(min_value=2**63 - 2, max_value=2**63 + 2)
+        | st.floats()  # NaN and Infinity too: Python's json reads them
         | st.text(max_size=40)
         | st.sampled_from(["bank", "other", "labels", "metadata.lang", "tenant", ""])
     )
-    values = st.recursive(
+    return st.recursive(
         scalars,
         lambda inner: (
             st.lists(inner, max_size=4)
@@ -313,11 +315,70 @@ def _bodies():
         ),
         max_leaves=12,
     )
-    shaped = st.dictionaries(st.sampled_from(FIELDS), values, max_size=5)
-    return values | shaped
 
 
-def test_generated_requests_never_5xx(svc) -> None:
+def _bodies(route: str):
+    """Anything at all, or a body that is valid but for some fields: that is where a
+    server trips (a valid query with odd filters, valid texts with an odd top_k)."""
+    from hypothesis import strategies as st
+
+    v = _values()
+
+    def odd(plausible):  # mostly plausible, sometimes anything
+        return st.one_of(plausible, plausible, plausible, v)
+
+    text = st.text(min_size=1, max_size=30)
+    texts = st.lists(text, min_size=1, max_size=3)
+    ints = st.integers(min_value=-(2**70), max_value=2**70)
+    scalar = st.one_of(st.text(max_size=5), ints, st.booleans(), st.floats())
+    matchable = st.one_of(st.text(max_size=5), ints, st.booleans())  # what Qdrant matches
+    filters = st.dictionaries(
+        st.sampled_from(["labels", "doc_id", "type", "source", "metadata.lang", "tenant", "x"]),
+        odd(matchable | st.lists(matchable, min_size=1, max_size=3)),
+        max_size=2,
+    )
+    top = odd(st.integers(min_value=1, max_value=200))
+    near = {
+        "/embed": ({"texts": texts}, {"normalize": odd(st.booleans())}),
+        "/encode": ({"texts": texts}, {}),
+        "/similarity": ({"pairs": st.lists(st.tuples(text, text), min_size=1, max_size=2)}, {}),
+        "/search": (
+            {"query": text, "tenant": st.sampled_from(["bank", "other"])},
+            {
+                "top_k": top,
+                "filters": filters,
+                "score_threshold": odd(st.none() | st.floats(min_value=-1, max_value=1)),
+            },
+        ),
+        "/classify": ({"texts": texts}, {"top_k": top, "tenant": odd(st.just("bank"))}),
+        "/rank": (
+            {
+                "query": text,
+                "candidates": st.lists(
+                    st.fixed_dictionaries(
+                        {"id": text, "text": text},
+                        optional={"features": st.dictionaries(st.text(max_size=8), odd(scalar))},
+                    ),
+                    min_size=1,
+                    max_size=3,
+                ),
+            },
+            {"top_n": top},
+        ),
+        "/echo": ({"text": text}, {}),
+        "/embed_job/submit": ({"texts": texts}, {}),
+        "/classify_job/submit": ({"texts": texts}, {"top_k": top, "tenant": odd(st.just("bank"))}),
+    }
+    shaped = st.dictionaries(st.sampled_from(FIELDS), v, max_size=5)
+    if route not in near:
+        return v | shaped
+    required, optional = near[route]
+    kinds = {"valid but": st.fixed_dictionaries(required, optional=optional), "any": v | shaped}
+    return st.sampled_from(["valid but"] * 4 + ["any"]).flatmap(kinds.__getitem__)
+
+
+@pytest.mark.parametrize("route", POST_ROUTES + GET_ROUTES)
+def test_generated_requests_never_5xx(svc, route: str) -> None:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
@@ -325,19 +386,20 @@ def test_generated_requests_never_5xx(svc) -> None:
     client = httpx.Client(base_url=url, timeout=60)
 
     @settings(
-        max_examples=400,
+        # /search has the most ways to be valid-but-odd (filters), so the most examples
+        max_examples={"/search": 600}.get(route, 150 if route in POST_ROUTES else 40),
         deadline=None,
         derandomize=True,
         suppress_health_check=list(HealthCheck),
     )
-    @given(
-        route=st.sampled_from(POST_ROUTES + GET_ROUTES),
-        body=_bodies(),
-        key=st.sampled_from([ADMIN, BANK, {}]),
-    )
-    def one(route: str, body: object, key: dict) -> None:
+    @given(body=_bodies(route), key=st.sampled_from([ADMIN, ADMIN, BANK, OTHER, {}]))
+    def one(body: object, key: dict) -> None:
         if route in POST_ROUTES:
-            r = client.post(route, json=body, headers=key)
+            r = client.post(
+                route,
+                content=json.dumps(body),
+                headers={**key, "content-type": "application/json"},
+            )
         else:
             params = body if isinstance(body, dict) else {"task_id": str(body)}
             params = {str(k): str(v)[:200] for k, v in params.items()}
@@ -351,58 +413,3 @@ def test_generated_requests_never_5xx(svc) -> None:
         client.close()
     assert httpx.get(f"{url}/readyz").status_code == 200
     assert post(url, "/search", {"query": "lost card", "tenant": "bank"}).status_code == 200
-
-
-# -- dependencies that go away -----------------------------------------------------------
-def test_redis_and_registry_down_degrade_and_recover(tmp_path: Path, embedder) -> None:
-    """Redis down at start and again later, and a registry whose URI carries credentials
-    that cannot be reached: the service starts, answers 200, says `degraded` without
-    repeating the URI, and is `ready`'s cache again once Redis is back."""
-    from tests.helpers import PrivateRedis
-
-    home = tmp_path / "home"
-    build_index(home, embedder, docs_for("bank", ["I lost my card", "reset my password"]))
-    redis_server = PrivateRedis()  # not started: Redis is down when the service starts
-    env = {
-        "SEMFLOW_REDIS_URL": redis_server.url,
-        "SEMFLOW_MLFLOW_TRACKING_URI": "http://mlflow-user:s3cret-pw@127.0.0.1:9",
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",
-    }
-
-    def traffic(tag: str) -> None:
-        for i in range(3):
-            r = post(url, "/embed", {"texts": [f"{tag} {i}"]})
-            assert r.status_code == 200, r.text
-            r = post(url, "/search", {"query": f"{tag} card {i}", "tenant": "bank"})
-            assert r.status_code == 200 and r.json()["results"], r.text
-
-    def cache_status(want: str) -> dict:
-        deadline = time.monotonic() + 20
-        while True:
-            h = httpx.get(f"{url}/health").json()
-            if h["dependencies"]["cache"]["status"] == want or time.monotonic() > deadline:
-                return h
-            time.sleep(0.5)
-
-    try:
-        with serve(home, tmp_path, **env) as url:
-            traffic("redis down")
-            h = cache_status("degraded")
-            assert h["status"] == "degraded" and h["dependencies"]["cache"]["kind"] == "redis"
-            text = httpx.get(f"{url}/health").text
-            assert "s3cret-pw" not in text and "127.0.0.1:9" not in text, text
-            assert h["dependencies"]["classifier"]["status"] == "missing"
-            redis_server.start()
-            assert cache_status("ok")["dependencies"]["cache"] == {"status": "ok", "kind": "redis"}
-            traffic("redis back")
-            import redis
-
-            assert redis.Redis.from_url(redis_server.url).dbsize() > 0  # used again
-            redis_server.stop()
-            traffic("redis gone again")
-            assert cache_status("degraded")["dependencies"]["cache"]["status"] == "degraded"
-        log = (tmp_path / "serve.log").read_text()
-        assert "s3cret-pw" not in log
-    finally:
-        redis_server.stop()
