@@ -154,15 +154,17 @@ def model_list() -> None:
 @model_app.command("rollback")
 def model_rollback(
     to: Annotated[str, typer.Option("--to", help="The version to make champion.")],
+    no_reindex: Annotated[
+        bool, typer.Option("--no-reindex", help="Move only the alias; leave the index as it is.")
+    ] = False,
 ) -> None:
-    """Move the champion alias to an earlier READY version."""
-    from semflow import registry
-    from semflow.config import get_settings
-
+    """Move the champion alias to an earlier READY version, first rebuilding the index with
+    that version's embedder when the live index was built with another one."""
     if not to.isdigit():
         raise SettingsError(f"--to must be a version number, got {to!r}")
-    s = get_settings()
-    _echo(registry.rollback(s.tracking_uri, to, s.registered_model))
+    from semflow.training.reindex import rollback_champion
+
+    _echo(rollback_champion(to, reindex=not no_reindex))
 
 
 @keys_app.command("new")

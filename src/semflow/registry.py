@@ -522,17 +522,22 @@ def list_versions(tracking_uri: str, name: str = MODEL_NAME) -> list[dict[str, A
     return sorted(out, key=lambda d: -int(d["version"]))
 
 
-def rollback(tracking_uri: str, version: str, name: str = MODEL_NAME) -> dict[str, Any]:
-    """Point `champion` at an earlier READY version (no gate: an operator's decision)."""
-    c = client(tracking_uri)
+def check_ready(tracking_uri: str, version: str, name: str = MODEL_NAME) -> None:
+    """Raise RegistryError unless `name` has a READY version `version`."""
     try:
-        mv = c.get_model_version(name, str(version))
+        mv = client(tracking_uri).get_model_version(name, str(version))
     except Exception as err:
         if _is_missing(err):
             raise RegistryError(f"model {name} has no version {version}") from None
         raise RegistryError(f"could not read {name} v{version}: {err}") from None
     if mv.status != "READY":
         raise RegistryError(f"model {name} v{version} is {mv.status}, not READY")
+
+
+def rollback(tracking_uri: str, version: str, name: str = MODEL_NAME) -> dict[str, Any]:
+    """Point `champion` at an earlier READY version (no gate: an operator's decision)."""
+    check_ready(tracking_uri, version, name)
+    c = client(tracking_uri)
     with _promotion_lock(tracking_uri, name):
         try:
             prev = str(c.get_model_version_by_alias(name, CHAMPION).version)

@@ -12,7 +12,9 @@ the catalog write. Under that lock newer wins: a version older than the one the 
 index already holds (by the source's `updated_at`) is skipped, upserts, tombstones and dead
 letters alike. The catalog is written only after the generation is published, so it never
 marks a document indexed that is not in the index; a crash in between means the next run
-re-upserts the same deterministic ids (no duplicates).
+re-upserts the same deterministic ids (no duplicates). If a re-index switched the live
+generation's embedder after an incremental plan was embedded, its documents become dead
+letters (embedded again by the next run) and the rest of the plan still applies.
 """
 
 from __future__ import annotations
@@ -347,8 +349,15 @@ def _apply_locked(
     changed = catalog.changed_since(plan.source, plan.since_run)
     rows: list[dict[str, Any]] = []
     stale: list[str] = []
+    model_version, outdated = plan.model_version, False
+    if not full and store.live_generation() is not None:
+        # A re-index may have swapped the embedder since this plan was embedded (an Airflow
+        # retry of apply reuses the plan): such vectors cannot join the live generation.
+        with store.open_live() as live:
+            if live.model_version is not None and live.model_version != plan.model_version:
+                model_version, dimension, outdated = live.model_version, live.dimension, True
     with contextlib.ExitStack() as stack:
-        idx = stack.enter_context(store.writer(plan.model_version, dimension, fresh=full))
+        idx = stack.enter_context(store.writer(model_version, dimension, fresh=full))
         generation = idx.generation
         # What the index already holds: the writer's copy of the live generation, or for a
         # fresh build the live generation itself (closed before the writer publishes).
@@ -360,10 +369,6 @@ def _apply_locked(
         indexed = 0
         for k, part in enumerate(plan.partitions):
             docs = _read_lines(Path(part))
-            vec_path = Path(vectors[k]) if vectors else _vectors_path(plan, part, docs)
-            if not vec_path.exists():
-                raise SemflowError(f"partition {part} has not been embedded ({vec_path})")
-            vecs = np.load(vec_path)
             known = _known_versions(catalog, ref, plan.source, [d["doc_id"] for d in docs])
             keep = []
             for i, d in enumerate(docs):
@@ -371,6 +376,16 @@ def _apply_locked(
                     stale.append(d["doc_id"])
                 else:
                     keep.append(i)
+            if outdated:
+                rows += _outdated_rows(
+                    plan, [docs[i] for i in keep], model_version, generation, run_id
+                )
+                counts["outdated"] = counts.get("outdated", 0) + len(keep)
+                continue
+            vec_path = Path(vectors[k]) if vectors else _vectors_path(plan, part, docs)
+            if not vec_path.exists():
+                raise SemflowError(f"partition {part} has not been embedded ({vec_path})")
+            vecs = np.load(vec_path)
             ids, payloads = [], []
             for i in keep:
                 d = docs[i]
@@ -473,6 +488,40 @@ def _carry_over(
             }
         )
     return 0
+
+
+def _outdated_rows(
+    plan: SyncPlan,
+    docs: list[dict[str, Any]],
+    live_version: str,
+    generation: int,
+    run_id: int,
+) -> list[dict[str, Any]]:
+    """Dead letters for documents embedded with a model the live generation no longer uses.
+
+    Not the documents' fault: recorded with 0 attempts, like those a full refresh cannot carry
+    over. The next run fetches them again and embeds them with the live generation's embedder.
+    """
+    if docs:
+        log.warning(
+            "%d documents of %s were embedded with %s, but the live index generation is now "
+            "built with %s (re-indexed meanwhile): recorded as dead letters for the next run",
+            len(docs),
+            plan.source,
+            plan.model_version,
+            live_version,
+        )
+    rows = []
+    for d in docs:
+        r = _row(Document.from_json(d), FAILED, plan, generation, run_id)
+        r.update(
+            model_version=None,
+            truncated=bool(d["truncated"]),
+            last_error=f"embedded with {plan.model_version}, but the index was re-indexed with "
+            f"{live_version} before this sync applied; embedded again by the next run",
+        )
+        rows.append(r)
+    return rows
 
 
 def _record(

@@ -255,3 +255,102 @@ def test_a_forced_gate_is_recorded_on_the_version(uri: str, tmp_path: Path, capl
     v2 = _register(uri, _bundle(tmp_path / "b2"), {"accuracy": 0.9})
     registry.promote(uri, v2, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"])
     assert "gate.forced" not in registry.client(uri).get_model_version("semflow", v2).tags
+
+
+def _bundle_on(tmp: Path, embedder_dir: Path | None, embedder_version: str) -> Path:
+    """A bundle whose classifier was trained on `embedder_version`'s embeddings."""
+    b = Bundle.load(_bundle(tmp), verify=False)
+    b.embedder_dir, b.embedder_version = embedder_dir, embedder_version
+    return b.save(tmp)
+
+
+def test_rollback_across_embedders_rebuilds_the_index(
+    uri: str, tmp_path: Path, semflow_home: Path, monkeypatch, capsys, embedder
+) -> None:
+    import json
+
+    import pandas as pd
+
+    from semflow.cli import main
+    from semflow.config import get_settings
+    from semflow.embedding import Embedder, installed_embedder_dir, model_version
+    from semflow.index import open_store
+    from semflow.sources import FieldMapping, FileSource
+    from semflow.sync import run_sync
+    from semflow.training import Paths
+
+    # v1 shipped a fine-tuned embedder (simulated: the same weights under another name);
+    # v2, the champion, uses the packaged model, which built the live index.
+    tuned = model_version(embedder.model_dir, "tuned")
+    v1 = _register(uri, _bundle_on(tmp_path / "b1", embedder.model_dir, tuned), {"accuracy": 0.9})
+    registry.promote(uri, v1, floors={}, tolerance=0.01, compare=["accuracy"])
+    v2 = _register(uri, _bundle_on(tmp_path / "b2", None, embedder.version), {"accuracy": 0.95})
+    registry.promote(uri, v2, floors={}, tolerance=0.01, compare=["accuracy"])
+    monkeypatch.setenv("SEMFLOW_MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("SEMFLOW_WRITER_LOCK_TIMEOUT_S", "1")
+    get_settings.cache_clear()
+    s = get_settings()
+    texts = {
+        "card_lost": ["I lost my card", "my card was stolen", "where is my card"],
+        "top_up": ["top up my account", "my top-up failed", "add money by transfer"],
+        "refund": ["I want a refund", "refund my purchase", "money back for an order"],
+    }
+    rows = [
+        {"id": f"{label}-{i}", "text": t, "label": label, "updated_at": "2026-05-01T00:00:00Z"}
+        for label, ts in texts.items()
+        for i, t in enumerate(ts)
+    ]
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    source = FileSource("notes", docs, FieldMapping(labels="label"))
+    run_sync(source, embedder=embedder, settings=s)
+    golden = Paths.for_home(s).prepared / "test.csv"  # the reindex's golden queries
+    golden.parent.mkdir(parents=True)
+    pd.DataFrame(rows)[["text", "label"]].to_csv(golden, index=False)
+    store = open_store(s)
+    gen = store.live_generation()
+    assert store.live_model_version() == embedder.version
+
+    def champion() -> str:
+        return str(registry.client(uri).get_model_version_by_alias("semflow", "champion").version)
+
+    def points() -> dict[str, str]:
+        with store.open_live() as idx:
+            return {
+                p["doc_id"]: p["model_version"]
+                for _, p in idx.iter_payloads("notes", fields=("doc_id", "model_version"))
+            }
+
+    # The rebuild cannot take the writer lock: exit 1 with a sentence, and nothing changed.
+    with open_store(s).lock(), pytest.raises(SystemExit) as exc:
+        main(["model", "rollback", "--to", v1])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert f"could not rebuild the index with v{v1}'s embedder {tuned}" in err
+    assert f"the champion is still v{v2}" in err and f"generation {gen}" in err
+    assert champion() == v2 and store.live_generation() == gen
+
+    main(["model", "rollback", "--to", v1])
+    out = json.loads(capsys.readouterr().out)
+    assert (out["champion"], out["previous_champion"]) == (v1, v2)
+    rx = out["reindex"]
+    assert rx["reindexed"] is True and rx["gated"] is False and rx["model_version"] == tuned
+    assert rx["old_golden_ndcg"] is not None and rx["golden_ndcg"] is not None
+    assert champion() == v1
+    assert store.live_model_version() == tuned and store.live_generation() != gen
+    assert points() == {r["id"]: tuned for r in rows} and rx["points"] == len(rows)
+    # Installed, so the next sync embeds with v1's embedder and applies to the new generation.
+    assert installed_embedder_dir(s, tuned) is not None
+    assert Embedder.for_index(s, store.live_model_version()).version == tuned
+    with docs.open("a") as fh:
+        fh.write(json.dumps({**rows[0], "id": "new", "updated_at": "2026-05-02T00:00:00Z"}) + "\n")
+    run_sync(source, settings=s)
+    assert points() == {**{r["id"]: tuned for r in rows}, "new": tuned}
+
+    # --no-reindex moves only the alias.
+    gen = store.live_generation()
+    main(["model", "rollback", "--to", v2, "--no-reindex"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["champion"] == v2 and out["reindex"]["reindexed"] is False
+    assert champion() == v2
+    assert store.live_generation() == gen and store.live_model_version() == tuned

@@ -292,3 +292,40 @@ def test_catalog_record_keeps_the_newer_row(catalog_url):
     with catalog.engine.begin() as conn:
         catalog.record([row("newer", W[2][0])], conn)
     assert catalog.states("log", ["1"])["1"].content_hash == "newer"
+
+
+def test_a_sync_applied_after_a_reindex_swap_dead_letters_its_documents(
+    log, store, catalog_url, embedder
+):
+    catalog = Catalog(catalog_url)
+    for i in range(6):
+        log.write(i, f"first text of note {i} about a loan", W[0][0] + i * MINUTE)
+    run_sync(log.source(), embedder=embedder, catalog=catalog, store=store, window=W[0])
+    log.write(0, "note 0 edited: the loan was approved", W[1][0] + MINUTE)
+    log.write(6, "a new note about a mortgage", W[1][0] + 2 * MINUTE)
+    log.write(2, "first text of note 2 about a loan", W[1][0] + 3 * MINUTE, gone=True)
+    plan, vectors = _plan(log, store, catalog, embedder, W[1])
+    # A re-index publishes a generation of another model before the sync applies (an Airflow
+    # retry of `apply` would reuse this same plan and these same vectors).
+    new = Reembedder(embedder, lambda: None)
+    rebuild_generation(store, new)
+
+    result = apply_sync(
+        plan, catalog=catalog, store=store, dimension=embedder.dimension, vectors=vectors
+    )
+    assert result.counts["indexed"] == 0 and result.counts["outdated"] == 2
+    rows = {r["doc_id"]: r for r in catalog.rows("log")}
+    for i in ("0", "6"):
+        assert rows[i]["status"] == FAILED and rows[i]["attempts"] == 0, rows[i]
+        assert f"re-indexed with {new.version}" in rows[i]["last_error"]
+    assert rows["2"]["status"] == DELETED  # the tombstone still applied
+    assert store.live_model_version() == new.version
+    with store.open_live() as idx:
+        payloads = dict(idx.iter_payloads("log", fields=("doc_id", "model_version")))
+    assert "2" not in {p["doc_id"] for p in payloads.values()}
+    assert {p["model_version"] for p in payloads.values()} == {new.version}
+
+    # The next run embeds the dead letters with the live generation's model.
+    run_sync(log.source(), embedder=new, catalog=catalog, store=store, window=W[2])
+    assert catalog.ids("log", [FAILED]) == set()
+    assert_newest(log, store, catalog)

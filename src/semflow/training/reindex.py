@@ -1,7 +1,9 @@
-"""Rebuild the index with the champion's embedder, checked on golden queries (Airflow)."""
+"""Rebuild the index with the champion's embedder, checked on golden queries (Airflow), and
+roll the champion back with the index realigned to its embedder (`semflow model rollback`)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,15 @@ from semflow.config import Settings, get_settings
 from semflow.errors import SemflowError
 from semflow.training.common import Paths, PipelineParams, load_pipeline_params, read_split
 
+log = logging.getLogger("semflow.training.reindex")
+
 
 class ReindexRejected(SemflowError):
     """The rebuilt generation scored worse on the golden queries; the old one stays live."""
+
+
+class RollbackError(SemflowError):
+    """A rollback could not realign the index; the sentence says where the alias stands."""
 
 
 def _bundle_embedder(bundle: Any, settings: Settings) -> Any:
@@ -49,17 +57,25 @@ def reindex_if_changed(
     settings: Settings | None = None,
     golden: pd.DataFrame | None = None,
     max_golden: int = 200,
+    *,
+    bundle: Any = None,
+    gate: bool = True,
+    name: str | None = None,
 ) -> dict[str, Any]:
-    """Rebuild the index with the champion's embedder when it differs from the live one.
+    """Rebuild the index with the champion's embedder (or `bundle`'s) when it differs from the
+    live one.
 
-    The new generation is filled from the live payloads, checked on golden queries, and
-    published only if its nDCG@10 is not below the old generation's.
+    The new generation is filled from the live payloads and scored on golden queries. With
+    `gate` it is published only if its nDCG@10 is not below the old generation's; without
+    (an operator's rollback) it is published anyway, the scores logged, and missing golden
+    queries only skip the scoring.
     """
     from semflow import registry
     from semflow.index import open_store
 
     s = settings or get_settings()
-    champ = registry.load_champion(s.tracking_uri, params.register_.model_name)
+    name = name or params.register_.model_name
+    champ = bundle if bundle is not None else registry.load_champion(s.tracking_uri, name)
     if champ is None:
         return {"reindexed": False, "reason": "no champion registered"}
     store = open_store(s)
@@ -67,27 +83,33 @@ def reindex_if_changed(
     if live_version is None:
         return {"reindexed": False, "reason": "no live index generation"}
     if live_version == champ.embedder_version:
-        return {"reindexed": False, "reason": "the index already uses the champion's embedder"}
+        return {"reindexed": False, "reason": "the index already uses the model's embedder"}
     if golden is None:
-        golden = read_split(paths, "test")
-    golden = golden.head(max_golden)
+        try:
+            golden = read_split(paths, "test")
+        except SemflowError as err:
+            if gate:
+                raise
+            log.warning("rebuilding the index without golden-query scores: %s", err)
+    if golden is not None:
+        golden = golden.head(max_golden)
     new_emb = _bundle_embedder(champ, s)
     from semflow.embedding import Embedder
 
     base = Embedder(s.resolved_model_path, s.model_name)
     old_emb = base if base.version == live_version else None
-    if old_emb is None:
+    if old_emb is None and golden is not None:
         # The live generation was built by an earlier fine-tuned bundle: find it to score it.
-        prev = registry.version_with_embedder(
-            s.tracking_uri, live_version, params.register_.model_name
-        )
+        prev = registry.version_with_embedder(s.tracking_uri, live_version, name)
         if prev is not None:
-            old_emb = _bundle_embedder(
-                registry.load_version(s.tracking_uri, params.register_.model_name, prev), s
-            )
+            old_emb = _bundle_embedder(registry.load_version(s.tracking_uri, name, prev), s)
     with store.open_live() as live:
         old_gen = live.generation
-        old_score = golden_ndcg(live, old_emb, golden, params.base.tenant) if old_emb else None
+        old_score = (
+            golden_ndcg(live, old_emb, golden, params.base.tenant)
+            if old_emb is not None and golden is not None
+            else None
+        )
     if champ.embedder_dir is not None:
         from semflow.embedding import install_embedder
 
@@ -96,12 +118,23 @@ def reindex_if_changed(
     scores: dict[str, float] = {}
 
     def check(w: Any) -> None:
+        if golden is None:
+            return
         scores["new"] = golden_ndcg(w, new_emb, golden, params.base.tenant)
+        log.info(
+            "golden-query nDCG@10: rebuilt index %.4f, live generation %s %s",
+            scores["new"],
+            old_gen,
+            "unscored" if old_score is None else f"{old_score:.4f}",
+        )
         if old_score is not None and scores["new"] < old_score:
-            raise ReindexRejected(
+            worse = (
                 f"the rebuilt index scores nDCG@10 {scores['new']:.4f} on the golden queries, "
-                f"below the live generation's {old_score:.4f}; generation {old_gen} stays live"
+                f"below the live generation's {old_score:.4f}"
             )
+            if gate:
+                raise ReindexRejected(f"{worse}; generation {old_gen} stays live")
+            log.warning("%s; published anyway: this rebuild is not gated", worse)
 
     points = rebuild_generation(store, new_emb, check)
     return {
@@ -109,10 +142,76 @@ def reindex_if_changed(
         "old_generation": old_gen,
         "generation": store.live_generation(),
         "model_version": new_emb.version,
-        "golden_ndcg": scores["new"],
+        "golden_ndcg": scores.get("new"),
         "old_golden_ndcg": old_score,
+        "gated": gate,
         "points": points,
     }
+
+
+def rollback_champion(
+    version: str,
+    *,
+    reindex: bool = True,
+    settings: Settings | None = None,
+    params: PipelineParams | None = None,
+) -> dict[str, Any]:
+    """Make `version` the champion; unless `reindex` is off, first rebuild the index with its
+    embedder when the live generation was built with another one, and install that embedder
+    so later syncs embed with it.
+
+    A rollback is an operator's decision, so the golden queries do not gate the rebuild. The
+    rebuild comes before the alias moves and publishes atomically: if it fails, nothing has
+    changed, and the RollbackError says so.
+    """
+    from semflow import registry
+    from semflow.index import open_store
+
+    s = settings or get_settings()
+    name = s.registered_model
+    if not reindex:
+        out = registry.rollback(s.tracking_uri, version, name)
+        return {**out, "reindex": {"reindexed": False, "reason": "skipped on request"}}
+    registry.check_ready(s.tracking_uri, version, name)
+    bundle = registry.load_version(s.tracking_uri, name, version)
+    versions = registry.list_versions(s.tracking_uri, name)
+    champion = next((v["version"] for v in versions if registry.CHAMPION in v["aliases"]), None)
+    alias_state = f"the champion is still v{champion}" if champion else "no champion is set"
+    store = open_store(s)
+    live = store.live_generation()
+    index_state = (
+        f"generation {live} (built with {store.live_model_version()}) stays live"
+        if live is not None
+        else "the index is unchanged"
+    )
+    try:
+        rx = reindex_if_changed(
+            Paths.for_home(s),
+            params or load_pipeline_params(),
+            s,
+            bundle=bundle,
+            gate=False,
+            name=name,
+        )
+    except Exception as err:
+        raise RollbackError(
+            f"could not rebuild the index with v{version}'s embedder "
+            f"{bundle.embedder_version}: {err}. The alias and the index are as they were: "
+            f"{alias_state} and {index_state}. Fix the cause and run the rollback again, or "
+            "pass --no-reindex to move only the alias"
+        ) from err
+    try:
+        out = registry.rollback(s.tracking_uri, version, name)
+    except Exception as err:
+        if not rx["reindexed"]:
+            raise
+        raise RollbackError(
+            f"the index was rebuilt with v{version}'s embedder {bundle.embedder_version} "
+            f"(generation {rx['generation']}), but the champion alias could not be moved: "
+            f"{err}. {alias_state[0].upper()}{alias_state[1:]}; run the rollback again to move "
+            "it (the index is not rebuilt twice)"
+        ) from err
+    return {**out, "reindex": rx}
 
 
 def rebuild_generation(
