@@ -324,7 +324,7 @@ def test_dvc_repro_then_cached_then_exp_run_reruns_only_dependents(semflow_home,
     import yaml
 
     from semflow.sync import run_sync
-    from semflow.training.common import _set_dotted
+    from semflow.training.params import _set_dotted
 
     run_sync(small_source(tmp_path), settings=get_settings())  # what `snapshot` exports
     repo = tmp_path / "repo"

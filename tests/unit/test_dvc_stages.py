@@ -69,7 +69,11 @@ def test_stage_deps_cover_the_code_it_imports(stage: str) -> None:
     for path in deps:
         if path.startswith(("src/", "training/")):  # data and models are outputs of stages
             assert (REPO_ROOT / path).exists(), f"{stage}: dep {path} does not exist"
-    needed = {f"training/{stage}.py", "src/semflow/training/common.py"}
+    needed = {
+        f"training/{stage}.py",
+        "src/semflow/training/common.py",
+        "src/semflow/training/params.py",  # every stage reads params.yaml through it
+    }
     if not spec.get("always_changed"):  # `snapshot` reruns on every repro anyway
         needed |= {_source(m) for m in _code_deps(stage)}
     missing = sorted(p for p in needed if not _covered(p, deps))

@@ -7,7 +7,8 @@ import logging
 import pytest
 
 from semflow.errors import SettingsError
-from semflow.training.common import dag_stage, load_pipeline_params
+from semflow.training.common import dag_stage
+from semflow.training.params import check_gate_overrides, load_pipeline_params
 
 
 @pytest.mark.parametrize(
@@ -32,8 +33,6 @@ def test_weakening_overrides_are_refused_before_anything_runs(semflow_home, over
 
 
 def test_stricter_overrides_need_no_force():
-    from semflow.training.common import check_gate_overrides
-
     params = load_pipeline_params(
         overrides={
             "register.floors": {"classifier.accuracy": 0.95, "search.ndcg@10": 0.9, "x": 0.1},
@@ -45,8 +44,6 @@ def test_stricter_overrides_need_no_force():
 
 
 def test_force_lets_an_operator_weaken_the_gate_and_is_logged(caplog):
-    from semflow.training.common import check_gate_overrides
-
     params = load_pipeline_params(overrides={"register.tolerance": 0.5})
     with caplog.at_level(logging.WARNING, logger="semflow.training"):
         forced = check_gate_overrides(params, force=True, forced_by="ops", reason="CI subset")

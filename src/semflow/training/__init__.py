@@ -4,8 +4,9 @@ snapshot -> validate -> prepare -> finetune -> embed -> classifier -> ranker -> 
 -> register. Every stage reads and writes files under a `Paths` root (the repo for DVC,
 `$SEMFLOW_HOME/pipeline` for Airflow, a tmp dir in tests) and logs to one MLflow run tree.
 
-`common` holds what the stages share; `stages/<name>.py` holds stage `<name>`, so
-`dvc.yaml` can list exactly the code each stage's outputs depend on.
+`params` is the schema of params.yaml, `common` holds what the stages share and
+`stages/<name>.py` holds stage `<name>`, so `dvc.yaml` can list exactly the code each
+stage's outputs depend on.
 """
 
 from __future__ import annotations
@@ -13,16 +14,14 @@ from __future__ import annotations
 from semflow.training.common import (
     STAGES,
     Paths,
-    PipelineParams,
     dag_stage,
     flat_metrics,
-    load_pipeline_params,
-    parse_params,
     run_pipeline,
     run_stage,
     stage_function,
     stage_main,
 )
+from semflow.training.params import PipelineParams, load_pipeline_params, parse_params
 from semflow.training.reindex import ReindexRejected, dag_reindex, golden_ndcg, reindex_if_changed
 
 __all__ = [

@@ -1,13 +1,12 @@
-"""What every stage shares: params, paths, file helpers, MLflow logging and the runner.
+"""What every stage shares: paths, file helpers, MLflow logging and the runner.
 
-A stage's outputs depend on this module, its own `stages/<name>.py` and the library
-modules that one imports; `dvc.yaml` lists exactly those, so editing one stage reruns
+A stage's outputs depend on this module, the params schema (`params.py`), its own
+`stages/<name>.py` and the library modules that one imports; `dvc.yaml` lists exactly those, so editing one stage reruns
 that stage and what follows it, and nothing before it.
 """
 
 from __future__ import annotations
 
-import copy
 import importlib
 import json
 import logging
@@ -18,11 +17,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from semflow.config import REPO_ROOT, Settings, get_settings, load_params
+from semflow.config import REPO_ROOT, Settings, get_settings
 from semflow.errors import SemflowError, SettingsError
-from semflow.models.finetune import Loss
+from semflow.training.params import (
+    BaseParams,
+    PipelineParams,
+    check_gate_overrides,
+    load_pipeline_params,
+)
 
 log = logging.getLogger("semflow.training")
 
@@ -38,190 +41,6 @@ STAGES = (
     "register",
 )
 COLUMNS = ["doc_id", "text", "label", "tenant", "type"]
-
-
-# -- params ---------------------------------------------------------------------------
-class _P(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class BaseParams(_P):
-    seed: int = 13
-    subset: int | None = Field(default=None, ge=10)
-    max_labels: int | None = Field(default=None, ge=2)
-    test_subset: int | None = Field(default=None, ge=10)
-    tenant: str = "bank"
-
-
-class SnapshotParams(_P):
-    fields: list[str] = ["doc_id", "text", "labels", "tenant", "type"]
-    sync_if_empty: bool = True
-
-
-class DriftParams(_P):
-    label_tvd_max: float = Field(default=0.25, ge=0, le=1)
-    length_ks_max: float = Field(default=0.2, ge=0, le=1)
-    centroid_cosine_max: float = Field(default=0.05, ge=0, le=2)
-    sample: int = Field(default=1000, ge=10)
-    critical: bool = False
-
-
-class ValidateParams(_P):
-    reference: str | None = "data/banking77/train.csv"
-    min_rows: int = Field(default=1, ge=1)
-    min_text_chars: int = Field(default=1, ge=0)
-    max_text_chars: int = Field(default=4000, ge=1)
-    max_duplicate_ratio: float = Field(default=0.05, ge=0, le=1)
-    min_examples_per_label: int = Field(default=5, ge=1)
-    allowed_labels: str | None = "data/banking77/categories.json"
-    drift: DriftParams = DriftParams()
-
-
-class PrepareParams(_P):
-    val_size: float = Field(default=0.1, gt=0, lt=0.5)
-    test_size: float = Field(default=0.1, gt=0, lt=0.5)
-    external_test: str | None = "data/banking77/test.csv"
-
-
-class FinetuneParams(_P):
-    enabled: bool = True
-    loss: Loss = "mnrl"
-    epochs: int = Field(default=1, ge=1, le=20)
-    batch_size: int = Field(default=64, ge=2)
-    lr: float = Field(default=3e-5, gt=0, lt=1)
-    warmup_ratio: float = Field(default=0.1, ge=0, le=1)
-    max_pairs: int = Field(default=20000, ge=1)
-    max_seq_length: int = Field(default=64, ge=8, le=512)
-    scale: float = Field(default=20.0, gt=0)
-    margin: float = Field(default=0.0, ge=0, lt=1)
-    freeze_layers: int = Field(default=0, ge=0, le=24)
-
-
-class ClassifierParams(_P):
-    C: float = Field(default=10.0, gt=0)
-    max_iter: int = Field(default=2000, ge=10)
-    target_precision: float = Field(default=0.95, gt=0, le=1)
-    refit_on_val: bool = False
-    knn_k: int = Field(default=10, ge=1)
-    knn_weight: float = Field(default=0.0, ge=0, le=1)
-    knn_temperature: float = Field(default=0.02, gt=0)
-
-
-class RankerParams(_P):
-    candidates: int = Field(default=50, ge=2)
-    k: int = Field(default=10, ge=1)
-    step: float = Field(default=0.05, gt=0, le=0.5)
-    features: list[str] = ["semantic", "lexical"]
-    max_queries: int = Field(default=500, ge=1)
-
-
-class EvaluateParams(_P):
-    k: int = Field(default=10, ge=1)
-
-
-class RegisterParams(_P):
-    model_name: str = Field(default="semflow", pattern=r"^[A-Za-z0-9_.-]+$")
-    floors: dict[str, float] = {"classifier.accuracy": 0.5, "search.ndcg@10": 0.5}
-    compare: list[str] = ["classifier.accuracy", "classifier.macro_f1", "search.ndcg@10"]
-    tolerance: float = Field(default=0.01, ge=0, le=1)
-
-
-class PipelineParams(_P):
-    base: BaseParams = BaseParams()
-    snapshot: SnapshotParams = SnapshotParams()
-    validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
-    prepare: PrepareParams = PrepareParams()
-    finetune: FinetuneParams = FinetuneParams()
-    classifier: ClassifierParams = ClassifierParams()
-    ranker: RankerParams = RankerParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    register_: RegisterParams = Field(default=RegisterParams(), alias="register")
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    def section(self, name: str) -> dict[str, Any]:
-        attr = f"{name}_" if name in ("validate", "register") else name
-        return getattr(self, attr).model_dump()
-
-    def raw(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True)
-
-
-def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    cur = d
-    for p in parts[:-1]:
-        cur = cur.setdefault(p, {})
-        if not isinstance(cur, dict):
-            raise SettingsError(f"params override {key!r}: {p!r} is not a section")
-    cur[parts[-1]] = value
-
-
-def parse_params(
-    raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
-) -> PipelineParams:
-    """Validate params (with dotted overrides); the error names the bad key."""
-    data = copy.deepcopy(dict(raw))
-    for k, v in (overrides or {}).items():
-        _set_dotted(data, k, v)
-    try:
-        return PipelineParams.model_validate(data)
-    except ValidationError as err:
-        parts = [
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-            for e in err.errors()
-        ]
-        raise SettingsError("invalid params.yaml: " + "; ".join(parts)) from None
-
-
-def load_pipeline_params(
-    path: Path | None = None, overrides: Mapping[str, Any] | None = None
-) -> PipelineParams:
-    return parse_params(load_params(path), overrides)
-
-
-def gate_weakenings(base: RegisterParams, new: RegisterParams) -> list[str]:
-    """How `new` loosens the promotion gate of `base` (params.yaml): a floor removed or
-    lowered, the tolerance raised, a metric dropped from the champion comparison, or another
-    registered model (whose champion the candidate would be compared with instead)."""
-    out = []
-    for metric, floor in base.floors.items():
-        if metric not in new.floors:
-            out.append(f"removes the floor on {metric} ({floor})")
-        elif new.floors[metric] < floor:
-            out.append(f"lowers the floor on {metric} from {floor} to {new.floors[metric]}")
-    if new.tolerance > base.tolerance:
-        out.append(f"raises the tolerance from {base.tolerance} to {new.tolerance}")
-    for metric in base.compare:
-        if metric not in new.compare:
-            out.append(f"stops comparing {metric} with the champion")
-    if new.model_name != base.model_name:
-        out.append(f"registers as {new.model_name!r} instead of {base.model_name!r}")
-    return out
-
-
-def check_gate_overrides(
-    params: PipelineParams,
-    *,
-    force: bool = False,
-    forced_by: str | None = None,
-    reason: str | None = None,
-    base: PipelineParams | None = None,
-) -> dict[str, str] | None:
-    """Refuse overrides that weaken the promotion gate unless an operator forces them; a forced
-    run is logged and returns what `promote` records on the version (else None)."""
-    weaker = gate_weakenings((base or load_pipeline_params()).register_, params.register_)
-    if not weaker:
-        return None
-    changes = "; ".join(weaker)
-    if not force:
-        raise SettingsError(
-            f"the run's overrides weaken the promotion gate ({changes}); run it with "
-            "force: true and a reason to register with a weaker gate"
-        )
-    who, why = forced_by or "unknown", reason or "none given"
-    log.warning("promotion gate weakened by %s (reason: %s): %s", who, why, changes)
-    return {"by": who, "reason": why, "changes": changes}
 
 
 # -- paths ----------------------------------------------------------------------------

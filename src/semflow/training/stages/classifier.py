@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from semflow.config import Settings
-from semflow.training.common import Paths, PipelineParams, load_features, read_split, write_json
+from semflow.training.common import Paths, load_features, read_split, write_json
+from semflow.training.params import PipelineParams
 
 
 def classifier(

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from semflow.config import Settings, get_settings
-from semflow.training.common import Paths, PipelineParams, read_split
+from semflow.training.common import Paths, read_split
+from semflow.training.params import PipelineParams
 
 
 def embedder_for(paths: Paths, settings: Settings | None = None) -> Any:

@@ -10,12 +10,12 @@ import pandas as pd
 from semflow.config import Settings
 from semflow.training.common import (
     Paths,
-    PipelineParams,
     load_bundle_parts,
     load_features,
     read_split,
     write_json,
 )
+from semflow.training.params import PipelineParams
 
 
 def evaluate(

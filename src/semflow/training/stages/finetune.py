@@ -6,7 +6,8 @@ import shutil
 from typing import Any
 
 from semflow.config import Settings, get_settings
-from semflow.training.common import Paths, PipelineParams, read_split, write_json
+from semflow.training.common import Paths, read_split, write_json
+from semflow.training.params import PipelineParams
 
 
 def finetune(

@@ -7,7 +7,8 @@ from typing import Any
 import pandas as pd
 
 from semflow.config import Settings
-from semflow.training.common import Paths, PipelineParams, read_docs, sample_frame, write_json
+from semflow.training.common import Paths, read_docs, sample_frame, write_json
+from semflow.training.params import PipelineParams
 
 
 def prepare(

@@ -6,7 +6,8 @@ from typing import Any
 
 from semflow.config import Settings
 from semflow.errors import SettingsError
-from semflow.training.common import Paths, PipelineParams, load_features, read_split, write_json
+from semflow.training.common import Paths, load_features, read_split, write_json
+from semflow.training.params import PipelineParams
 
 
 def ranker(

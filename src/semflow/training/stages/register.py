@@ -11,7 +11,6 @@ from semflow.config import Settings, get_settings
 from semflow.errors import SemflowError
 from semflow.training.common import (
     Paths,
-    PipelineParams,
     Tracker,
     flat_metrics,
     load_bundle_parts,
@@ -19,6 +18,7 @@ from semflow.training.common import (
     read_split,
     write_json,
 )
+from semflow.training.params import PipelineParams
 from semflow.training.stages.embed import embedder_for
 
 

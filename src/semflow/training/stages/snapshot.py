@@ -8,7 +8,8 @@ import pandas as pd
 
 from semflow.config import Settings, get_settings
 from semflow.errors import SemflowError
-from semflow.training.common import COLUMNS, Paths, PipelineParams, log, sample_frame, write_json
+from semflow.training.common import COLUMNS, Paths, log, sample_frame, write_json
+from semflow.training.params import PipelineParams
 
 
 def snapshot(

@@ -12,7 +12,6 @@ import pandas as pd
 from semflow.config import Settings, get_settings
 from semflow.training.common import (
     Paths,
-    PipelineParams,
     Tracker,
     log,
     log_metrics,
@@ -20,6 +19,7 @@ from semflow.training.common import (
     sample_frame,
     write_json,
 )
+from semflow.training.params import PipelineParams
 
 
 def _reference(paths: Paths, params: PipelineParams) -> pd.DataFrame | None:
