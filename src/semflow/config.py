@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     )
     embed_max_batch_size: int = Field(default=64, ge=1)
     embed_max_latency_ms: int = Field(default=10, ge=0)
+    # tokens (estimated) per model call of the micro-batcher: bounds how long one call,
+    # and so every request queued behind it, can take (~0.5 s on 2 CPU cores)
+    embed_max_batch_tokens: int = Field(default=2048, ge=16)
     request_timeout_s: float = Field(default=30.0, gt=0)
     max_concurrency: int = Field(default=256, ge=1)
     job_workers: int = Field(default=1, ge=1)  # threads of the long-job pool

@@ -122,3 +122,20 @@ def test_small_requests_do_not_wait_for_a_large_one() -> None:
         assert order[:2] == ["L", "s"]  # served right after the chunk that was running
     finally:
         b.close()
+
+
+def test_a_model_call_holds_at_most_the_token_budget() -> None:
+    calls: list[list[str]] = []
+
+    def model(texts: list[str]) -> np.ndarray:
+        calls.append(list(texts))
+        return np.array([[float(len(t))] for t in texts], dtype=np.float32)
+
+    b = MicroBatcher(model, max_batch_size=64, max_latency_ms=0, max_batch_tokens=10, cost=len)
+    try:
+        out = b.submit(["aaaa", "bbbb", "cccc", "x" * 25, "dd"]).result(timeout=5)
+        assert out.ravel().tolist() == [4.0, 4.0, 4.0, 25.0, 2.0]
+        # 4+4 fit in 10; a text over the whole budget still runs, alone
+        assert calls == [["aaaa", "bbbb"], ["cccc"], ["x" * 25], ["dd"]]
+    finally:
+        b.close()

@@ -32,10 +32,16 @@ class MicroBatcher:
         fn: Callable[[list[str]], np.ndarray],
         max_batch_size: int = 64,
         max_latency_ms: int = 10,
+        max_batch_tokens: int | None = None,
+        cost: Callable[[str], int] = lambda _: 1,
     ) -> None:
+        """`cost(text)`: an estimate of the text's tokens; a model call holds at most
+        `max_batch_tokens` of them (and at least one text), so one call stays short."""
         self.fn = fn
         self.max_batch_size = max_batch_size
         self.max_latency_s = max_latency_ms / 1000.0
+        self.max_batch_tokens = max_batch_tokens
+        self.cost = cost
         self._q: queue.Queue[_Job | None] = queue.Queue()
         self._start_lock = threading.Lock()
         self._closed = False
@@ -107,7 +113,8 @@ class MicroBatcher:
                 log.exception("embed batch failed unexpectedly")
 
     def _step(self, pending: list[_Pending]) -> None:
-        """One model call of at most `max_batch_size` texts, shortest requests first.
+        """One model call of at most `max_batch_size` texts and `max_batch_tokens` tokens,
+        shortest requests first.
 
         Large requests run a chunk at a time, so small ones that arrive meanwhile wait for
         one chunk, not for the whole large request, and a request that timed out stops
@@ -117,12 +124,21 @@ class MicroBatcher:
         pending.sort(key=lambda p: p.remaining)
         chunk: list[tuple[_Pending, int]] = []
         room = self.max_batch_size
+        budget = self.max_batch_tokens
         for p in pending:
-            if room <= 0:
-                break
-            take = min(room, p.remaining)
-            chunk.append((p, take))
+            take = 0
+            while take < min(room, p.remaining):
+                if budget is not None:
+                    c = self.cost(p.texts[p.done + take])
+                    if budget < c and (chunk or take):
+                        break
+                    budget -= c
+                take += 1
+            if take:
+                chunk.append((p, take))
             room -= take
+            if room <= 0 or (budget is not None and budget <= 0) or take < p.remaining:
+                break
         if not chunk:
             return
         texts = [t for p, n in chunk for t in p.texts[p.done : p.done + n]]

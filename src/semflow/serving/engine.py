@@ -87,7 +87,15 @@ class Engine:
             self.embedder = Embedder.for_index(s, cache=self.cache)
         self.embedder.encode(["warm up"])  # load weights now, not on the first request
         self.dimension = self.embedder.dimension
-        self.batcher = MicroBatcher(self.encode, s.embed_max_batch_size, s.embed_max_latency_ms)
+        seq = self.embedder.max_seq_length
+        self.batcher = MicroBatcher(
+            self.encode,
+            s.embed_max_batch_size,
+            s.embed_max_latency_ms,
+            s.embed_max_batch_tokens,
+            # ~4 characters a token, and the model reads at most max_seq_length of them
+            cost=lambda text: min(len(text) // 4 + 2, seq),
+        )
         self.jobs = JobRunner(s.job_workers, s.max_jobs, s.job_ttl_s)
         self._health: tuple[float, dict[str, Any]] | None = None
         self.watcher = (
@@ -103,7 +111,16 @@ class Engine:
 
     # -- embedding ----------------------------------------------------------------
     def encode(self, texts: list[str], normalize: bool = True) -> np.ndarray:
+        """The model call itself (the micro-batcher's work; cached when normalised)."""
         return self.embedder.encode(texts, normalize=normalize)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Normalised vectors through the micro-batcher, from a worker thread.
+
+        Every endpoint and job embeds through the one batcher thread, so model calls never
+        run side by side on the CPU and the shortest requests go first.
+        """
+        return self.batcher.submit(texts).result()
 
     def embed_response(self, vectors: np.ndarray) -> dict[str, Any]:
         return {
@@ -116,7 +133,7 @@ class Engine:
         check_texts([t for p in pairs for t in p], self.settings, 2 * self.settings.max_texts)
         uniq = list(dict.fromkeys(t for p in pairs for t in p))
         pos = {t: i for i, t in enumerate(uniq)}
-        vecs = self.encode(uniq)
+        vecs = self.embed(uniq)
         scores = [float(np.dot(vecs[pos[a]], vecs[pos[b]])) for a, b in pairs]
         return {"scores": scores, "model": self.embedder.version}
 
@@ -149,7 +166,7 @@ class Engine:
     ) -> dict[str, Any]:
         """`vector`: the query already embedded (the service batches queries across requests)."""
         idx = self.check_search(req, principal)
-        vec = self.encode([req.query])[0] if vector is None else vector
+        vec = self.embed([req.query])[0] if vector is None else vector
         hits = idx.search(vec, req.tenant, req.top_k, req.filters or None, req.score_threshold)
         return {
             "results": [
@@ -184,7 +201,7 @@ class Engine:
         tenant = principal.tenant_for(tenant)
         bundle = self._bundle()
         check_texts(texts, self.settings, max_count)
-        preds = bundle.classify(self.encode(texts), top_k=min(top_k, self.settings.max_top_k))
+        preds = bundle.classify(self.embed(texts), top_k=min(top_k, self.settings.max_top_k))
         self._log_predictions(texts, preds, tenant)
         return {"predictions": preds, "model": self.model_ref}
 
@@ -209,7 +226,7 @@ class Engine:
         weights = bundle.ranker_weights or self.default_weights
         texts = [c.text for c in req.candidates]
         check_texts([req.query, *texts], self.settings, self.settings.max_texts + 1)
-        vecs = self.encode([req.query, *texts])
+        vecs = self.embed([req.query, *texts])
         scored = score_candidates(
             vecs[0], vecs[1:], req.query, texts, [c.features for c in req.candidates], weights
         )
@@ -229,7 +246,7 @@ class Engine:
         if kind == "embed_job":
             ereq = parse(EmbedJobRequest, body)
             check_texts(ereq.texts, self.settings, self.settings.max_job_texts)
-            work = lambda: self.embed_response(self.encode(ereq.texts))  # noqa: E731
+            work = lambda: self.embed_response(self.embed(ereq.texts))  # noqa: E731
         else:
             creq = parse(ClassifyJobRequest, body)
             tenant = principal.tenant_for(creq.tenant)
