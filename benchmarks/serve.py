@@ -1,5 +1,5 @@
-"""Serving benchmark: model floor, HTTP floor, /embed under 32 clients, batch throughput,
-/search on a large index and RSS growth. Prints one JSON object.
+"""Serving benchmark: model floor, HTTP floor (`floor_service.py`), /embed under 32 clients,
+batch throughput, /search on a large index and RSS growth. Prints one JSON object.
 
     .venv/bin/python benchmarks/serve.py [--quick]
 
@@ -25,6 +25,8 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks._load import banking77_texts, rss_mb  # noqa: E402
+
+FLOOR = "benchmarks.floor_service:Floor"
 
 
 def encode_per_s(embedder, texts: list[str], n: int) -> float:
@@ -116,11 +118,14 @@ def main() -> None:
         build_random_index(home, emb.version, n_points)
         out["index_build_s"] = time.perf_counter() - t0
         procs: list = []
-        with serve(home, tmp, procs, SEMFLOW_CACHE_SIZE="0", SEMFLOW_MAX_CONCURRENCY="1024") as url:
+        env = {"SEMFLOW_CACHE_SIZE": "0", "SEMFLOW_MAX_CONCURRENCY": "1024"}
+        # The HTTP floor: a trivial API behind the same guard, served on its own (no model).
+        with serve(home, tmp, target=FLOOR, **env) as url:
             asyncio.run(load(url, "/echo", [{"text": "x"}] * 100, 8))  # warm up
             echo = asyncio.run(load(url, "/echo", [{"text": t} for t in texts[:n_embed]], 32))
-            out["echo_rps"] = echo["rps"]
-            out["limit_rps"] = 1 / (1 / out["encode_per_s"] + 1 / echo["rps"])
+        out["echo_rps"] = echo["rps"]
+        out["limit_rps"] = 1 / (1 / out["encode_per_s"] + 1 / echo["rps"])
+        with serve(home, tmp, procs, **env) as url:
             bodies = [{"texts": [t]} for t in texts[1000 : 1000 + n_embed]]
             e = asyncio.run(load(url, "/embed", bodies, 32))
             e["ratio"] = e["rps"] / out["limit_rps"]

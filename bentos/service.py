@@ -171,11 +171,6 @@ class Semflow:
         """Raw batched endpoint: a JSON list of texts -> a list of normalised vectors."""
         return self.engine.encode(texts)
 
-    @bentoml.api
-    def echo(self, text: str) -> str:
-        """A trivial endpoint: the HTTP floor for benchmarks."""
-        return text
-
     @bentoml.api(input_spec=SimilarityRequest)
     def similarity(self, pairs: list[tuple[str, str]]) -> dict[str, Any]:
         """Cosine similarity of each [a, b] pair."""

@@ -13,8 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-PENDING, INDEXED, FAILED, DELETED = "pending", "indexed", "failed", "deleted"
-STATUSES = (PENDING, INDEXED, FAILED, DELETED)
+INDEXED, FAILED, DELETED = "indexed", "failed", "deleted"
 
 metadata = sa.MetaData()
 
@@ -155,21 +154,6 @@ class Catalog:
         q = sa.select(documents).where(documents.c.source == source, documents.c.run_id > run_id)
         with self.engine.connect() as conn:
             return {r.doc_id: dict(r._mapping) for r in conn.execute(q)}
-
-    def last_run(self, source: str) -> dict[str, Any] | None:
-        q = (
-            sa.select(runs)
-            .where(runs.c.source == source, runs.c.status == "succeeded")
-            .order_by(runs.c.id.desc())
-            .limit(1)
-        )
-        with self.engine.connect() as conn:
-            r = conn.execute(q).first()
-        if r is None:
-            return None
-        d = dict(r._mapping)
-        d["counts"] = json.loads(d["counts"] or "{}")
-        return d
 
     # -- writes --------------------------------------------------------------
     def start_run(

@@ -18,7 +18,6 @@ import io
 import json
 import logging
 import re
-import shutil
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable
@@ -114,9 +113,6 @@ class ObjectStorage(ABC):
         """Keys under `prefix` (sorted)."""
 
     @abstractmethod
-    def delete_prefix(self, prefix: str) -> int: ...
-
-    @abstractmethod
     def uri(self, key: str = "") -> str: ...
 
 
@@ -152,15 +148,6 @@ class LocalStorage(ObjectStorage):
             for p in base.rglob("*")
             if p.is_file() and not p.name.startswith(".")
         )
-
-    def delete_prefix(self, prefix: str) -> int:
-        base = self._path(prefix.rstrip("/"))
-        n = len(self.list(prefix))
-        if base.is_dir():
-            shutil.rmtree(base)
-        elif base.is_file():
-            base.unlink()
-        return n
 
     def uri(self, key: str = "") -> str:
         return str(self.root / key) if key else str(self.root)
@@ -249,13 +236,6 @@ class S3Storage(ObjectStorage):
         strip = len(self.prefix) + 1 if self.prefix else 0
         return sorted(k[strip:] for k in keys)
 
-    def delete_prefix(self, prefix: str) -> int:
-        keys = self.list(prefix)
-        for i in range(0, len(keys), 1000):
-            objs = [{"Key": self._key(k)} for k in keys[i : i + 1000]]
-            self._call("delete", self.client.delete_objects, Delete={"Objects": objs})
-        return len(keys)
-
     def uri(self, key: str = "") -> str:
         path = "/".join(p for p in (self.prefix, key) if p)
         return f"s3://{self.bucket}/{path}"
@@ -300,10 +280,6 @@ def _read_parquet(data: bytes) -> Any:
 
 def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
-
-
-def read_manifest(storage: ObjectStorage, key: str) -> dict[str, Any]:
-    return json.loads(storage.get(key))
 
 
 # -- daily: candidates -------------------------------------------------------------------

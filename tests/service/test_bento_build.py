@@ -35,15 +35,10 @@ def test_bentoml_build(tmp_path: Path) -> None:
     assert meta["service"] == "bentos.service:Semflow"
     routes = {r["name"]: r for r in meta["schema"]["routes"]}
     assert routes["encode"]["batchable"] is True
-    assert set(routes) >= {
-        "embed",
-        "similarity",
-        "search",
-        "classify",
-        "rank",
-        "embed_job",
-        "classify_job",
-    }
+    # The job routes (/embed_job/*, /classify_job/*) are the service's own Starlette app,
+    # not BentoML APIs; the benchmarks' HTTP floor (echo) is not part of the product.
+    assert set(routes) == {"embed", "encode", "similarity", "search", "classify", "rank"}
+    assert "echo" not in routes
     src = bento / "src"
     assert (src / "bentos" / "service.py").is_file()
     assert (src / "src" / "semflow" / "serving" / "engine.py").is_file()

@@ -10,13 +10,13 @@ from sklearn.linear_model import LogisticRegression
 
 from semflow.errors import SettingsError
 from semflow.models.bundle import Bundle, BundleError
+from semflow.models.metrics import ndcg_at_k
 from semflow.models.ranker import (
     RankGroup,
     cosine_only,
     fit_weights,
     groups_ndcg,
     lexical_overlap,
-    ndcg_at_k,
     score_candidates,
     validate_weights,
 )

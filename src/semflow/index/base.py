@@ -218,23 +218,3 @@ class IndexStore(ABC):
         for g in doomed:
             self.drop_generation(g)
         return doomed
-
-
-def open_store(settings: Any = None) -> IndexStore:
-    """The store chosen by settings: qdrant-edge under `var/index` or a Qdrant server."""
-    from semflow.config import get_settings
-
-    s = settings or get_settings()
-    if s.index_backend == "server":
-        from semflow.index.qdrant_server import ServerStore
-
-        return ServerStore(
-            s.qdrant_url or ":memory:",
-            s.collection,
-            api_key=s.qdrant_api_key,
-            lock_dir=s.index_dir,
-            lock_timeout_s=s.writer_lock_timeout_s,
-        )
-    from semflow.index.qdrant_edge import EdgeStore
-
-    return EdgeStore(s.index_dir / s.collection, lock_timeout_s=s.writer_lock_timeout_s)

@@ -7,8 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from semflow.models.ranker import ndcg_at_k
-
 
 def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, Any]:
     from sklearn.metrics import accuracy_score, f1_score
@@ -47,6 +45,21 @@ def topk_neighbours(
 ) -> np.ndarray:
     """Indices of the k most cosine-similar corpus rows per (normalised) query."""
     return topk_similar(queries, corpus, k, chunk)[0]
+
+
+def ndcg_at_k(
+    relevance_in_rank_order: Sequence[float], k: int, n_relevant: int | None = None
+) -> float:
+    """nDCG@k with binary/graded gains; the ideal uses `n_relevant` ones when given."""
+    rel = np.asarray(relevance_in_rank_order, dtype=np.float64)[:k]
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = float((rel * discounts[: len(rel)]).sum())
+    if n_relevant is None:
+        ideal = np.sort(np.asarray(relevance_in_rank_order, dtype=np.float64))[::-1][:k]
+    else:
+        ideal = np.ones(min(n_relevant, k))
+    idcg = float((ideal * discounts[: len(ideal)]).sum())
+    return dcg / idcg if idcg > 0 else 0.0
 
 
 def retrieval_metrics(

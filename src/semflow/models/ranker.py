@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from semflow.errors import SettingsError
+from semflow.models.metrics import ndcg_at_k, topk_neighbours
 
 SEMANTIC = "semantic"
 LEXICAL = "lexical"
@@ -137,8 +138,6 @@ def rank_groups(
     n_cand: int,
 ) -> list[RankGroup]:
     """One group per query: its `n_cand` nearest corpus rows, relevant = same label."""
-    from semflow.models.metrics import topk_neighbours  # metrics imports this module
-
     idx = topk_neighbours(q_vecs, c_vecs, n_cand)
     c_labels_arr = np.asarray(c_labels)
     groups = []
@@ -148,21 +147,6 @@ def rank_groups(
         )
         groups.append(RankGroup(fm, (c_labels_arr[cand] == q_labels[qi]).astype(float)))
     return groups
-
-
-def ndcg_at_k(
-    relevance_in_rank_order: Sequence[float], k: int, n_relevant: int | None = None
-) -> float:
-    """nDCG@k with binary/graded gains; the ideal uses `n_relevant` ones when given."""
-    rel = np.asarray(relevance_in_rank_order, dtype=np.float64)[:k]
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    dcg = float((rel * discounts[: len(rel)]).sum())
-    if n_relevant is None:
-        ideal = np.sort(np.asarray(relevance_in_rank_order, dtype=np.float64))[::-1][:k]
-    else:
-        ideal = np.ones(min(n_relevant, k))
-    idcg = float((ideal * discounts[: len(ideal)]).sum())
-    return dcg / idcg if idcg > 0 else 0.0
 
 
 def groups_ndcg(groups: Sequence[RankGroup], weights: np.ndarray, k: int) -> float:
