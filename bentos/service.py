@@ -169,7 +169,7 @@ class Semflow:
     @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=2000, input_spec=EncodeRequest)
     def encode(self, texts: list[str]) -> np.ndarray:
         """Raw batched endpoint: a JSON list of texts -> a list of normalised vectors."""
-        return self.engine.encode(texts)
+        return self.engine.embed(texts)
 
     @bentoml.api(input_spec=SimilarityRequest)
     def similarity(self, pairs: list[tuple[str, str]]) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from semflow.config import Settings, get_settings
 from semflow.documents import Document, point_id, to_utc
 from semflow.embedding import Embedder
 from semflow.errors import SemflowError
-from semflow.index.base import IndexStore, VectorIndex, open_store
+from semflow.index import IndexStore, VectorIndex, open_store
 from semflow.sources.base import Source
 
 log = logging.getLogger("semflow.sync")
@@ -435,7 +435,7 @@ def _apply_locked(
     gone: set[str] = set()
     if full:
         keep_ids = set(json.loads((pdir / "all_ids.json").read_text()))
-        gone = catalog.ids(plan.source, [INDEXED, FAILED, "pending"]) - keep_ids - set(changed)
+        gone = catalog.ids(plan.source, [INDEXED, FAILED]) - keep_ids - set(changed)
         counts["deleted"] = counts.get("deleted", 0) + len(gone)
     rows += [_deleted_row(catalog, plan.source, o, generation, run_id) for o in orphans]
     rows += [_deleted_row(catalog, plan.source, o, generation, run_id) for o in sorted(gone)]

@@ -365,7 +365,6 @@ def _bodies(route: str):
             },
             {"top_n": top},
         ),
-        "/echo": ({"text": text}, {}),
         "/embed_job/submit": ({"texts": texts}, {}),
         "/classify_job/submit": ({"texts": texts}, {"top_k": top, "tenant": odd(st.just("bank"))}),
     }

@@ -13,7 +13,8 @@ import pandas as pd
 
 from semflow.config import Settings, get_settings
 from semflow.errors import SemflowError
-from semflow.training.common import Paths, PipelineParams, load_pipeline_params, read_split
+from semflow.training.common import Paths, read_split
+from semflow.training.params import PipelineParams, load_pipeline_params
 
 log = logging.getLogger("semflow.training.reindex")
 
@@ -37,7 +38,7 @@ def golden_ndcg(
     index: Any, embedder: Any, queries: pd.DataFrame, tenant: str, k: int = 10
 ) -> float:
     """Mean nDCG@k of labelled queries; relevant = a hit carrying the query's label."""
-    from semflow.models.ranker import ndcg_at_k
+    from semflow.models.metrics import ndcg_at_k
 
     vecs = embedder.encode(queries["text"].tolist())
     vals = []
