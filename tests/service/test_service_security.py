@@ -276,7 +276,6 @@ POST_ROUTES = [
     "/search",
     "/classify",
     "/rank",
-    "/echo",
     "/embed_job/submit",
     "/classify_job/submit",
 ]
