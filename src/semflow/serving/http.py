@@ -13,11 +13,12 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from pydantic import BaseModel
+
 from semflow.config import Settings, get_settings
 from semflow.index.base import normalize_filters
-from semflow.serving.auth import KeyRing
+from semflow.serving.auth import KeyRing, Principal
 from semflow.serving.errors import (
-    ApiError,
     PayloadTooLarge,
     TooManyRequests,
     Unprocessable,
@@ -88,26 +89,39 @@ class GuardMiddleware:
             ]
             model = ROUTES.get(path)
             if model is None or scope.get("method") != "POST":
-                return await self.app(scope, receive, send)
-            job = path in JOB_ROUTES
-            limit = self.settings.max_job_body_bytes if job else self.settings.max_body_bytes
-            body = await self._read_body(receive, headers, limit)
-            req = parse(model, _decode(body))
-            if isinstance(req, SearchRequest):
-                principal.check_tenant(req.tenant)
-                normalize_filters(req.filters)
-            elif isinstance(getattr(req, "tenant", None), str):
-                principal.tenant_for(req.tenant)  # type: ignore[attr-defined]
-            texts = getattr(req, "texts", None)
-            if texts is not None:
-                check_texts(texts, self.settings, self.settings.max_job_texts if job else None)
+                body = None  # nothing to check: the app reads the request itself
+            else:
+                body = await self._check_body(path, model, principal, receive, headers)
         except Exception as err:
-            status = err.status if isinstance(err, ApiError) else status_for(err)
+            status = status_for(err)
             if status >= 500:
                 raise
             log.info("rejected %s %s: %s %s", scope.get("method"), path, status, err)
             return await send_json(send, status, {"error": str(err)})
-        await self.app(scope, _replay(body, receive), send)
+        await self.app(scope, receive if body is None else _replay(body, receive), send)
+
+    async def _check_body(
+        self,
+        path: str,
+        model: type[BaseModel],
+        principal: Principal,
+        receive: Receive,
+        headers: dict[str, str],
+    ) -> bytes:
+        """Read and validate a POST body; raises the ApiError the client should get."""
+        job = path in JOB_ROUTES
+        limit = self.settings.max_job_body_bytes if job else self.settings.max_body_bytes
+        body = await self._read_body(receive, headers, limit)
+        req = parse(model, _decode(body))
+        if isinstance(req, SearchRequest):
+            principal.check_tenant(req.tenant)
+            normalize_filters(req.filters)
+        elif isinstance(getattr(req, "tenant", None), str):
+            principal.tenant_for(req.tenant)  # type: ignore[attr-defined]
+        texts = getattr(req, "texts", None)
+        if texts is not None:
+            check_texts(texts, self.settings, self.settings.max_job_texts if job else None)
+        return body
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Single-threaded event loop: a plain counter is race-free between awaits.
