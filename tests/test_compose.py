@@ -246,3 +246,11 @@ def test_mlflow_requires_a_login_and_every_client_has_one(services, compose):
         assert cenv["MLFLOW_TRACKING_PASSWORD"] == "${MLFLOW_ADMIN_PASSWORD}", name
     example = _env_example()
     assert len(example["MLFLOW_ADMIN_PASSWORD"]) >= 12  # MLflow refuses shorter admin passwords
+
+
+def test_redis_memory_is_bounded_without_evicting_the_broker(services):
+    """The embedding cache shares Redis with the Celery broker: bounded memory, and only keys
+    with a TTL (the cache's; the broker's have none) may be evicted."""
+    cmd = " ".join(_cmd(services["redis"]["command"]))
+    assert "--maxmemory 512mb" in cmd
+    assert "--maxmemory-policy volatile-lru" in cmd
