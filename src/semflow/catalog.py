@@ -3,10 +3,11 @@ one row per sync run. SQLAlchemy: SQLite by default, PostgreSQL by URL."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -76,7 +77,8 @@ def _audit_now() -> datetime:
 
 
 class Catalog:
-    """The catalog database."""
+    """The catalog database. Its tables and engine are its own: other modules go through
+    these methods (tests/unit/test_catalog_ownership.py checks it)."""
 
     def __init__(self, url: str) -> None:
         if url.startswith("sqlite:///"):
@@ -87,6 +89,12 @@ class Catalog:
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         _create_tables(self.engine)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """One transaction for several writes (`record`, `finish_run(conn=...)`): all or none."""
+        with self.engine.begin() as conn:
+            yield conn
 
     # -- reads ---------------------------------------------------------------
     def states(self, source: str, doc_ids: Iterable[str]) -> dict[str, DocState]:
@@ -129,6 +137,35 @@ class Catalog:
         )
         with self.engine.connect() as conn:
             return [r.doc_id for r in conn.execute(q)]
+
+    def tenant_of(self, source: str, doc_id: str) -> str | None:
+        """The tenant stored for a document, None when the catalog has no row for it."""
+        q = sa.select(documents.c.tenant).where(
+            documents.c.source == source, documents.c.doc_id == doc_id
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(q).scalar()
+
+    def dead_letter_counts(self, max_attempts: int) -> dict[str, int]:
+        """Failed documents still under the attempt limit, counted by source (sorted)."""
+        q = (
+            sa.select(documents.c.source, sa.func.count())
+            .where(documents.c.status == FAILED, documents.c.attempts < max_attempts)
+            .group_by(documents.c.source)
+            .order_by(documents.c.source)
+        )
+        with self.engine.connect() as conn:
+            return {r[0]: int(r[1]) for r in conn.execute(q)}
+
+    def failed_keys(self, older_than: datetime) -> list[str]:
+        """`source/doc_id` of the failed rows not changed since `older_than`, sorted."""
+        q = (
+            sa.select(documents.c.source, documents.c.doc_id)
+            .where(_failed_before(older_than))
+            .order_by(documents.c.source, documents.c.doc_id)
+        )
+        with self.engine.connect() as conn:
+            return [f"{r.source}/{r.doc_id}" for r in conn.execute(q)]
 
     def status_counts(self, source: str | None = None) -> dict[str, int]:
         q = sa.select(documents.c.status, sa.func.count()).group_by(documents.c.status)
@@ -232,7 +269,7 @@ class Catalog:
 
     def prune_failed(self, older_than: datetime, dry_run: bool = False) -> int:
         """Delete failed rows not changed since `older_than`; returns how many."""
-        cond = sa.and_(documents.c.status == FAILED, documents.c.changed_at < older_than)
+        cond = _failed_before(older_than)
         with self.engine.begin() as conn:
             n = conn.execute(sa.select(sa.func.count()).select_from(documents).where(cond)).scalar()
             if not dry_run:
@@ -241,6 +278,10 @@ class Catalog:
 
 
 _DEFAULTS: dict[str, Any] = {"attempts": 0, "truncated": False, "last_error": None}
+
+
+def _failed_before(older_than: datetime) -> sa.ColumnElement[bool]:
+    return sa.and_(documents.c.status == FAILED, documents.c.changed_at < older_than)
 
 
 def _create_tables(engine: sa.Engine, attempts: int = 3) -> None:

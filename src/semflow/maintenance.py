@@ -14,9 +14,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
-from semflow.catalog import FAILED, Catalog, documents
+from semflow.catalog import Catalog
 from semflow.config import Settings, get_settings
 from semflow.documents import Document
 from semflow.sources.base import Source
@@ -72,14 +70,7 @@ class _RetryOnly(Source):
 
 def dead_letter_sources(catalog: Catalog, max_attempts: int) -> dict[str, int]:
     """Sources with retryable failed documents, and how many each has."""
-    q = (
-        sa.select(documents.c.source, sa.func.count())
-        .where(documents.c.status == FAILED, documents.c.attempts < max_attempts)
-        .group_by(documents.c.source)
-        .order_by(documents.c.source)
-    )
-    with catalog.engine.connect() as conn:
-        return {r[0]: int(r[1]) for r in conn.execute(q)}
+    return catalog.dead_letter_counts(max_attempts)
 
 
 def retry_dead_letters(
@@ -180,16 +171,7 @@ def prune_failed_rows(
     catalog: Catalog, older_than: datetime, *, dry_run: bool = False
 ) -> StepReport:
     """Delete failed catalog rows not changed since `older_than`."""
-    cond = sa.and_(documents.c.status == FAILED, documents.c.changed_at < older_than)
-    with catalog.engine.connect() as conn:
-        keys = [
-            f"{r.source}/{r.doc_id}"
-            for r in conn.execute(
-                sa.select(documents.c.source, documents.c.doc_id)
-                .where(cond)
-                .order_by(documents.c.source, documents.c.doc_id)
-            )
-        ]
+    keys = catalog.failed_keys(older_than)
     report = StepReport("prune_failed_rows", dry_run, removed=keys)
     report.details["older_than"] = older_than.isoformat()
     if not dry_run and keys:

@@ -531,7 +531,7 @@ def _record(
     counts: dict[str, int],
     generation: int | None,
 ) -> None:
-    with catalog.engine.begin() as conn:
+    with catalog.transaction() as conn:
         catalog.record(_dedupe(rows), conn)
         catalog.finish_run(run_id, "succeeded", counts, generation, conn=conn)
 
@@ -583,26 +583,12 @@ def _deleted_row(
         "status": DELETED,
         "generation": generation,
         "run_id": run_id,
-        "tenant": _tenant_of(catalog, source, doc_id),
+        "tenant": catalog.tenant_of(source, doc_id) or "default",
     }
 
 
 def _key(source: str, doc_id: str) -> dict[str, Any]:
     return {"source": source, "doc_id": doc_id, "point_id": point_id(source, doc_id)}
-
-
-def _tenant_of(catalog: Catalog, source: str, doc_id: str) -> str:
-    import sqlalchemy as sa
-
-    from semflow.catalog import documents
-
-    with catalog.engine.connect() as conn:
-        t = conn.execute(
-            sa.select(documents.c.tenant).where(
-                documents.c.source == source, documents.c.doc_id == doc_id
-            )
-        ).scalar()
-    return t or "default"
 
 
 def _row(
