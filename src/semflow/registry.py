@@ -46,12 +46,32 @@ def client(tracking_uri: str) -> Any:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def _is_missing(err: Exception) -> bool:
-    code = getattr(err, "error_code", "") or ""
-    text = str(err).lower()
-    return code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND") or (
-        "not found" in text or "does not exist" in text or "no such" in text
+def _is_missing(err: BaseException) -> bool:
+    """The registry answered that the model or version does not exist (by MLflow's error
+    code, which the local stores and the REST client both set; never by message text)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    return isinstance(err, MlflowException) and err.error_code == ErrorCode.Name(
+        RESOURCE_DOES_NOT_EXIST
     )
+
+
+def alias_version(tracking_uri: str, name: str, alias: str) -> str | None:
+    """The version `name@alias` points at; None when the model or the alias does not exist.
+
+    Read from the registered model's aliases: MLflow answers a missing alias with the same
+    code as a malformed request (INVALID_PARAMETER_VALUE), so asking for it directly cannot
+    tell "no champion yet" from a real error. Any other failure is a RegistryError.
+    """
+    try:
+        aliases = client(tracking_uri).get_registered_model(name).aliases or {}
+    except Exception as err:
+        if _is_missing(err):
+            return None
+        raise RegistryError(f"could not read {name}@{alias} from {tracking_uri}: {err}") from None
+    version = aliases.get(alias)
+    return None if version is None else str(version)
 
 
 # -- provenance -----------------------------------------------------------------
@@ -332,14 +352,10 @@ def load_champion(
     tracking_uri: str, name: str = MODEL_NAME, alias: str = CHAMPION, dst: Path | None = None
 ) -> Bundle | None:
     """The bundle behind `name@alias`, or None when nothing is registered under that alias."""
-    c = client(tracking_uri)
-    try:
-        mv = c.get_model_version_by_alias(name, alias)
-    except Exception as err:
-        if _is_missing(err):
-            return None
-        raise RegistryError(f"could not read {name}@{alias} from {tracking_uri}: {err}") from None
-    return load_version(tracking_uri, name, str(mv.version), dst=dst, alias=alias)
+    version = alias_version(tracking_uri, name, alias)
+    if version is None:
+        return None
+    return load_version(tracking_uri, name, version, dst=dst, alias=alias)
 
 
 def version_with_embedder(
@@ -449,13 +465,8 @@ def promote(
     wait_ready(tracking_uri, name, version)
     cand = version_metrics(tracking_uri, name, version)
     with _promotion_lock(tracking_uri, name):
-        try:
-            champ_mv = c.get_model_version_by_alias(name, CHAMPION)
-        except Exception as err:
-            if not _is_missing(err):
-                raise
-            champ_mv = None
-        prev = str(champ_mv.version) if champ_mv else None
+        # No champion yet is normal; a registry that cannot be read stops the promotion.
+        prev = alias_version(tracking_uri, name, CHAMPION)
         if prev == str(version):
             return GateResult(version, True, CHAMPION, ["already champion"], prev)
         champ = version_metrics(tracking_uri, name, prev) if prev else None
@@ -539,10 +550,9 @@ def rollback(tracking_uri: str, version: str, name: str = MODEL_NAME) -> dict[st
     check_ready(tracking_uri, version, name)
     c = client(tracking_uri)
     with _promotion_lock(tracking_uri, name):
-        try:
-            prev = str(c.get_model_version_by_alias(name, CHAMPION).version)
-        except Exception:
-            prev = None
+        # Same policy as promote: no champion yet is None, an unreadable registry an error
+        # (guessing None here would record "rolled back from vNone" and hide the real one).
+        prev = alias_version(tracking_uri, name, CHAMPION)
         c.set_registered_model_alias(name, CHAMPION, str(version))
         c.set_model_version_tag(name, str(version), "gate.reason", f"rolled back from v{prev}")
     log.info("model %s: champion v%s -> v%s (rollback)", name, prev, version)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import re
 from pathlib import Path
 
 import numpy as np
@@ -354,3 +355,117 @@ def test_rollback_across_embedders_rebuilds_the_index(
     assert out["champion"] == v2 and out["reindex"]["reindexed"] is False
     assert champion() == v2
     assert store.live_generation() == gen and store.live_model_version() == tuned
+
+
+def test_a_missing_model_or_version_is_recognised_by_error_code(uri: str) -> None:
+    from mlflow.exceptions import MlflowException, RestException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    c = registry.client(uri)
+    for read in (lambda: c.get_registered_model("semflow"), lambda: c.get_model_version("x", "9")):
+        with pytest.raises(MlflowException) as err:
+            read()
+        assert registry._is_missing(err.value)
+    # How the REST client reports it (an MLflow server in front of the store).
+    rest = RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "gone"})
+    assert registry._is_missing(rest)
+    # The words alone say nothing: a malformed request, a failed HTTP call or a missing local
+    # file are errors to report, not "nothing registered".
+    assert not registry._is_missing(MlflowException("alias x not found", INVALID_PARAMETER_VALUE))
+    assert not registry._is_missing(MlflowException("API request failed: 404 Not Found"))
+    assert not registry._is_missing(OSError("No such file or directory: mlflow.db"))
+    assert not registry._is_missing(RuntimeError("model does not exist"))
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _champion(uri: str) -> str | None:
+    """The champion's version, read straight from the store (not through semflow)."""
+    v = _client(uri).get_registered_model("semflow").aliases.get("champion")
+    return None if v is None else str(v)
+
+
+@pytest.fixture
+def outage(monkeypatch, uri: str) -> dict[str, int]:
+    """The registry goes down right after the promotion lock is taken, for `calls` calls:
+    they go to an MLflow server whose port nothing listens on (real connection refused)."""
+    import contextlib
+    import socket
+
+    from mlflow import MlflowClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    down = f"http://127.0.0.1:{port}"
+    dead = MlflowClient(tracking_uri=down, registry_uri=down)
+    state = {"calls": 0, "armed": 1}
+    real_client, real_lock = registry.client, registry._promotion_lock
+
+    class Client:
+        def __init__(self, real: object) -> None:
+            self._real = real
+
+        def __getattr__(self, attr: str) -> object:
+            if state["calls"] > 0:
+                state["calls"] -= 1
+                return getattr(dead, attr)
+            return getattr(self._real, attr)
+
+    @contextlib.contextmanager
+    def lock(tracking_uri: str, name: str):
+        with real_lock(tracking_uri, name):
+            state["calls"] = state["armed"]
+            yield
+
+    monkeypatch.setattr(registry, "client", lambda u: Client(real_client(u)))
+    monkeypatch.setattr(registry, "_promotion_lock", lock)
+    return state
+
+
+def test_a_registry_down_during_rollback_is_an_error_not_no_champion(
+    uri: str, tmp_path: Path, outage: dict[str, int]
+) -> None:
+    outage["armed"] = 0
+    v1 = _register(uri, _bundle(tmp_path / "b1"), {"accuracy": 0.9})
+    registry.promote(uri, v1, floors={}, tolerance=0.01, compare=["accuracy"])
+    v2 = _register(uri, _bundle(tmp_path / "b2"), {"accuracy": 0.95})
+    registry.promote(uri, v2, floors={}, tolerance=0.01, compare=["accuracy"])
+    assert _champion(uri) == v2
+
+    # The champion cannot be read: the rollback stops instead of recording "from vNone".
+    outage["armed"] = 1
+    sentence = re.escape(f"could not read semflow@champion from {uri}: API request to")
+    with pytest.raises(registry.RegistryError, match=sentence):
+        registry.rollback(uri, v1)
+    outage["armed"] = 0
+    assert _champion(uri) == v2
+    assert _client(uri).get_model_version("semflow", v1).tags["gate.reason"] == "passed the gate"
+
+    # The registry is back: the same rollback goes through and names the previous champion.
+    assert registry.rollback(uri, v1) == {"champion": v1, "previous_champion": v2}
+    assert _champion(uri) == v1
+
+
+def test_promote_and_rollback_treat_an_unreadable_champion_alike(
+    uri: str, tmp_path: Path, outage: dict[str, int]
+) -> None:
+    outage["armed"] = 0
+    v1 = _register(uri, _bundle(tmp_path / "b1"), {"accuracy": 0.9})
+    # No champion yet is not an error, for either of them.
+    assert _champion(uri) is None
+    assert registry.rollback(uri, v1) == {"champion": v1, "previous_champion": None}
+    v2 = _register(uri, _bundle(tmp_path / "b2"), {"accuracy": 0.95})
+    outage["armed"] = 1
+    with pytest.raises(registry.RegistryError, match="could not read semflow@champion"):
+        registry.promote(uri, v2, floors={}, tolerance=0.01, compare=["accuracy"])
+    outage["armed"] = 0
+    assert _champion(uri) == v1
+    res = registry.promote(uri, v2, floors={}, tolerance=0.01, compare=["accuracy"])
+    assert res.promoted and res.previous_champion == v1
