@@ -262,6 +262,8 @@ def main() -> None:
         done(t)
         t = step(5, total, "register_model DAG: gate, champion alias, Bento build, reindex")
         conf = {"overrides": overrides, "build_bento": True, "reindex": True}
+        if args.quick:  # the subset's lower floors weaken the gate: an explicit, logged choice
+            conf |= {"force": True, "force_reason": "demo --quick: a 10-intent subset"}
         run_dag("register_model", conf)
         done(t)
         champion = champion_version()
