@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=30.0, gt=0)
     max_concurrency: int = Field(default=256, ge=1)
     job_workers: int = Field(default=1, ge=1)  # threads of the long-job pool
-    max_jobs: int = Field(default=16, ge=1)  # jobs kept (queued, running or finished)
+    max_jobs: int = Field(default=8, ge=1)  # jobs kept (queued, running or finished)
     job_ttl_s: float = Field(default=3600.0, gt=0)  # a finished job's result is kept this long
     index_poll_s: float = Field(default=1.0, gt=0)
     index_warm_queries: int = Field(default=200, ge=0)  # searches run before a swap-in

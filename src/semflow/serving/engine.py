@@ -246,7 +246,8 @@ class Engine:
         if kind == "embed_job":
             ereq = parse(EmbedJobRequest, body)
             check_texts(ereq.texts, self.settings, self.settings.max_job_texts)
-            work = lambda: self.embed_response(self.embed(ereq.texts))  # noqa: E731
+            # float32 vectors until asked for: 4 bytes a number instead of a Python float
+            work = lambda: self.embed(ereq.texts)  # noqa: E731
         else:
             creq = parse(ClassifyJobRequest, body)
             tenant = principal.tenant_for(creq.tenant)
@@ -257,7 +258,8 @@ class Engine:
     def job(self, kind: str, action: str, task_id: str, principal: Principal) -> Any:
         """`status`, `get` (the result) or `cancel` of one of the caller's jobs."""
         if action == "get":
-            return self.jobs.result(task_id, kind, principal.owner)
+            out = self.jobs.result(task_id, kind, principal.owner)
+            return self.embed_response(out) if kind == "embed_job" else out
         if action == "cancel":
             return self.jobs.cancel(task_id, kind, principal.owner).describe()
         return self.jobs.get(task_id, kind, principal.owner).describe()

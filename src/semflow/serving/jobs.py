@@ -78,12 +78,12 @@ class JobRunner:
         try:
             job.result, job.status = fn(), "completed"
         except Exception as err:
-            job.error_status = status_for(err)
-            job.error = str(err) if isinstance(err, ApiError) or job.error_status < 500 else None
-            if job.error is None:
+            job.status, job.error_status = "failure", status_for(err)
+            if job.error_status >= 500 and not isinstance(err, ApiError):  # a bug: log it all
                 log.exception("job %s failed", job.id, exc_info=err)
                 job.error = "the job failed; see the server log"
-            job.status = "failure"
+            else:
+                job.error = str(err)
         job.finished = time.monotonic()
 
     def get(self, job_id: str, kind: str, owner: str) -> Job:
