@@ -411,3 +411,29 @@ def test_generated_requests_never_5xx(svc, route: str) -> None:
         client.close()
     assert httpx.get(f"{url}/readyz").status_code == 200
     assert post(url, "/search", {"query": "lost card", "tenant": "bank"}).status_code == 200
+
+
+# -- the server backend (qdrant-client, local path mode) ----------------------------------
+def test_malformed_filters_are_422_on_the_server_backend(tmp_path: Path, embedder) -> None:
+    """The same bodies as above against a service on the qdrant-client backend."""
+    from semflow.config import load_settings
+    from semflow.index import open_store
+
+    home, qdrant = tmp_path / "home", tmp_path / "qdrant"
+    env = {"SEMFLOW_INDEX_BACKEND": "server", "SEMFLOW_QDRANT_URL": str(qdrant)}
+    store = open_store(load_settings(home=home, index_backend="server", qdrant_url=str(qdrant)))
+    docs = docs_for("bank", ["I lost my card", "reset my password"])
+    with store.writer(embedder.version, embedder.dimension) as w:
+        w.upsert(
+            [d.point_id for d in docs],
+            embedder.encode([d.text for d in docs]),
+            [d.payload(embedder.version) for d in docs],
+        )
+    store.client.close()  # local mode: one process may hold the folder
+    with serve(home, tmp_path, **env) as url:
+        ok = post(url, "/search", {"query": "lost card", "tenant": "bank", "top_k": 1})
+        assert ok.status_code == 200 and ok.json()["results"][0]["title"] == "d0", ok.text
+        for filters in ({"labels": ["a", 1]}, {"doc_id": 10**30}, {"labels": [True, False]}):
+            r = post(url, "/search", {"query": "q", "tenant": "bank", "filters": filters})
+            assert r.status_code == 422 and r.json()["error"], (filters, r.text)
+        assert post(url, "/search", {"query": "q", "tenant": "bank"}).status_code == 200
