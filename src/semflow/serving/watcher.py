@@ -48,6 +48,7 @@ class IndexWatcher:
         self.last_error: str | None = None
         self.live: int | None = None  # the store's live generation at the last poll
         self.live_model_version: str | None = None
+        self._versions: dict[int, str | None] = {}
         self.refresh()
         self._thread = threading.Thread(target=self._loop, name="semflow-index-watch", daemon=True)
         self._thread.start()
@@ -66,13 +67,20 @@ class IndexWatcher:
         cur = self._current
         return self.live is not None and (cur is None or cur.generation != self.live)
 
+    def _version_of(self, gen: int) -> str | None:
+        # A published generation's embedder never changes: read it once, not every poll
+        # (a server that is behind live would otherwise re-read every generation's metadata).
+        if gen not in self._versions:
+            self._versions[gen] = self.store.model_version_of(gen)
+        return self._versions[gen]
+
     def _target(self, live: int) -> int | None:
         """Newest generation <= `live` built with this server's embedder (None: none is)."""
         cur = self._current
         for gen in sorted((g for g in self.store.generations() if g <= live), reverse=True):
             if cur is not None and gen == cur.generation:
                 return gen
-            version = self.store.model_version_of(gen)
+            version = self._version_of(gen)
             if gen == live:
                 self.live_model_version = version
             if self.model_version is None or version in (None, self.model_version):
