@@ -1,10 +1,10 @@
 """
 ### Build the monthly training dataset
 
-Merges the gold data (`data/banking77/train.csv`) with every verified candidate
-(`datasets/verified/YYYY-MM-DD/*.parquet`) up to the end of the run's month into
-`datasets/full/YYYY-MM/train.parquet` with a `manifest.json` (counts, hashes, source files).
-Gold wins over a verified row with the same text; the latest review of a text wins.
+Merges the gold data (params.yaml's `validate.reference`, `data/banking77/train.csv`) with
+every verified candidate (`datasets/verified/YYYY-MM-DD/*.parquet`) up to the end of the run's
+month into `datasets/full/YYYY-MM/train.parquet` with a `manifest.json` (counts, hashes, source
+files). Gold wins over a verified row with the same text; the latest review of a text wins.
 Re-running a month rewrites the same keys. `semflow.datasets.export_dataset` copies it to a
 folder tracked by DVC for `dvc repro`.
 """

@@ -7,7 +7,9 @@ Layout (keys relative to the storage root, `<home>/datasets` or `s3://bucket/pre
     full/YYYY-MM/train.parquet + manifest.json                   (monthly: gold + verified)
 
 Every output is a pure function of its inputs, so re-running a day or a month rewrites the
-same keys with the same content.
+same keys with the same content. The gold data and the label set are params.yaml's
+`validate.reference` and `validate.allowed_labels`, the files the pipeline validates against.
+Storage itself (keys, local folder, S3) is `semflow.storage`.
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ import io
 import json
 import logging
 import re
-from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable
 from datetime import date, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from semflow.config import SAMPLE_DIR, Settings, get_settings
-from semflow.errors import SemflowError, SettingsError
+from semflow.config import Settings, get_settings
+from semflow.errors import SemflowError
+from semflow.storage import ObjectStorage, open_storage
+
+if TYPE_CHECKING:
+    from semflow.training.params import PipelineParams
 
 log = logging.getLogger("semflow.datasets")
 
@@ -41,42 +46,15 @@ CANDIDATE_COLUMNS = [
     "model_version",
     "low_confidence",
 ]
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=\-]*$")
 
 
 class DatasetError(SemflowError):
-    """A dataset name, key or storage location is invalid, or storage failed."""
+    """A day, month or dataset is invalid or missing, or gold data is unusable."""
 
 
-# -- names and keys ------------------------------------------------------------------
-def validate_key(key: str) -> str:
-    """Check a storage key (`a/b/c.parquet`): relative, no `..`, no scheme, plain segments."""
-    if not isinstance(key, str) or not key.strip():
-        raise DatasetError("a dataset path must be a non-empty string")
-    if "\\" in key or any(ord(c) < 32 for c in key):
-        raise DatasetError(f"dataset path {key!r} contains a backslash or control character")
-    if _SCHEME.match(key) or "://" in key:
-        raise DatasetError(f"dataset path {key!r} must be relative to the storage root, not a URL")
-    if key.startswith("/") or key.startswith("~"):
-        raise DatasetError(f"dataset path {key!r} must be relative, not absolute")
-    parts = key.split("/")
-    for part in parts:
-        if part in ("", ".", ".."):
-            raise DatasetError(f"dataset path {key!r} may not contain empty, '.' or '..' parts")
-        if not _SEGMENT.match(part):
-            raise DatasetError(
-                f"dataset path {key!r}: part {part!r} may only use letters, digits and _ . = -"
-            )
-    return key
-
-
-def validate_name(name: str) -> str:
-    """A dataset name is a key of one or more plain segments (e.g. `full/2026-05`)."""
-    return validate_key(name)
-
-
+# -- names -----------------------------------------------------------------------------
 def parse_day(day: date | datetime | str) -> date:
+    """A day as a date, from a date, a datetime or `YYYY-MM-DD`."""
     if isinstance(day, datetime):
         return day.date()
     if isinstance(day, date):
@@ -88,177 +66,12 @@ def parse_day(day: date | datetime | str) -> date:
 
 
 def parse_month(month: date | datetime | str) -> str:
+    """A month as `YYYY-MM`, from a date, a datetime or that string."""
     if isinstance(month, (date, datetime)):
         return f"{month.year:04d}-{month.month:02d}"
     if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", str(month)):
         raise DatasetError(f"month must be YYYY-MM, got {month!r}")
     return str(month)
-
-
-# -- storage ---------------------------------------------------------------------------
-class ObjectStorage(ABC):
-    """Keys to bytes; a local folder or an S3 bucket prefix."""
-
-    @abstractmethod
-    def put(self, key: str, data: bytes) -> None: ...
-
-    @abstractmethod
-    def get(self, key: str) -> bytes: ...
-
-    @abstractmethod
-    def exists(self, key: str) -> bool: ...
-
-    @abstractmethod
-    def list(self, prefix: str = "") -> list[str]:
-        """Keys under `prefix` (sorted)."""
-
-    @abstractmethod
-    def uri(self, key: str = "") -> str: ...
-
-
-class LocalStorage(ObjectStorage):
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root)
-
-    def _path(self, key: str) -> Path:
-        return self.root / validate_key(key)
-
-    def put(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)  # readers never see half a file
-
-    def get(self, key: str) -> bytes:
-        path = self._path(key)
-        if not path.is_file():
-            raise DatasetError(f"{self.uri(key)} does not exist")
-        return path.read_bytes()
-
-    def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
-
-    def list(self, prefix: str = "") -> list[str]:
-        base = self._path(prefix.rstrip("/")) if prefix else self.root
-        if not base.exists():
-            return []
-        return sorted(
-            p.relative_to(self.root).as_posix()
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.startswith(".")
-        )
-
-    def uri(self, key: str = "") -> str:
-        return str(self.root / key) if key else str(self.root)
-
-
-class S3Storage(ObjectStorage):
-    """An S3 bucket prefix through boto3 (MinIO / moto via `endpoint_url`)."""
-
-    def __init__(
-        self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client: Any = None
-    ) -> None:
-        import boto3
-
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        if self.prefix:
-            validate_key(self.prefix)
-        self.endpoint_url = endpoint_url
-        self.client = client or boto3.client("s3", endpoint_url=endpoint_url)
-
-    def _key(self, key: str) -> str:
-        validate_key(key)
-        return f"{self.prefix}/{key}" if self.prefix else key
-
-    def _call(self, what: str, fn: Any, **kw: Any) -> Any:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            return fn(Bucket=self.bucket, **kw)
-        except ClientError as err:
-            code = err.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchBucket",):
-                raise DatasetError(
-                    f"bucket {self.bucket!r} does not exist at {self.endpoint_url or 'AWS'}; "
-                    "create it (docker-compose's minio-init does) or fix SEMFLOW_STORAGE_URL"
-                ) from None
-            raise DatasetError(
-                f"S3 {what} on {self.uri(kw.get('Key', ''))} failed: {err}"
-            ) from None
-        except BotoCoreError as err:
-            raise DatasetError(
-                f"S3 {what} failed: {err}; check SEMFLOW_S3_ENDPOINT_URL and credentials"
-            ) from None
-
-    def put(self, key: str, data: bytes) -> None:
-        self._call("put", self.client.put_object, Key=self._key(key), Body=data)
-
-    def get(self, key: str) -> bytes:
-        from botocore.exceptions import ClientError
-
-        try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise DatasetError(f"{self.uri(key)} does not exist") from None
-            return self._call("get", self.client.get_object, Key=self._key(key))["Body"].read()
-        return obj["Body"].read()
-
-    def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise DatasetError(f"S3 head on {self.uri(key)} failed: {err}") from None
-        return True
-
-    def list(self, prefix: str = "") -> list[str]:
-        if prefix:
-            full = self._key(prefix.rstrip("/")) + "/"
-        else:
-            full = f"{self.prefix}/" if self.prefix else ""
-        keys: list[str] = []
-        token: str | None = None
-        while True:
-            kw: dict[str, Any] = {"Prefix": full}
-            if token:
-                kw["ContinuationToken"] = token
-            page = self._call("list", self.client.list_objects_v2, **kw)
-            keys += [o["Key"] for o in page.get("Contents", [])]
-            if not page.get("IsTruncated"):
-                break
-            token = page["NextContinuationToken"]
-        strip = len(self.prefix) + 1 if self.prefix else 0
-        return sorted(k[strip:] for k in keys)
-
-    def uri(self, key: str = "") -> str:
-        path = "/".join(p for p in (self.prefix, key) if p)
-        return f"s3://{self.bucket}/{path}"
-
-
-def open_storage(settings: Settings | None = None) -> ObjectStorage:
-    """The storage named by `SEMFLOW_STORAGE_URL` (default: `<home>/datasets`)."""
-    s = settings or get_settings()
-    url = s.storage_url
-    if not url:
-        return LocalStorage(s.home / "datasets")
-    if url.startswith("s3://"):
-        bucket, _, prefix = url.removeprefix("s3://").partition("/")
-        if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
-            raise SettingsError(f"SEMFLOW_STORAGE_URL: {bucket!r} is not a valid S3 bucket name")
-        return S3Storage(bucket, prefix, endpoint_url=s.s3_endpoint_url)
-    if url.startswith("file://"):
-        return LocalStorage(url.removeprefix("file://"))
-    if _SCHEME.match(url) and not re.match(r"^[A-Za-z]:[\\/]", url):
-        raise SettingsError(
-            f"SEMFLOW_STORAGE_URL: unsupported scheme in {url!r}; use a path or s3://bucket/prefix"
-        )
-    return LocalStorage(url)
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -377,6 +190,7 @@ def build_dataset(
     *,
     settings: Settings | None = None,
     storage: ObjectStorage | None = None,
+    params: PipelineParams | None = None,
     gold_path: Path | None = None,
     labels: Iterable[str] | None = None,
 ) -> dict[str, Any]:
@@ -384,6 +198,8 @@ def build_dataset(
 
     Gold wins over a verified row with the same (normalised) text; among verified rows the
     latest day wins. Verified labels outside the known label set are dropped and counted.
+    The gold file and the label set come from `params` (params.yaml unless given):
+    `validate.reference` and `validate.allowed_labels`; `gold_path` and `labels` override them.
     """
     import pandas as pd
 
@@ -392,7 +208,7 @@ def build_dataset(
     m = parse_month(month)
     year, mon = (int(x) for x in m.split("-"))
     last_day = date(year, mon, calendar.monthrange(year, mon)[1])
-    gold_file = Path(gold_path or SAMPLE_DIR / "train.csv")
+    gold_file, labels_file = _gold_files(s, params, gold_path, labels)
     if not gold_file.is_file():
         raise DatasetError(f"gold data {gold_file} does not exist")
     gold_bytes = gold_file.read_bytes()
@@ -401,7 +217,7 @@ def build_dataset(
         raise DatasetError(f"gold data {gold_file} needs columns text,category")
     gold = pd.DataFrame({"text": gold["text"].astype(str), "label": gold["category"].astype(str)})
     gold["origin"] = "gold"
-    known = set(labels) if labels is not None else _known_labels(gold)
+    known = set(labels) if labels is not None else _known_labels(gold, labels_file)
 
     verified_frames = []
     sources = []
@@ -456,11 +272,36 @@ def build_dataset(
     return manifest
 
 
-def _known_labels(gold: Any) -> set[str]:
-    cats = SAMPLE_DIR / "categories.json"
-    if cats.exists():
-        return set(json.loads(cats.read_text())) | set(gold["label"])
-    return set(gold["label"])
+def _gold_files(
+    settings: Settings,
+    params: PipelineParams | None,
+    gold_path: Path | None,
+    labels: Iterable[str] | None,
+) -> tuple[Path, Path | None]:
+    """(gold csv, label set json or None): the arguments, else params' `validate` section."""
+    if gold_path is not None and labels is not None:
+        return Path(gold_path), None  # nothing left to look up: params.yaml is not read
+    from semflow.training.common import Paths
+    from semflow.training.params import load_pipeline_params
+
+    section = (params or load_pipeline_params()).validate_
+    # Resolved like the pipeline's validate stage does: relative paths are the repo's.
+    paths = Paths.for_home(settings)
+    gold_file = Path(gold_path) if gold_path is not None else paths.resolve(section.reference)
+    if gold_file is None:
+        raise DatasetError(
+            "no gold data: params.yaml's validate.reference is null; set it or pass gold_path"
+        )
+    return gold_file, paths.resolve(section.allowed_labels)
+
+
+def _known_labels(gold: Any, labels_file: Path | None) -> set[str]:
+    """The label set file's labels (a list, or a mapping's keys) plus the gold labels."""
+    if labels_file is None:
+        return set(gold["label"])
+    if not labels_file.is_file():
+        raise DatasetError(f"label set {labels_file} (validate.allowed_labels) does not exist")
+    return set(json.loads(labels_file.read_text())) | set(gold["label"])
 
 
 def _repo_relative(path: Path) -> str:

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from semflow.config import REPO_ROOT, get_settings
-from semflow.datasets import S3Storage, open_storage
 from semflow.predictions import Prediction, append
+from semflow.storage import S3Storage, open_storage
 
 pytestmark = pytest.mark.slow
 

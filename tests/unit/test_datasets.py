@@ -1,58 +1,32 @@
-"""semflow.datasets: key validation, local folder and S3 (moto server over HTTP) storage,
-daily candidates and the monthly full dataset."""
+"""semflow.datasets: daily candidates and the monthly full dataset, on a local folder and on
+S3 (moto server over HTTP); gold data and label set from params.yaml."""
 
 from __future__ import annotations
 
 import io
 import json
-import socket
 from datetime import date
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from semflow.config import get_settings, load_settings
+from semflow.config import get_settings
 from semflow.datasets import (
     DatasetError,
-    LocalStorage,
-    S3Storage,
     build_dataset,
     collect_candidates,
     export_dataset,
-    open_storage,
-    validate_key,
-    validate_name,
 )
-from semflow.errors import SettingsError
 from semflow.predictions import Prediction, append
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    """moto's S3 in server mode: real HTTP on 127.0.0.1, boto3 talks to it like to MinIO."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+from semflow.storage import S3Storage, StorageError, open_storage
+from semflow.training.params import load_pipeline_params
 
 
 @pytest.fixture
-def s3_settings(moto_endpoint, semflow_home, monkeypatch):
+def s3_settings(moto_endpoint, s3_credentials, semflow_home, monkeypatch):
     import boto3
 
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     bucket = f"sf-{semflow_home.parent.name.lower().replace('_', '-')[-40:]}"
     boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
     monkeypatch.setenv("SEMFLOW_STORAGE_URL", f"s3://{bucket}/datasets")
@@ -74,56 +48,7 @@ def _preds(day: str) -> list[Prediction]:
     ]
 
 
-# -- validation -----------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "bad",
-    [
-        "../etc/passwd",
-        "full/../../x",
-        "/abs/path",
-        "s3://bucket/key",
-        "file:///etc/passwd",
-        "http://example.com/x",
-        "c:/windows",
-        "a//b",
-        "./a",
-        "",
-        "a\\b",
-        "~/x",
-        "a/b c",
-    ],
-)
-def test_bad_names_are_rejected_with_a_sentence(bad):
-    with pytest.raises(DatasetError) as err:
-        validate_name(bad)
-    assert "dataset path" in str(err.value)
-
-
-def test_good_keys_pass():
-    for key in ["candidates/2026-05-01/manifest.json", "full/2026-05", "verified/x_y-1.parquet"]:
-        assert validate_key(key) == key
-
-
-def test_local_storage_refuses_escaping_keys(tmp_path):
-    store = LocalStorage(tmp_path / "root")
-    with pytest.raises(DatasetError):
-        store.put("../outside.txt", b"x")
-    assert not (tmp_path / "outside.txt").exists()
-
-
-def test_storage_url_selection(tmp_path):
-    assert isinstance(open_storage(load_settings(home=tmp_path)), LocalStorage)
-    assert open_storage(load_settings(home=tmp_path)).uri() == str(tmp_path / "datasets")
-    local = open_storage(load_settings(home=tmp_path, storage_url=str(tmp_path / "ds")))
-    assert local.uri() == str(tmp_path / "ds")
-    with pytest.raises(SettingsError, match="unsupported scheme"):
-        open_storage(load_settings(home=tmp_path, storage_url="ftp://host/x"))
-    with pytest.raises(DatasetError, match=r"'\.\.'"):
-        open_storage(load_settings(home=tmp_path, storage_url="s3://bucket/../x"))
-    with pytest.raises(SettingsError, match="bucket"):
-        open_storage(load_settings(home=tmp_path, storage_url="s3://Bad_Bucket/x"))
-
-
+# -- days and months ------------------------------------------------------------------
 def test_bad_day_and_month(semflow_home):
     with pytest.raises(DatasetError, match="YYYY-MM-DD"):
         collect_candidates("2026-13-01")
@@ -191,17 +116,8 @@ def test_collect_candidates_s3(s3_settings):
     ]
     assert storage.exists("candidates/2026-05-03/manifest.json")
     assert not storage.exists("candidates/2026-05-04/manifest.json")
-    with pytest.raises(DatasetError, match="does not exist"):
+    with pytest.raises(StorageError, match="does not exist"):
         storage.get("candidates/2026-05-04/manifest.json")
-
-
-def test_missing_bucket_is_a_clear_error(moto_endpoint, semflow_home, monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    storage = S3Storage("no-such-bucket", "datasets", endpoint_url=moto_endpoint)
-    with pytest.raises(DatasetError, match="does not exist"):
-        storage.put("candidates/x.json", b"{}")
 
 
 # -- full dataset ------------------------------------------------------------------------
@@ -278,6 +194,43 @@ def test_build_dataset_on_the_bundled_gold(semflow_home):
     assert m["counts"]["gold"] == 10003
     assert len(m["counts_per_label"]) == 77
     assert m["sources"]["gold"]["path"] == "data/banking77/train.csv"
+
+
+def test_gold_data_and_labels_come_from_params(semflow_home, tmp_path):
+    gold = _gold(tmp_path)
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps(["card_arrival", "top_up_failed"]))
+    _verified(
+        open_storage(),
+        "2026-05-02",
+        [("top up failed", "top_up_failed"), ("rate?", "exchange_rate"), ("x", "other")],
+    )
+    params = load_pipeline_params(
+        overrides={"validate.reference": str(gold), "validate.allowed_labels": str(labels)}
+    )
+    m = build_dataset("2026-05", params=params)
+    assert m["counts"] == {  # exchange_rate is known: the gold data has it
+        "gold": 3,
+        "verified_added": 2,
+        "verified_duplicate_of_gold": 0,
+        "verified_unknown_label": 1,
+    }
+    assert m["sources"]["gold"]["path"] == "gold.csv"  # not under the repo: its name
+    # Explicit arguments win over params.
+    m = build_dataset("2026-05", params=params, labels=["top_up_failed"])
+    assert m["counts"]["verified_added"] == 1
+    no_labels = load_pipeline_params(
+        overrides={"validate.reference": str(gold), "validate.allowed_labels": None}
+    )
+    counts = build_dataset("2026-05", params=no_labels)["counts"]  # the gold labels only
+    assert counts["verified_added"] == 1 and counts["verified_unknown_label"] == 2
+    with pytest.raises(DatasetError, match=r"validate\.reference"):
+        build_dataset(
+            "2026-05", params=load_pipeline_params(overrides={"validate.reference": None})
+        )
+    missing = load_pipeline_params(overrides={"validate.allowed_labels": str(tmp_path / "no")})
+    with pytest.raises(DatasetError, match=r"validate\.allowed_labels"):
+        build_dataset("2026-05", params=missing, gold_path=gold)
 
 
 def test_export_missing_month_is_clear(semflow_home, tmp_path):
