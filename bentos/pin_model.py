@@ -1,7 +1,7 @@
 """Copy a registered bundle into the BentoML model store, so `bentoml build` can bake it in.
 
 Usage: python -m bentos.pin_model VERSION  ->  prints the model tag (semflow-bundle:vN).
-`semflow.registry.build_bento` runs it, then `bentoml build --arg model_tag=<tag>`.
+`bentos.build.build_bento` runs it, then `bentoml build --arg model_tag=<tag>`.
 """
 
 from __future__ import annotations
@@ -15,18 +15,22 @@ import bentoml
 
 from semflow.config import get_settings
 from semflow.models.bundle import BUNDLE_FILE
-from semflow.registry import MODEL_NAME, download_bundle
+from semflow.registry import download_bundle
 
 STORE_NAME = "semflow-bundle"
 
 
-def pin(version: str, name: str = MODEL_NAME) -> str:
+def pin(version: str) -> str:
+    """Copy version `version` of the registered model (SEMFLOW_REGISTERED_MODEL) into the
+    store; return its tag."""
+    s = get_settings()
+    name = s.registered_model
     tag = f"{STORE_NAME}:v{version}"
     try:
         return str(bentoml.models.get(tag).tag)  # already pinned: the store is immutable
     except bentoml.exceptions.NotFound:
         pass
-    src = download_bundle(get_settings().tracking_uri, name, version)
+    src = download_bundle(s.tracking_uri, name, version)
     with bentoml.models.create(
         tag,
         labels={"registered_model": name, "registered_version": str(version)},

@@ -2,7 +2,8 @@
 ### Register and promote the candidate model
 
 Runs on `semflow://candidate-model`. Logs the bundle (embedder, classifier, ranker weights,
-labels, threshold) as a version of the MLflow model `semflow`, then gates it: absolute floors
+labels, threshold) as a version of the MLflow model named by SEMFLOW_REGISTERED_MODEL
+(default `semflow`), then gates it: absolute floors
 from params.yaml and no regression beyond the tolerance against `champion`. A passing version
 becomes `champion`; a failing one `challenger`, with the reason on the version. After a
 promotion a Bento is built (skipped when bentoml or bentofile.yaml is missing) and, if the
@@ -10,7 +11,7 @@ embedding model changed, the index is rebuilt as a new generation, checked on go
 and only then switched. Emits `semflow://champion`.
 
 `overrides` may not weaken the gate (lower or drop a floor, raise the tolerance, compare
-fewer metrics, use another registered model): such a run fails unless an operator sets
+fewer metrics): such a run fails unless an operator sets
 `force` with a `force_reason`; the version then carries `gate.forced=true`, who and why.
 """
 
@@ -68,7 +69,7 @@ def register_model():
     def bento(gate: dict, params=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from semflow.registry import build_bento
+        from bentos.build import build_bento
 
         if not (params["build_bento"] and gate["promoted"]):
             raise AirflowSkipException("no promotion or bento build turned off")

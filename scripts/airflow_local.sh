@@ -36,7 +36,8 @@ export AIRFLOW__API__HOST=127.0.0.1
 export AIRFLOW__API__BASE_URL="http://127.0.0.1:$PORT"
 export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="${AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL:-30}"
-export PYTHONPATH="$REPO/plugins${PYTHONPATH:+:$PYTHONPATH}"
+# The repo root for the `bentos` package (register_model's bento task imports bentos.build).
+export PYTHONPATH="$REPO/plugins:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 # One secret for every component, kept across restarts: tokens signed by the api-server must

@@ -94,12 +94,12 @@ def trained_key(overrides: dict) -> str:
     """What training depends on: the validated snapshot, params (+ overrides) and the code."""
     import hashlib
 
-    from semflow import registry
     from semflow.training import Paths
+    from semflow.training.provenance import file_md5, git_commit
 
     snap = Paths.for_home().snapshot
     params = (REPO / "params.yaml").read_text() + json.dumps(overrides, sort_keys=True)
-    parts = [registry.file_md5(snap), params, registry.git_commit()]
+    parts = [file_md5(snap), params, git_commit()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
@@ -107,9 +107,10 @@ def champion_version() -> str | None:
     from semflow import registry
     from semflow.config import get_settings
 
-    c = registry.client(get_settings().tracking_uri)
+    s = get_settings()
+    c = registry.client(s.tracking_uri)
     try:
-        return str(c.get_model_version_by_alias(registry.MODEL_NAME, registry.CHAMPION).version)
+        return str(c.get_model_version_by_alias(s.registered_model, registry.CHAMPION).version)
     except Exception:
         return None
 

@@ -41,6 +41,7 @@ def test_assets_chain_the_dags(airflow_db) -> None:
 
 
 def test_validate_train_register_ends_with_loadable_champion(airflow_db, semflow_home, tmp_path):
+    from bentos.build import build_bento
     from semflow import registry
     from semflow.embedding import Embedder
     from semflow.sync import run_sync
@@ -60,7 +61,7 @@ def test_validate_train_register_ends_with_loadable_champion(airflow_db, semflow
     # The CI subset's lower floors weaken the gate: refused without force, recorded with it.
     run = _dag("register_model").test(run_conf={"overrides": overrides, "build_bento": True})
     assert _states(run)["register"] == "failed" and run.state == "failed"
-    assert registry.list_versions(s.tracking_uri) == []
+    assert registry.list_versions(s.tracking_uri, s.registered_model) == []
     run = _dag("register_model").test(
         run_conf={
             "overrides": overrides,
@@ -74,9 +75,10 @@ def test_validate_train_register_ends_with_loadable_champion(airflow_db, semflow
     assert states["register"] == "success"
     assert states["reindex"] in ("success", "skipped")
 
-    bundle = registry.load_champion(s.tracking_uri)
+    bundle = registry.load_champion(s.tracking_uri, s.registered_model)
     assert bundle is not None and bundle.alias == "champion"
-    tags = registry.client(s.tracking_uri).get_model_version("semflow", bundle.model_version).tags
+    c = registry.client(s.tracking_uri)
+    tags = c.get_model_version(s.registered_model, bundle.model_version).tags
     assert tags["gate.forced"] == "true" and tags["gate.forced_reason"] == "CI subset: 8 labels"
     assert tags["gate.forced_by"] == "dag_test"  # the run's triggering user
     assert "lowers the floor on classifier.accuracy" in tags["gate.forced_changes"]
@@ -104,7 +106,7 @@ def test_validate_train_register_ends_with_loadable_champion(airflow_db, semflow
         assert r.status_code == 200, r.text
         assert len(r.json()["predictions"]) == 3
     # a retried bento task finds its Bento and succeeds without rebuilding
-    again = registry.build_bento(bundle.model_version)
+    again = build_bento(bundle.model_version)
     assert again["built"] and again["tag"] == f"semflow:v{bundle.model_version}" and again["note"]
 
 

@@ -108,7 +108,7 @@ def test_full_pipeline_registers_a_champion_then_rejects_a_weak_one(pipeline, tm
     assert (paths.reports / "data_docs" / "index.html").is_file()
     assert out["register"]["promoted"] is True
 
-    champ = registry.load_champion(s.tracking_uri)
+    champ = registry.load_champion(s.tracking_uri, s.registered_model)
     assert champ is not None and champ.embedder_dir is not None  # fine-tuned embedder shipped
     from semflow.embedding import Embedder
 

@@ -11,9 +11,15 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from semflow import registry
+from semflow.config import load_settings
 from semflow.models.bundle import Bundle
+from semflow.registry import artifacts, promotion, tracking
+from semflow.registry.tracking import _is_missing
 
 pytestmark = pytest.mark.integration
+
+# The registered model's name, from the one place every caller reads it (the settings).
+NAME = load_settings().registered_model
 
 
 def _bundle(tmp: Path, shift: float = 0.0) -> Path:
@@ -44,21 +50,23 @@ def _register(uri: str, bundle_dir: Path, metrics: dict[str, float]) -> str:
     mlflow.set_tracking_uri(uri)
     exp_id = registry.ensure_experiment(uri)
     with mlflow.start_run(experiment_id=exp_id):
-        return registry.log_bundle(bundle_dir, tracking_uri=uri, metrics=metrics)
+        return registry.log_bundle(bundle_dir, tracking_uri=uri, name=NAME, metrics=metrics)
 
 
 def test_load_champion_none_when_nothing_registered(uri: str) -> None:
-    assert registry.load_champion(uri) is None
+    assert registry.load_champion(uri, NAME) is None
     assert registry.load_champion(uri, name="other", alias="champion") is None
 
 
 def test_register_promote_and_load(uri: str, tmp_path: Path) -> None:
     v1 = _register(uri, _bundle(tmp_path / "b1"), {"accuracy": 0.9})
     # registered but not promoted yet: still nothing under champion
-    assert registry.load_champion(uri) is None
-    res = registry.promote(uri, v1, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"])
+    assert registry.load_champion(uri, NAME) is None
+    res = registry.promote(
+        uri, v1, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"], name=NAME
+    )
     assert res.promoted and res.alias == "champion"
-    b = registry.load_champion(uri)
+    b = registry.load_champion(uri, NAME)
     assert b is not None
     assert b.model_version == v1 and b.alias == "champion"
     assert set(b.labels) == {"card_lost", "top_up", "refund"}
@@ -76,9 +84,13 @@ def test_register_promote_and_load(uri: str, tmp_path: Path) -> None:
 
 def test_weak_candidate_stays_challenger(uri: str, tmp_path: Path) -> None:
     v1 = _register(uri, _bundle(tmp_path / "b1"), {"accuracy": 0.9})
-    registry.promote(uri, v1, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"])
+    registry.promote(
+        uri, v1, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"], name=NAME
+    )
     v2 = _register(uri, _bundle(tmp_path / "b2"), {"accuracy": 0.85})
-    res = registry.promote(uri, v2, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"])
+    res = registry.promote(
+        uri, v2, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"], name=NAME
+    )
     assert not res.promoted and res.alias == "challenger"
     assert "regresses" in res.reasons[0]
     c = registry.client(uri)
@@ -87,7 +99,9 @@ def test_weak_candidate_stays_challenger(uri: str, tmp_path: Path) -> None:
     assert "regresses" in c.get_model_version("semflow", v2).tags["gate.reason"]
     # below an absolute floor, even without regression
     v3 = _register(uri, _bundle(tmp_path / "b3"), {"accuracy": 0.95})
-    res = registry.promote(uri, v3, floors={"accuracy": 0.99}, tolerance=0.1, compare=["accuracy"])
+    res = registry.promote(
+        uri, v3, floors={"accuracy": 0.99}, tolerance=0.1, compare=["accuracy"], name=NAME
+    )
     assert not res.promoted and "below the floor" in res.reasons[0]
 
 
@@ -102,7 +116,7 @@ def _promote_worker(uri: str, version: str, home: str, q: mp.Queue) -> None:
 
     os.environ["SEMFLOW_HOME"] = home
     res = registry.promote(
-        uri, version, floors={"accuracy": 0.5}, tolerance=0.0, compare=["accuracy"]
+        uri, version, floors={"accuracy": 0.5}, tolerance=0.0, compare=["accuracy"], name=NAME
     )
     q.put((version, res.promoted))
 
@@ -136,18 +150,18 @@ def test_rollback_and_list_through_the_cli(uri: str, tmp_path: Path, monkeypatch
     from semflow.config import get_settings
 
     v1 = _register(uri, _bundle(tmp_path / "b1"), {"accuracy": 0.9})
-    registry.promote(uri, v1, floors={}, tolerance=0.01, compare=["accuracy"])
+    registry.promote(uri, v1, floors={}, tolerance=0.01, compare=["accuracy"], name=NAME)
     v2 = _register(uri, _bundle(tmp_path / "b2"), {"accuracy": 0.95})
-    registry.promote(uri, v2, floors={}, tolerance=0.01, compare=["accuracy"])
+    registry.promote(uri, v2, floors={}, tolerance=0.01, compare=["accuracy"], name=NAME)
     monkeypatch.setenv("SEMFLOW_MLFLOW_TRACKING_URI", uri)
     get_settings.cache_clear()
-    listed = registry.list_versions(uri)
+    listed = registry.list_versions(uri, NAME)
     assert [d["version"] for d in listed] == [v2, v1] and listed[0]["aliases"] == ["champion"]
 
     main(["model", "rollback", "--to", v1])
     c = registry.client(uri)
     assert str(c.get_model_version_by_alias("semflow", "champion").version) == v1
-    assert registry.load_champion(uri).model_version == v1
+    assert registry.load_champion(uri, NAME).model_version == v1
     with pytest.raises(SystemExit) as exc:
         main(["model", "rollback", "--to", "99"])
     assert exc.value.code == 1
@@ -171,7 +185,9 @@ def test_a_bundle_changed_in_the_artifact_store_is_refused(uri: str, tmp_path: P
     from semflow.errors import SemflowError
 
     v1 = _register(uri, _bundle(tmp_path / "b1"), {"accuracy": 0.9})
-    registry.promote(uri, v1, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"])
+    registry.promote(
+        uri, v1, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"], name=NAME
+    )
     stored = list((tmp_path / "mlartifacts").rglob("classifier.joblib"))
     assert len(stored) == 1, stored
     original = stored[0].read_bytes()
@@ -179,7 +195,7 @@ def test_a_bundle_changed_in_the_artifact_store_is_refused(uri: str, tmp_path: P
 
     # A SemflowError, so the service runs degraded as when the registry is down.
     with pytest.raises(SemflowError, match=f"model semflow v{v1} does not match") as err:
-        registry.load_champion(uri)
+        registry.load_champion(uri, NAME)
     assert type(err.value).__name__ == "BundleIntegrityError"
     assert "register it again" in str(err.value)
     with pytest.raises(SemflowError):  # the pinned-Bento path downloads the same way
@@ -187,7 +203,7 @@ def test_a_bundle_changed_in_the_artifact_store_is_refused(uri: str, tmp_path: P
 
     # The store restored: the refused copy is downloaded again, not served from the cache.
     stored[0].write_bytes(original)
-    bundle = registry.load_champion(uri)
+    bundle = registry.load_champion(uri, NAME)
     assert bundle is not None and bundle.model_version == v1
     mv = registry.client(uri).get_model_version("semflow", v1)
     assert len(mv.tags[registry.DIGEST_TAG]) == 64
@@ -200,7 +216,9 @@ def test_a_changed_cached_or_pinned_copy_is_refused(uri: str, tmp_path: Path) ->
     from semflow.models.bundle import BUNDLE_FILE, BundleIntegrityError
 
     v1 = _register(uri, _bundle(tmp_path / "b1"), {"accuracy": 0.9})
-    registry.promote(uri, v1, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"])
+    registry.promote(
+        uri, v1, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"], name=NAME
+    )
     cached = registry.download_bundle(uri, "semflow", v1)
 
     # A pinned copy as bentos/pin_model.py makes it: lineage rewritten, BentoML's model.yaml
@@ -224,18 +242,20 @@ def test_a_changed_cached_or_pinned_copy_is_refused(uri: str, tmp_path: Path) ->
 
     _tamper(cached / "classifier.joblib")
     with pytest.raises(BundleIntegrityError):
-        registry.load_champion(uri)
-    assert registry.load_champion(uri).model_version == v1  # re-downloaded from the store
+        registry.load_champion(uri, NAME)
+    assert registry.load_champion(uri, NAME).model_version == v1  # re-downloaded from the store
 
 
 def test_a_version_registered_before_checksums_still_loads(
     uri: str, tmp_path: Path, caplog
 ) -> None:
     v1 = _register(uri, _bundle(tmp_path / "b1"), {"accuracy": 0.9})
-    registry.promote(uri, v1, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"])
+    registry.promote(
+        uri, v1, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"], name=NAME
+    )
     registry.client(uri).delete_model_version_tag("semflow", v1, registry.DIGEST_TAG)
     with caplog.at_level("WARNING", logger="semflow.registry"):
-        assert registry.load_champion(uri).model_version == v1
+        assert registry.load_champion(uri, NAME).model_version == v1
     assert "register it again" in caplog.text
 
 
@@ -244,7 +264,7 @@ def test_a_forced_gate_is_recorded_on_the_version(uri: str, tmp_path: Path, capl
     forced = {"by": "ops", "reason": "CI subset", "changes": "lowers the floor on accuracy"}
     with caplog.at_level("WARNING", logger="semflow.registry"):
         res = registry.promote(
-            uri, v1, floors={"accuracy": 0.5}, tolerance=0.01, compare=[], forced=forced
+            uri, v1, floors={"accuracy": 0.5}, tolerance=0.01, compare=[], forced=forced, name=NAME
         )
     assert res.promoted
     tags = registry.client(uri).get_model_version("semflow", v1).tags
@@ -254,7 +274,9 @@ def test_a_forced_gate_is_recorded_on_the_version(uri: str, tmp_path: Path, capl
     assert "forced by ops" in caplog.text
     # an ordinary promotion carries no such tag
     v2 = _register(uri, _bundle(tmp_path / "b2"), {"accuracy": 0.9})
-    registry.promote(uri, v2, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"])
+    registry.promote(
+        uri, v2, floors={"accuracy": 0.5}, tolerance=0.01, compare=["accuracy"], name=NAME
+    )
     assert "gate.forced" not in registry.client(uri).get_model_version("semflow", v2).tags
 
 
@@ -284,9 +306,9 @@ def test_rollback_across_embedders_rebuilds_the_index(
     # v2, the champion, uses the packaged model, which built the live index.
     tuned = model_version(embedder.model_dir, "tuned")
     v1 = _register(uri, _bundle_on(tmp_path / "b1", embedder.model_dir, tuned), {"accuracy": 0.9})
-    registry.promote(uri, v1, floors={}, tolerance=0.01, compare=["accuracy"])
+    registry.promote(uri, v1, floors={}, tolerance=0.01, compare=["accuracy"], name=NAME)
     v2 = _register(uri, _bundle_on(tmp_path / "b2", None, embedder.version), {"accuracy": 0.95})
-    registry.promote(uri, v2, floors={}, tolerance=0.01, compare=["accuracy"])
+    registry.promote(uri, v2, floors={}, tolerance=0.01, compare=["accuracy"], name=NAME)
     monkeypatch.setenv("SEMFLOW_MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("SEMFLOW_WRITER_LOCK_TIMEOUT_S", "1")
     get_settings.cache_clear()
@@ -365,16 +387,16 @@ def test_a_missing_model_or_version_is_recognised_by_error_code(uri: str) -> Non
     for read in (lambda: c.get_registered_model("semflow"), lambda: c.get_model_version("x", "9")):
         with pytest.raises(MlflowException) as err:
             read()
-        assert registry._is_missing(err.value)
+        assert _is_missing(err.value)
     # How the REST client reports it (an MLflow server in front of the store).
     rest = RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "gone"})
-    assert registry._is_missing(rest)
+    assert _is_missing(rest)
     # The words alone say nothing: a malformed request, a failed HTTP call or a missing local
     # file are errors to report, not "nothing registered".
-    assert not registry._is_missing(MlflowException("alias x not found", INVALID_PARAMETER_VALUE))
-    assert not registry._is_missing(MlflowException("API request failed: 404 Not Found"))
-    assert not registry._is_missing(OSError("No such file or directory: mlflow.db"))
-    assert not registry._is_missing(RuntimeError("model does not exist"))
+    assert not _is_missing(MlflowException("alias x not found", INVALID_PARAMETER_VALUE))
+    assert not _is_missing(MlflowException("API request failed: 404 Not Found"))
+    assert not _is_missing(OSError("No such file or directory: mlflow.db"))
+    assert not _is_missing(RuntimeError("model does not exist"))
 
 
 def _client(uri: str):
@@ -406,7 +428,7 @@ def outage(monkeypatch, uri: str) -> dict[str, int]:
     down = f"http://127.0.0.1:{port}"
     dead = MlflowClient(tracking_uri=down, registry_uri=down)
     state = {"calls": 0, "armed": 1}
-    real_client, real_lock = registry.client, registry._promotion_lock
+    real_client, real_lock = tracking.client, promotion._promotion_lock
 
     class Client:
         def __init__(self, real: object) -> None:
@@ -424,8 +446,9 @@ def outage(monkeypatch, uri: str) -> dict[str, int]:
             state["calls"] = state["armed"]
             yield
 
-    monkeypatch.setattr(registry, "client", lambda u: Client(real_client(u)))
-    monkeypatch.setattr(registry, "_promotion_lock", lock)
+    for module in (tracking, promotion, artifacts):  # each calls the client it imported
+        monkeypatch.setattr(module, "client", lambda u: Client(real_client(u)))
+    monkeypatch.setattr(promotion, "_promotion_lock", lock)
     return state
 
 
@@ -434,22 +457,22 @@ def test_a_registry_down_during_rollback_is_an_error_not_no_champion(
 ) -> None:
     outage["armed"] = 0
     v1 = _register(uri, _bundle(tmp_path / "b1"), {"accuracy": 0.9})
-    registry.promote(uri, v1, floors={}, tolerance=0.01, compare=["accuracy"])
+    registry.promote(uri, v1, floors={}, tolerance=0.01, compare=["accuracy"], name=NAME)
     v2 = _register(uri, _bundle(tmp_path / "b2"), {"accuracy": 0.95})
-    registry.promote(uri, v2, floors={}, tolerance=0.01, compare=["accuracy"])
+    registry.promote(uri, v2, floors={}, tolerance=0.01, compare=["accuracy"], name=NAME)
     assert _champion(uri) == v2
 
     # The champion cannot be read: the rollback stops instead of recording "from vNone".
     outage["armed"] = 1
     sentence = re.escape(f"could not read semflow@champion from {uri}: API request to")
     with pytest.raises(registry.RegistryError, match=sentence):
-        registry.rollback(uri, v1)
+        registry.rollback(uri, v1, NAME)
     outage["armed"] = 0
     assert _champion(uri) == v2
     assert _client(uri).get_model_version("semflow", v1).tags["gate.reason"] == "passed the gate"
 
     # The registry is back: the same rollback goes through and names the previous champion.
-    assert registry.rollback(uri, v1) == {"champion": v1, "previous_champion": v2}
+    assert registry.rollback(uri, v1, NAME) == {"champion": v1, "previous_champion": v2}
     assert _champion(uri) == v1
 
 
@@ -460,12 +483,12 @@ def test_promote_and_rollback_treat_an_unreadable_champion_alike(
     v1 = _register(uri, _bundle(tmp_path / "b1"), {"accuracy": 0.9})
     # No champion yet is not an error, for either of them.
     assert _champion(uri) is None
-    assert registry.rollback(uri, v1) == {"champion": v1, "previous_champion": None}
+    assert registry.rollback(uri, v1, NAME) == {"champion": v1, "previous_champion": None}
     v2 = _register(uri, _bundle(tmp_path / "b2"), {"accuracy": 0.95})
     outage["armed"] = 1
     with pytest.raises(registry.RegistryError, match="could not read semflow@champion"):
-        registry.promote(uri, v2, floors={}, tolerance=0.01, compare=["accuracy"])
+        registry.promote(uri, v2, floors={}, tolerance=0.01, compare=["accuracy"], name=NAME)
     outage["armed"] = 0
     assert _champion(uri) == v1
-    res = registry.promote(uri, v2, floors={}, tolerance=0.01, compare=["accuracy"])
+    res = registry.promote(uri, v2, floors={}, tolerance=0.01, compare=["accuracy"], name=NAME)
     assert res.promoted and res.previous_champion == v1

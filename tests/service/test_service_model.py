@@ -36,6 +36,7 @@ def _register(home: Path, embedder) -> str:
     from sklearn.linear_model import LogisticRegression
 
     from semflow import registry
+    from semflow.config import load_settings
     from semflow.models.bundle import Bundle
 
     texts = [t for ts in TRAIN.values() for t in ts]
@@ -52,10 +53,11 @@ def _register(home: Path, embedder) -> str:
     )
     bdir = bundle.save(home / "bundle-src")
     uri = f"sqlite:///{home / 'mlflow.db'}"
+    name = load_settings().registered_model  # the model the service loads
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(experiment_id=registry.ensure_experiment(uri)):
-        version = registry.log_bundle(bdir, tracking_uri=uri, metrics={"accuracy": 0.9})
-    registry.client(uri).set_registered_model_alias("semflow", "champion", version)
+        version = registry.log_bundle(bdir, tracking_uri=uri, name=name, metrics={"accuracy": 0.9})
+    registry.client(uri).set_registered_model_alias(name, "champion", version)
     return version
 
 

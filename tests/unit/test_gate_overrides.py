@@ -21,7 +21,6 @@ from semflow.training.params import check_gate_overrides, load_pipeline_params
         ),
         ({"register.tolerance": 1.0}, "raises the tolerance from 0.01 to 1.0"),
         ({"register.compare": []}, "stops comparing classifier.accuracy with the champion"),
-        ({"register.model_name": "shadow"}, "registers as 'shadow' instead of 'semflow'"),
     ],
 )
 def test_weakening_overrides_are_refused_before_anything_runs(semflow_home, overrides, says):
@@ -30,6 +29,18 @@ def test_weakening_overrides_are_refused_before_anything_runs(semflow_home, over
     assert says in str(err.value)
     assert "force: true" in str(err.value)
     assert not (semflow_home / "pipeline").exists()  # refused before the stage started
+
+
+def test_an_override_cannot_register_under_another_model(semflow_home):
+    """The registered model's name is a setting (SEMFLOW_REGISTERED_MODEL), not a param: a run
+    naming another model (whose champion the candidate would face instead) is refused before
+    anything runs, even forced."""
+    overrides = {"register.model_name": "shadow"}
+    with pytest.raises(
+        SettingsError, match=r"register\.model_name: Extra inputs are not permitted"
+    ):
+        dag_stage("register", overrides, force=True, forced_by="ops", reason="try")
+    assert not (semflow_home / "pipeline").exists()
 
 
 def test_stricter_overrides_need_no_force():

@@ -105,22 +105,21 @@ class Tracker:
         self.uri = settings.tracking_uri
 
     def tags(self) -> dict[str, str]:
-        from semflow import registry
+        from semflow.training.provenance import dvc_data_hash, git_commit
 
-        data_hash = registry.dvc_data_hash(self.paths.snapshot)
-        return {"semflow.data_hash": data_hash, "semflow.git_commit": registry.git_commit()}
+        data_hash = dvc_data_hash(self.paths.snapshot)
+        return {"semflow.data_hash": data_hash, "semflow.git_commit": git_commit()}
 
     def run(self, fn: Callable[[Any], Any]) -> Any:
         import contextlib
 
         from semflow import registry
+        from semflow.training.provenance import pipeline_key
 
         if self.uri.startswith("sqlite:///"):
             Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         tags = self.tags()
-        key = registry.pipeline_key(
-            tags["semflow.data_hash"], tags["semflow.git_commit"], self.params.raw()
-        )
+        key = pipeline_key(tags["semflow.data_hash"], tags["semflow.git_commit"], self.params.raw())
         parent = registry.parent_run_id(self.uri, key, tags)
         with registry.stage_run(self.uri, parent, self.stage, tags) as run:
             import mlflow

@@ -101,7 +101,6 @@ class EvaluateParams(_P):
 
 
 class RegisterParams(_P):
-    model_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     floors: dict[str, float]
     compare: list[str]
     tolerance: float = Field(ge=0, le=1)
@@ -169,8 +168,9 @@ def load_pipeline_params(
 # -- the promotion gate under run overrides ---------------------------------------------
 def gate_weakenings(base: RegisterParams, new: RegisterParams) -> list[str]:
     """How `new` loosens the promotion gate of `base` (params.yaml): a floor removed or
-    lowered, the tolerance raised, a metric dropped from the champion comparison, or another
-    registered model (whose champion the candidate would be compared with instead)."""
+    lowered, the tolerance raised, or a metric dropped from the champion comparison. (The
+    registered model's name is a setting, SEMFLOW_REGISTERED_MODEL, not a param: a run
+    cannot override it.)"""
     out = []
     for metric, floor in base.floors.items():
         if metric not in new.floors:
@@ -182,8 +182,6 @@ def gate_weakenings(base: RegisterParams, new: RegisterParams) -> list[str]:
     for metric in base.compare:
         if metric not in new.compare:
             out.append(f"stops comparing {metric} with the champion")
-    if new.model_name != base.model_name:
-        out.append(f"registers as {new.model_name!r} instead of {base.model_name!r}")
     return out
 
 

@@ -75,7 +75,7 @@ def reindex_if_changed(
     from semflow.index import open_store
 
     s = settings or get_settings()
-    name = name or params.register_.model_name
+    name = name or s.registered_model
     champ = bundle if bundle is not None else registry.load_champion(s.tracking_uri, name)
     if champ is None:
         return {"reindexed": False, "reason": "no champion registered"}

@@ -22,10 +22,11 @@ from semflow.training.params import PipelineParams
 from semflow.training.stages.embed import embedder_for
 
 
-def build_bundle(paths: Paths, params: PipelineParams, settings: Settings | None = None) -> Path:
+def build_bundle(paths: Paths, settings: Settings | None = None) -> Path:
     from semflow.models.bundle import Bundle
 
-    emb = embedder_for(paths, settings)
+    s = settings or get_settings()
+    emb = embedder_for(paths, s)
     clf, info, weights = load_bundle_parts(paths)
     meta = json.loads((paths.embedder / "embedder.json").read_text())
     bundle = Bundle(
@@ -35,7 +36,7 @@ def build_bundle(paths: Paths, params: PipelineParams, settings: Settings | None
         threshold=float(info["threshold"]),
         ranker_weights=weights,
         classifier=clf,
-        model_name=params.register_.model_name,
+        model_name=s.registered_model,
         tags={"embedder_finetuned": str(bool(meta.get("finetuned")))},
     )
     if paths.bundle.exists():
@@ -60,7 +61,7 @@ def register(
         raise SemflowError(f"{metrics_path} does not exist; run the evaluate stage first")
     metrics = json.loads(metrics_path.read_text())
     flat = flat_metrics(metrics)
-    bundle_dir = build_bundle(paths, params, s)
+    bundle_dir = build_bundle(paths, s)
     examples = read_split(paths, "test")["text"].head(3).tolist()
 
     def _do(run: Any) -> dict[str, Any]:
@@ -68,7 +69,7 @@ def register(
         version = registry.log_bundle(
             bundle_dir,
             tracking_uri=s.tracking_uri,
-            name=p.model_name,
+            name=s.registered_model,
             metrics=flat,
             example_texts=examples,
         )
@@ -78,7 +79,7 @@ def register(
             floors=p.floors,
             tolerance=p.tolerance,
             compare=p.compare,
-            name=p.model_name,
+            name=s.registered_model,
             run_id=run.info.run_id,
             forced=forced,
         )
