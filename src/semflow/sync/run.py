@@ -1,0 +1,57 @@
+"""All three steps in one process: what `semflow sync` runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from semflow.catalog import Catalog
+from semflow.config import Settings, get_settings
+from semflow.embedding import Embedder
+from semflow.index import IndexStore, open_store
+from semflow.sources.base import Source
+from semflow.sync.apply import SyncResult, apply_sync
+from semflow.sync.embed import embed_partition
+from semflow.sync.plan import Window, plan_sync
+
+log = logging.getLogger("semflow.sync")
+
+
+def run_sync(
+    source: Source,
+    *,
+    settings: Settings | None = None,
+    embedder: Embedder | None = None,
+    catalog: Catalog | None = None,
+    store: IndexStore | None = None,
+    window: Window = (None, None),
+    full_refresh: bool = False,
+    reconcile: bool = False,
+) -> SyncResult:
+    """Plan, embed every partition, apply. What `semflow sync` runs."""
+    s = settings or get_settings()
+    catalog = catalog or Catalog(s.catalog_database_url)
+    store = store or open_store(s)
+    embedder = embedder or Embedder.for_index(s, store.live_model_version())
+    t0 = time.perf_counter()
+    plan = plan_sync(
+        source,
+        catalog=catalog,
+        store=store,
+        model_version=embedder.version,
+        window=window,
+        full_refresh=full_refresh,
+        reconcile=reconcile,
+        settings=s,
+    )
+    vectors = []
+    for k, part in enumerate(plan.partitions):
+        vectors.append(embed_partition(plan, part, embedder))
+        log.info("embedded partition %d/%d", k + 1, len(plan.partitions))
+    result = apply_sync(
+        plan, catalog=catalog, store=store, dimension=embedder.dimension, vectors=vectors
+    )
+    result.seconds = time.perf_counter() - t0
+    log.info("sync of %s done: %s", source.name, json.dumps(result.counts))
+    return result
