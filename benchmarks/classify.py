@@ -41,7 +41,7 @@ def main() -> None:
     from sklearn.linear_model import LogisticRegression
 
     from semflow.config import get_settings
-    from semflow.embedding import Embedder
+    from semflow.embedding import resolve_embedder
     from semflow.models.classifier import CalibratedClassifier, NeighbourVote
 
     rng = np.random.default_rng(0)
@@ -54,7 +54,7 @@ def main() -> None:
     linear = CalibratedClassifier(base)
     blend = CalibratedClassifier(base, 1.0, NeighbourVote(10, 0.5, 0.02), x, labels)
     one, batch = x[:1], x[:32]
-    embedder = Embedder(get_settings().resolved_model_path)  # no cache: every call encodes
+    embedder = resolve_embedder(get_settings())  # no cache: every call encodes
     text = ["I still have not received my new card, how long does delivery take?"]
     embedder.encode(text)
     ms = {

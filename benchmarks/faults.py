@@ -55,12 +55,12 @@ def goal(ok: bool, value: Any, target: str) -> dict[str, Any]:
 def prepare(home: Path, texts: list[str]) -> None:
     """Register the tests' tiny classifier as champion and publish an index for "bank"."""
     from semflow.config import load_settings
-    from semflow.embedding import Embedder
+    from semflow.embedding import resolve_embedder
     from tests.service.serve_helpers import build_index, docs_for
     from tests.service.test_service_model import _register
 
     s = load_settings()
-    embedder = Embedder(s.resolved_model_path, s.model_name)
+    embedder = resolve_embedder(s)
     home.mkdir(parents=True)
     _register(home, embedder)
     build_index(home, embedder, docs_for("bank", texts[:300]))

@@ -73,12 +73,12 @@ async def load(url: str, path: str, bodies: list, clients: int) -> dict:
 
 def build_random_index(home: Path, version: str, n: int) -> None:
     """n unit vectors with the served model's version (encoding 100k texts would take minutes)."""
+    from semflow.app import Services
     from semflow.config import load_settings
     from semflow.documents import Document
-    from semflow.index import open_store
 
     rng = np.random.default_rng(0)
-    store = open_store(load_settings(home=home))
+    store = Services.from_settings(load_settings(home=home)).store
     with store.writer(version, 384, fresh=True) as w:
         for start in range(0, n, 5000):
             m = min(5000, n - start)
@@ -102,12 +102,12 @@ def main() -> None:
     n_rss = 2_000 if q else 10_000
 
     from semflow.config import load_settings
-    from semflow.embedding import Embedder
+    from semflow.embedding import resolve_embedder
     from tests.service.serve_helpers import serve
 
     texts = banking77_texts()
     s = load_settings()
-    emb = Embedder(s.resolved_model_path, s.model_name)
+    emb = resolve_embedder(s)
     out: dict = {"quick": q, "cpus": os.cpu_count()}
     out["encode_per_s"] = encode_per_s(emb, texts, 1024 if q else 3200)
 

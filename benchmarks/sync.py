@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pandas as pd
 
+from semflow.app import Services
 from semflow.config import SAMPLE_DIR, load_settings
 
 
@@ -69,9 +70,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     args = ap.parse_args()
 
-    from semflow.catalog import Catalog
-    from semflow.embedding import Embedder
-    from semflow.index import open_store
+    from semflow.embedding import resolve_embedder
     from semflow.sources import FieldMapping, FileSource
     from semflow.sync import run_sync
 
@@ -82,7 +81,7 @@ def main() -> None:
     docs_texts = (texts * reps)[: args.docs]
 
     base = load_settings(home=tmp / "home")
-    embedder = Embedder(base.resolved_model_path, base.model_name, batch_size=base.embed_batch_size)
+    embedder = resolve_embedder(base)
     embedder.encode(["warm up"])  # load weights outside the timings
 
     t = time.perf_counter()
@@ -96,13 +95,14 @@ def main() -> None:
     _write_corpus(small, texts, labels, args.docs)
     s = load_settings(home=tmp / "home")
     src = FileSource("bench", small, mapping)
-    catalog, store = Catalog(s.catalog_database_url), open_store(s)
+    svc = Services.from_settings(s, embedder=embedder)
+    _ = svc.catalog, svc.store  # built outside the timings
     t = time.perf_counter()
-    r = run_sync(src, settings=s, embedder=embedder, catalog=catalog, store=store)
+    r = run_sync(src, svc)
     sync_s = time.perf_counter() - t
     assert r.counts["indexed"] == args.docs, r.counts
     t = time.perf_counter()
-    r2 = run_sync(src, settings=s, embedder=embedder, catalog=catalog, store=store)
+    r2 = run_sync(src, svc)
     resync_small_s = time.perf_counter() - t
     assert r2.counts["skipped"] == args.docs, r2.counts
 
@@ -112,12 +112,20 @@ def main() -> None:
     big = tmp / "big.parquet"
     _write_corpus(big, texts, labels, args.big)
     bsrc = FileSource("big", big, mapping)
-    bcat, bstore = Catalog(sb.catalog_database_url), open_store(sb)
+    big_svc = Services.from_settings(sb)
+    bstore = big_svc.store
     t = time.perf_counter()
-    run_sync(bsrc, settings=sb, embedder=NoisyEmbedder(embedder, ref), catalog=bcat, store=bstore)
+    run_sync(
+        bsrc,
+        Services.from_settings(
+            sb, embedder=NoisyEmbedder(embedder, ref), catalog=big_svc.catalog, store=bstore
+        ),
+    )
     build_big_s = time.perf_counter() - t
     t = time.perf_counter()
-    r3 = run_sync(bsrc, settings=sb, embedder=embedder, catalog=bcat, store=bstore)
+    r3 = run_sync(
+        bsrc, Services.from_settings(sb, embedder=embedder, catalog=big_svc.catalog, store=bstore)
+    )
     resync_big_s = time.perf_counter() - t
     assert r3.counts["skipped"] == args.big, r3.counts
 

@@ -38,7 +38,7 @@ def pin(version: str) -> str:
         shutil.copytree(src, model.path, dirs_exist_ok=True)
         manifest = Path(model.path) / BUNDLE_FILE
         meta = json.loads(manifest.read_text())
-        meta.update(model_name=name, model_version=str(version))  # lineage travels along
+        meta.update(registered_model=name, registry_version=str(version))  # lineage travels along
         manifest.write_text(json.dumps(meta, indent=2, sort_keys=True))
     return tag
 

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from semflow.app import Services
 from semflow.config import get_settings
 from semflow.serving import Engine, status_for
 from semflow.serving.auth import NOBODY, Principal
@@ -143,7 +144,7 @@ class Semflow:
 
     def __init__(self) -> None:
         pinned = Path(self.bundle_model.path) if self.bundle_model is not None else None
-        self.engine = Engine(get_settings(), pinned=pinned)
+        self.engine = Engine(Services.from_settings(_S), pinned=pinned)
 
     def __is_ready__(self) -> bool:
         return self.engine.health()["status"] in ("ready", "degraded")

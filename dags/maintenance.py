@@ -57,12 +57,13 @@ def maintenance():
 
     @task
     def prune_generations(params=None) -> dict:
-        from semflow.index import open_store
+        from semflow.app import Services
         from semflow.logging import configure_logging
         from semflow.maintenance import prune_generations as prune
 
         configure_logging()
-        return prune(open_store(), params["keep_generations"], dry_run=params["dry_run"]).to_dict()
+        store = Services.from_settings().store
+        return prune(store, params["keep_generations"], dry_run=params["dry_run"]).to_dict()
 
     @task
     def purge_predictions(params=None, data_interval_end=None) -> dict:
@@ -76,13 +77,12 @@ def maintenance():
 
     @task
     def prune_failed_rows(params=None, data_interval_end=None) -> dict:
-        from semflow.catalog import Catalog
-        from semflow.config import get_settings
+        from semflow.app import Services
         from semflow.logging import configure_logging
         from semflow.maintenance import prune_failed_rows as prune
 
         configure_logging()
-        cat = Catalog(get_settings().catalog_database_url)
+        cat = Services.from_settings().catalog
         before = _cut(params, data_interval_end)["failed_before"]
         return prune(cat, before, dry_run=params["dry_run"]).to_dict()
 

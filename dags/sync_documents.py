@@ -43,23 +43,19 @@ def sync_documents():
     def plan(params=None, data_interval_start=None, data_interval_end=None) -> dict:
         from semflow_airflow import source_from_name, window_of
 
-        from semflow.catalog import Catalog
-        from semflow.config import get_settings
-        from semflow.embedding import Embedder
-        from semflow.index import open_store
+        from semflow.app import Services
         from semflow.sync import plan_sync
 
-        s = get_settings()
-        store = open_store(s)
+        svc = Services.from_settings()
         p = plan_sync(
             source_from_name(params["source"]),
-            catalog=Catalog(s.catalog_database_url),
-            store=store,
-            model_version=Embedder.for_index(s, store.live_model_version()).version,
+            catalog=svc.catalog,
+            store=svc.store,
+            embedder_version=svc.embedder().version,
             window=window_of(params, data_interval_start, data_interval_end),
             full_refresh=params["full_refresh"],
             reconcile=params["reconcile"],
-            settings=s,
+            settings=svc.settings,
         )
         return p.to_dict()
 
@@ -69,27 +65,24 @@ def sync_documents():
 
     @task(max_active_tis_per_dagrun=4)
     def embed(plan: dict, part: str) -> str:
-        from semflow.embedding import Embedder
+        from semflow.app import Services
         from semflow.sync import SyncPlan, embed_partition
 
         p = SyncPlan.from_dict(plan)
-        return embed_partition(p, part, Embedder.for_index(live_version=p.model_version))
+        return embed_partition(p, part, Services.from_settings().embedder(p.embedder_version))
 
     @task(outlets=[DOCUMENTS], trigger_rule="none_failed")
     def apply(plan: dict) -> dict:
-        from semflow.catalog import Catalog
-        from semflow.config import get_settings
-        from semflow.embedding import Embedder
-        from semflow.index import open_store
+        from semflow.app import Services
         from semflow.sync import SyncPlan, apply_sync
 
-        s = get_settings()
+        svc = Services.from_settings()
         p = SyncPlan.from_dict(plan)
         result = apply_sync(
             p,
-            catalog=Catalog(s.catalog_database_url),
-            store=open_store(s),
-            dimension=Embedder.for_index(s, p.model_version).dimension,
+            catalog=svc.catalog,
+            store=svc.store,
+            dimension=svc.embedder(p.embedder_version).dimension,
         )
         return result.to_dict()
 

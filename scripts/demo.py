@@ -239,9 +239,9 @@ def main() -> None:
     )
     airflow_db()
     run_dag("sync_documents", {"source": source, "full_refresh": False, "reconcile": True})
-    from semflow.index import open_store
+    from semflow.app import Services
 
-    with open_store(s).open_live() as idx:
+    with Services.from_settings(s).store.open_live() as idx:
         done(t, f"(generation {idx.generation}, {idx.count()} points)")
 
     t = step(3, total, "validate_data DAG: snapshot + great-expectations suites + drift")

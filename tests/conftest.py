@@ -44,11 +44,11 @@ def semflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def embedder():
     """The packaged MiniLM, loaded once per session."""
+    from semflow.cache import LRUCache
     from semflow.config import load_settings
-    from semflow.embedding import Embedder, LRUCache
+    from semflow.embedding import resolve_embedder
 
-    s = load_settings()
-    return Embedder(s.resolved_model_path, s.model_name, cache=LRUCache(50_000))
+    return resolve_embedder(load_settings(), cache=LRUCache(50_000))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Sync state: one row per document (status, hash, model version, generation, errors) and
+"""Sync state: one row per document (status, hash, embedder version, generation, errors) and
 one row per sync run. SQLAlchemy: SQLite by default, PostgreSQL by URL."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ documents = sa.Table(
     sa.Column("point_id", sa.String(36), nullable=False),
     sa.Column("tenant", sa.String(200), nullable=False),
     sa.Column("content_hash", sa.String(64)),
-    sa.Column("model_version", sa.String(200)),
+    sa.Column("embedder_version", sa.String(200)),
     sa.Column("generation", sa.Integer),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
@@ -59,7 +59,7 @@ runs = sa.Table(
 class DocState:
     doc_id: str
     content_hash: str | None
-    model_version: str | None
+    embedder_version: str | None
     status: str
     attempts: int
     source_updated_at: datetime | None
@@ -105,7 +105,7 @@ class Catalog:
                 q = sa.select(
                     documents.c.doc_id,
                     documents.c.content_hash,
-                    documents.c.model_version,
+                    documents.c.embedder_version,
                     documents.c.status,
                     documents.c.attempts,
                     documents.c.source_updated_at,
@@ -114,7 +114,7 @@ class Catalog:
                     out[r.doc_id] = DocState(
                         r.doc_id,
                         r.content_hash,
-                        r.model_version,
+                        r.embedder_version,
                         r.status,
                         r.attempts,
                         _utc(r.source_updated_at),
@@ -291,10 +291,25 @@ def _create_tables(engine: sa.Engine, attempts: int = 3) -> None:
     for attempt in range(attempts):
         try:
             metadata.create_all(engine)
+            _rename_legacy_columns(engine)
             return
         except sa.exc.DBAPIError:
             if attempt == attempts - 1:
                 raise
+
+
+# (old name, new name) of renamed columns: catalogs written before the rename are upgraded
+# in place on open, so no document is re-embedded and no status is lost.
+_RENAMED_COLUMNS = {documents.name: [("model_version", "embedder_version")]}
+
+
+def _rename_legacy_columns(engine: sa.Engine) -> None:
+    for table, pairs in _RENAMED_COLUMNS.items():
+        cols = {c["name"] for c in sa.inspect(engine).get_columns(table)}
+        for old, new in pairs:
+            if old in cols and new not in cols:
+                with engine.begin() as conn:
+                    conn.execute(sa.text(f"ALTER TABLE {table} RENAME COLUMN {old} TO {new}"))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

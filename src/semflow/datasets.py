@@ -26,9 +26,10 @@ from datetime import date, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from semflow.app import Services
 from semflow.config import Settings, get_settings
 from semflow.errors import SemflowError
-from semflow.storage import ObjectStorage, open_storage
+from semflow.storage import ObjectStorage
 
 if TYPE_CHECKING:
     from semflow.training.params import PipelineParams
@@ -115,7 +116,7 @@ def collect_candidates(
     if not 0.0 <= low_confidence <= 1.0:
         raise DatasetError(f"low_confidence must be within [0, 1], got {low_confidence}")
     s = settings or get_settings()
-    storage = storage or open_storage(s)
+    storage = storage or Services.from_settings(s).storage
     d = parse_day(day)
     rows = [
         {
@@ -204,7 +205,7 @@ def build_dataset(
     import pandas as pd
 
     s = settings or get_settings()
-    storage = storage or open_storage(s)
+    storage = storage or Services.from_settings(s).storage
     m = parse_month(month)
     year, mon = (int(x) for x in m.split("-"))
     last_day = date(year, mon, calendar.monthrange(year, mon)[1])
@@ -322,7 +323,7 @@ def export_dataset(
 ) -> Path:
     """Copy `full/YYYY-MM/` to a local folder (e.g. one that `dvc add` tracks); returns it."""
     s = settings or get_settings()
-    storage = storage or open_storage(s)
+    storage = storage or Services.from_settings(s).storage
     m = parse_month(month)
     keys = storage.list(f"full/{m}")
     if not keys:

@@ -61,7 +61,7 @@ class Document:
         )
         return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
 
-    def payload(self, model_version: str, truncated: bool = False) -> dict[str, Any]:
+    def payload(self, embedder_version: str, truncated: bool = False) -> dict[str, Any]:
         """The point payload stored in the index."""
         return {
             "source": self.source,
@@ -74,7 +74,7 @@ class Document:
             "metadata": self.metadata,
             "updated_at": self.updated_at.isoformat() if self.updated_at else None,
             "content_hash": self.content_hash,
-            "model_version": model_version,
+            "embedder_version": embedder_version,
             "truncated": truncated,
         }
 

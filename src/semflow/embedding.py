@@ -1,20 +1,27 @@
-"""Embedder: a sentence-transformers model loaded offline, with a stable version and a cache."""
+"""Embedder: a sentence-transformers model loaded offline, with a stable version.
+
+An embedder version is `name@<12 hex of the weights' sha256>`; `format_version` and
+`parse_version` are the only code that builds or splits one, `resolve_embedder` the only code
+that decides which weights embed for an index generation or a bundle, and `check_embedder`
+the only comparison of what was wanted against what was loaded.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import re
 import threading
-import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from semflow.config import Settings, get_settings
+from semflow.cache import text_key
+from semflow.config import Settings
+from semflow.errors import ModelMismatchError
 
 # Nothing may reach a model hub: weights come from a local directory only.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,10 +29,26 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 log = logging.getLogger(__name__)
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_VERSION = re.compile(r"^(?P<name>.+)@(?P<digest>[0-9a-f]{12})$")
+# The name a fine-tuned copy of the configured embedder is versioned under.
+FINETUNED_SUFFIX = "-semflow-ft"
 
 
-def model_version(model_dir: Path, name: str) -> str:
-    """`name@<sha256 of the weights, 12 hex>`: changes exactly when the weights change."""
+def format_version(name: str, digest: str) -> str:
+    """`name@digest`, the one spelling of an embedder version."""
+    return f"{name}@{digest[:12]}"
+
+
+def parse_version(version: str) -> tuple[str, str]:
+    """(name, digest) of `name@digest`; ValueError on anything else."""
+    m = _VERSION.match(version)
+    if m is None:
+        raise ValueError(f"{version!r} is not an embedder version (name@<12 hex>)")
+    return m["name"], m["digest"]
+
+
+def embedder_version(model_dir: Path, name: str) -> str:
+    """The version of the weights in `model_dir`: changes exactly when they change."""
     h = hashlib.sha256()
     found = False
     for wf in _WEIGHT_FILES:
@@ -37,123 +60,16 @@ def model_version(model_dir: Path, name: str) -> str:
                     h.update(chunk)
     if not found:
         raise FileNotFoundError(f"no model weights ({', '.join(_WEIGHT_FILES)}) in {model_dir}")
-    return f"{name}@{h.hexdigest()[:12]}"
+    return format_version(name, h.hexdigest())
 
 
-def text_key(version: str, text: str) -> str:
-    return hashlib.sha256(f"{version}\0{text}".encode("utf-8", "surrogatepass")).hexdigest()
+def check_embedder(actual: str, expected: str, what: str) -> None:
+    """Raise ModelMismatchError "<what> <expected>, but the embedder is <actual>" unless equal.
 
-
-class LRUCache:
-    """Thread-safe in-process LRU of embeddings."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._d: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get_many(self, keys: Sequence[str]) -> list[np.ndarray | None]:
-        out: list[np.ndarray | None] = []
-        with self._lock:
-            for k in keys:
-                v = self._d.get(k)
-                if v is not None:
-                    self._d.move_to_end(k)
-                out.append(v)
-        return out
-
-    def set_many(self, items: dict[str, np.ndarray]) -> None:
-        if self.size <= 0:
-            return
-        with self._lock:
-            for k, v in items.items():
-                self._d[k] = v
-                self._d.move_to_end(k)
-            while len(self._d) > self.size:
-                self._d.popitem(last=False)
-
-
-class RedisCache:
-    """Embeddings in Redis as float32 bytes, keyed by (model version, text hash), in front
-    of an in-process LRU.
-
-    The cache is an optimisation, so Redis going away never fails a request: reads and
-    writes fall back to the LRU, `status()` says "degraded", and Redis is tried again
-    every `retry_s` seconds. Entries expire after `ttl_s`.
+    `what` names the thing built with `expected`, e.g. "the live index was built with".
     """
-
-    PREFIX = "semflow:emb:"
-
-    def __init__(self, url: str, ttl_s: int, local: LRUCache, retry_s: float = 5.0) -> None:
-        import redis
-
-        # Short socket timeouts: a hung Redis must cost a request milliseconds, not seconds.
-        self.client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        self.ttl_s = ttl_s
-        self.local = local
-        self.retry_s = retry_s
-        self._down_until = 0.0
-        self.last_error: str | None = None
-
-    def _usable(self) -> bool:
-        return time.monotonic() >= self._down_until
-
-    def _failed(self, err: Exception) -> None:
-        if self.last_error is None:
-            log.warning("Redis cache unavailable, using the in-process cache: %s", err)
-        self.last_error = type(err).__name__
-        self._down_until = time.monotonic() + self.retry_s
-
-    def _recovered(self) -> None:
-        if self.last_error is not None:
-            log.info("Redis cache is back")
-        self.last_error = None
-
-    def get_many(self, keys: Sequence[str]) -> list[np.ndarray | None]:
-        out = self.local.get_many(keys)
-        missing = [i for i, v in enumerate(out) if v is None]
-        if not missing or not self._usable():
-            return out
-        try:
-            raw = self.client.mget([self.PREFIX + keys[i] for i in missing])
-        except Exception as err:  # redis.RedisError and socket errors alike
-            self._failed(err)
-            return out
-        self._recovered()
-        for i, r in zip(missing, raw, strict=True):
-            if r is not None:
-                out[i] = np.frombuffer(r, dtype=np.float32)
-        return out
-
-    def set_many(self, items: dict[str, np.ndarray]) -> None:
-        self.local.set_many(items)
-        if not items or not self._usable():
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for k, v in items.items():
-            pipe.set(self.PREFIX + k, np.asarray(v, dtype=np.float32).tobytes(), ex=self.ttl_s)
-        try:
-            pipe.execute()
-        except Exception as err:
-            self._failed(err)
-            return
-        self._recovered()
-
-    def status(self) -> dict[str, Any]:
-        """Health of the cache; pings Redis when it is due for a retry."""
-        if self._usable():
-            try:
-                self.client.ping()
-                self._recovered()
-            except Exception as err:
-                self._failed(err)
-        if self.last_error is None:
-            return {"status": "ok", "kind": "redis"}
-        return {
-            "status": "degraded",
-            "kind": "redis",
-            "detail": f"Redis unreachable ({self.last_error}); using the in-process cache",
-        }
+    if actual != expected:
+        raise ModelMismatchError(f"{what} {expected}, but the embedder is {actual}")
 
 
 class Embedder:
@@ -162,7 +78,7 @@ class Embedder:
     def __init__(
         self,
         model_dir: Path | str,
-        name: str = "all-MiniLM-L6-v2",
+        name: str,
         device: str = "cpu",
         batch_size: int = 64,
         cache: Any | None = None,
@@ -174,38 +90,9 @@ class Embedder:
         self.device = device
         self.batch_size = batch_size
         self.cache = cache
-        self.version = model_version(self.model_dir, name)
+        self.version = embedder_version(self.model_dir, name)
         self._model: Any = None
         self._lock = threading.Lock()
-
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None, cache: Any | None = None) -> Embedder:
-        s = settings or get_settings()
-        return cls(s.resolved_model_path, s.model_name, s.device, s.embed_batch_size, cache)
-
-    @classmethod
-    def for_index(
-        cls, settings: Settings | None = None, live_version: str | None = None, cache: Any = None
-    ) -> Embedder:
-        """The embedder that built the live generation when it is installed locally (a
-        promoted fine-tuned model, see `install_embedder`), else the configured model.
-
-        Without this an hourly sync would embed with the base model and undo the reindex
-        that followed a promotion.
-        """
-        s = settings or get_settings()
-        if live_version is None:
-            from semflow.index import open_store
-
-            try:
-                live_version = open_store(s).live_model_version()
-            except Exception as err:  # no index reachable: the configured model it is
-                log.warning("could not read the live index's model version: %s", err)
-        installed = installed_embedder_dir(s, live_version) if live_version else None
-        if installed is None:
-            return cls.from_settings(s, cache)
-        name = live_version.rsplit("@", 1)[0]
-        return cls(installed, name, s.device, s.embed_batch_size, cache)
 
     @property
     def model(self) -> Any:
@@ -276,7 +163,7 @@ def install_embedder(settings: Settings, model_dir: Path, version: str) -> Path:
     dest = _embedder_home(settings, version)
     if installed_embedder_dir(settings, version) is not None:
         return dest
-    if model_version(model_dir, version.rsplit("@", 1)[0]) != version:
+    if embedder_version(model_dir, parse_version(version)[0]) != version:
         raise ValueError(f"{model_dir} does not hold embedder {version}")
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -284,3 +171,35 @@ def install_embedder(settings: Settings, model_dir: Path, version: str) -> Path:
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return dest
+
+
+def resolve_embedder(
+    settings: Settings,
+    version: str | None = None,
+    *,
+    model_dir: Path | None = None,
+    name: str | None = None,
+    required_by: str | None = None,
+    batch_size: int | None = None,
+    cache: Any | None = None,
+) -> Embedder:
+    """The one way to pick an embedder's weights.
+
+    `version` is the embedder wanted (an index generation's, a bundle's). Its weights come
+    from `model_dir` when given (a bundle's fine-tuned embedder, a pipeline's fine-tune, named
+    `name`), else from `$SEMFLOW_HOME/embedders/<version>` when installed (a promoted
+    fine-tuned model, see `install_embedder`), else the configured base model. Without the
+    installed copy an hourly sync would embed with the base model and undo the reindex that
+    followed a promotion. `required_by` (e.g. "the bundle was trained with"): the weights
+    found must be `version`, else ModelMismatchError; without it callers compare versions.
+    """
+    if model_dir is None and version:
+        model_dir = installed_embedder_dir(settings, version)
+    if model_dir is None:
+        model_dir, name = settings.base_embedder_dir, settings.embedder_name
+    elif name is None:
+        name = parse_version(version)[0] if version else settings.embedder_name
+    emb = Embedder(model_dir, name, settings.device, batch_size or settings.embed_batch_size, cache)
+    if required_by and version:
+        check_embedder(emb.version, version, required_by)
+    return emb

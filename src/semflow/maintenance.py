@@ -14,8 +14,8 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from semflow.app import Services
 from semflow.catalog import Catalog
-from semflow.config import Settings, get_settings
 from semflow.documents import Document
 from semflow.sources.base import Source
 
@@ -75,11 +75,9 @@ def dead_letter_sources(catalog: Catalog, max_attempts: int) -> dict[str, int]:
 
 def retry_dead_letters(
     resolve: Callable[[str], Source],
+    services: Services | None = None,
     *,
-    settings: Settings | None = None,
-    catalog: Catalog | None = None,
     dry_run: bool = False,
-    embedder: Any = None,
 ) -> StepReport:
     """Re-sync only the failed documents of every source (no window, no full refresh).
 
@@ -87,30 +85,28 @@ def retry_dead_letters(
     with the reason, when there is no live index or it was built with another model: a retry
     must never turn into a full rebuild from a handful of documents.
     """
-    from semflow.index import open_store
+    from semflow.embedding import check_embedder
+    from semflow.errors import ModelMismatchError
     from semflow.sync import MAX_ATTEMPTS, run_sync
 
-    s = settings or get_settings()
-    catalog = catalog or Catalog(s.catalog_database_url)
+    svc = services or Services.from_settings()
     report = StepReport("retry_dead_letters", dry_run)
-    pending = dead_letter_sources(catalog, MAX_ATTEMPTS)
+    pending = dead_letter_sources(svc.catalog, MAX_ATTEMPTS)
     report.details["pending"] = pending
     if not pending or dry_run:
         report.removed = sorted(pending)  # the sources that would be retried
         return _done(report)
-    store = open_store(s)
-    live_version = store.live_model_version()
+    live_version = svc.store.live_embedder_version()
     if live_version is None:
         report.skipped = sorted(pending)
         report.details["reason"] = "no live index generation"
         return _done(report)
-    if embedder is None:
-        from semflow.embedding import Embedder
-
-        embedder = Embedder.for_index(s, live_version)
-    if embedder.version != live_version:
+    embedder = svc.embedder(live_version)
+    try:
+        check_embedder(embedder.version, live_version, "the live index was built with")
+    except ModelMismatchError as err:
         report.skipped = sorted(pending)
-        report.details["reason"] = f"live index built with {live_version}, not {embedder.version}"
+        report.details["reason"] = str(err)
         return _done(report)
     results = {}
     for name in sorted(pending):
@@ -120,9 +116,7 @@ def retry_dead_letters(
             report.skipped.append(name)
             results[name] = {"error": str(err)}
             continue
-        res = run_sync(
-            _RetryOnly(source), settings=s, embedder=embedder, catalog=catalog, store=store
-        )
+        res = run_sync(_RetryOnly(source), svc)
         results[name] = res.counts
         report.removed.append(name)
     report.details["results"] = results
@@ -274,7 +268,7 @@ def run_maintenance(
     reference: datetime,
     resolve: Callable[[str], Source],
     *,
-    settings: Settings | None = None,
+    services: Services | None = None,
     dry_run: bool = False,
     keep_generations: int = KEEP_GENERATIONS,
     prediction_retention_days: int = PREDICTION_RETENTION_DAYS,
@@ -282,15 +276,13 @@ def run_maintenance(
     mlflow_run_days: int = MLFLOW_RUN_DAYS,
 ) -> list[StepReport]:
     """Every step in the DAG's order, in one process (what a CLI command would run)."""
-    from semflow.index import open_store
-
-    s = settings or get_settings()
+    svc = services or Services.from_settings()
+    s = svc.settings
     cut = cutoffs(reference, prediction_retention_days, failed_row_days, mlflow_run_days)
-    catalog = Catalog(s.catalog_database_url)
     return [
-        retry_dead_letters(resolve, settings=s, catalog=catalog, dry_run=dry_run),
-        prune_failed_rows(catalog, cut["failed_before"], dry_run=dry_run),
-        prune_generations(open_store(s), keep_generations, dry_run=dry_run),
+        retry_dead_letters(resolve, svc, dry_run=dry_run),
+        prune_failed_rows(svc.catalog, cut["failed_before"], dry_run=dry_run),
+        prune_generations(svc.store, keep_generations, dry_run=dry_run),
         purge_predictions(s.home, cut["predictions_before"], dry_run=dry_run),
         purge_mlflow_runs(s.tracking_uri, cut["runs_before"], dry_run=dry_run),
     ]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from semflow.app import Services
 from tests.airflow_local import get_json, local_airflow, logs
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -42,7 +43,7 @@ def _bootstrap(home: Path, sources: Path, rows: pd.DataFrame, docs: Path) -> Non
 
     rows.head(20).to_csv(docs, index=False)
     s = load_settings(home=home)
-    run_sync(build_source(load_specs(sources)["bf"]), settings=s)
+    run_sync(build_source(load_specs(sources)["bf"]), Services.from_settings(s))
     rows.to_csv(docs, index=False)
 
 

@@ -9,6 +9,7 @@ import httpx
 import pandas as pd
 import pytest
 
+from semflow.app import Services
 from semflow.config import REPO_ROOT, get_settings
 from tests.integration.test_pipeline import small_overrides, small_source
 from tests.service.serve_helpers import ADMIN, serve
@@ -43,11 +44,11 @@ def test_assets_chain_the_dags(airflow_db) -> None:
 def test_validate_train_register_ends_with_loadable_champion(airflow_db, semflow_home, tmp_path):
     from bentos.build import build_bento
     from semflow import registry
-    from semflow.embedding import Embedder
+    from semflow.embedding import resolve_embedder
     from semflow.sync import run_sync
 
     s = get_settings()
-    run_sync(small_source(tmp_path), settings=s)
+    run_sync(small_source(tmp_path), Services.from_settings(s))
     overrides = small_overrides()
 
     run = _dag("validate_data").test(run_conf={"overrides": overrides})
@@ -78,11 +79,11 @@ def test_validate_train_register_ends_with_loadable_champion(airflow_db, semflow
     bundle = registry.load_champion(s.tracking_uri, s.registered_model)
     assert bundle is not None and bundle.alias == "champion"
     c = registry.client(s.tracking_uri)
-    tags = c.get_model_version(s.registered_model, bundle.model_version).tags
+    tags = c.get_model_version(s.registered_model, bundle.registry_version).tags
     assert tags["gate.forced"] == "true" and tags["gate.forced_reason"] == "CI subset: 8 labels"
     assert tags["gate.forced_by"] == "dag_test"  # the run's triggering user
     assert "lowers the floor on classifier.accuracy" in tags["gate.forced_changes"]
-    emb = Embedder(s.resolved_model_path, s.model_name)
+    emb = resolve_embedder(s)
     assert bundle.embedder_dir is None and bundle.embedder_version == emb.version
     test = pd.read_csv(s.home / "pipeline" / "data" / "prepared" / "test.csv").head(10)
     out = bundle.classify(emb.encode(test["text"].tolist()), top_k=3)
@@ -94,20 +95,22 @@ def test_validate_train_register_ends_with_loadable_champion(airflow_db, semflow
     with serve(
         s.home,
         tmp_path,
-        target=f"semflow:v{bundle.model_version}",
+        target=f"semflow:v{bundle.registry_version}",
         BENTOML_HOME=os.environ["BENTOML_HOME"],
         SEMFLOW_MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'empty.db'}",
     ) as url:
         info = httpx.get(f"{url}/model", headers=ADMIN, timeout=30).json()
-        assert info["alias"] == "pinned" and info["version"] == bundle.model_version
+        assert info["alias"] == "pinned" and info["version"] == bundle.registry_version
         r = httpx.post(
             f"{url}/classify", json={"texts": test["text"].tolist()[:3]}, headers=ADMIN, timeout=60
         )
         assert r.status_code == 200, r.text
         assert len(r.json()["predictions"]) == 3
     # a retried bento task finds its Bento and succeeds without rebuilding
-    again = build_bento(bundle.model_version)
-    assert again["built"] and again["tag"] == f"semflow:v{bundle.model_version}" and again["note"]
+    again = build_bento(bundle.registry_version)
+    assert (
+        again["built"] and again["tag"] == f"semflow:v{bundle.registry_version}" and again["note"]
+    )
 
 
 def test_bad_data_fails_the_validate_task(airflow_db, semflow_home, tmp_path):
@@ -127,7 +130,7 @@ def test_bad_data_fails_the_validate_task(airflow_db, semflow_home, tmp_path):
             id="@row", text="text", labels="category", updated_at=None, tenant_value="bank"
         ),
     )
-    run_sync(src, settings=get_settings())
+    run_sync(src, Services.from_settings(get_settings()))
     run = _dag("validate_data").test(run_conf={"overrides": {"validate.min_examples_per_label": 1}})
     states = _states(run)
     assert states["snapshot"] == "success"

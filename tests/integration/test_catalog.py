@@ -63,3 +63,68 @@ def test_new_postgres_catalog_opened_by_many_processes():
         with admin.connect() as conn:
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         admin.dispose()
+
+
+_LEGACY = """
+CREATE TABLE sf_documents (
+    source VARCHAR(200) NOT NULL, doc_id VARCHAR(512) NOT NULL, point_id VARCHAR(36) NOT NULL,
+    tenant VARCHAR(200) NOT NULL, content_hash VARCHAR(64), model_version VARCHAR(200),
+    generation INTEGER, status VARCHAR(16) NOT NULL, attempts INTEGER NOT NULL,
+    last_error TEXT, truncated BOOLEAN NOT NULL, source_updated_at TIMESTAMP WITH TIME ZONE,
+    run_id INTEGER, changed_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (source, doc_id)
+)"""
+
+
+def _open_and_read(url: str, barrier, results) -> None:
+    barrier.wait()
+    try:
+        state = Catalog(url).states("notes", ["a"])["a"]
+        results.put("ok" if state.embedder_version == "mini@0123456789ab" else repr(state))
+    except Exception:
+        results.put(traceback.format_exc()[-1500:])
+
+
+def _legacy_upgrade(url: str) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(_LEGACY))
+        conn.execute(
+            sa.text(
+                "INSERT INTO sf_documents VALUES ('notes', 'a', 'p', 'bank', 'h', "
+                "'mini@0123456789ab', 1, 'indexed', 0, NULL, false, NULL, NULL, "
+                "CURRENT_TIMESTAMP)"
+            )
+        )
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_open_and_read, args=(url, barrier, results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    out = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    # Every process that opened the old catalog at the same moment reads the row's embedder
+    # version under its new name: nothing re-embedded, nothing lost.
+    assert out == ["ok"] * 4
+    cols = {c["name"] for c in sa.inspect(engine).get_columns("sf_documents")}
+    assert "embedder_version" in cols and "model_version" not in cols
+    engine.dispose()
+
+
+def test_a_catalog_from_before_the_rename_is_upgraded_in_place_sqlite(tmp_path):
+    _legacy_upgrade(f"sqlite:///{tmp_path}/catalog.db")
+
+
+def test_a_catalog_from_before_the_rename_is_upgraded_in_place_postgres():
+    name = f"sf_catalog_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    url = PG_URL.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    try:
+        _legacy_upgrade(url)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from semflow.app import Services
 from semflow.config import SAMPLE_DIR, get_settings
 from semflow.errors import SettingsError
 from semflow.training import (
@@ -163,7 +164,9 @@ def test_full_pipeline_registers_a_champion_then_rejects_a_weak_one(pipeline, tm
     gate = res["register"]
     assert gate["promoted"] is False and gate["alias"] == "challenger"
     assert any("regresses" in r or "below the floor" in r for r in gate["reasons"])
-    assert str(c.get_model_version_by_alias("semflow", "champion").version) == champ.model_version
+    assert (
+        str(c.get_model_version_by_alias("semflow", "champion").version) == champ.registry_version
+    )
     mv = c.get_model_version("semflow", gate["version"])
     assert mv.tags["gate.result"] == "rejected" and mv.tags["gate.reason"]
 
@@ -326,7 +329,9 @@ def test_dvc_repro_then_cached_then_exp_run_reruns_only_dependents(semflow_home,
     from semflow.sync import run_sync
     from semflow.training.params import _set_dotted
 
-    run_sync(small_source(tmp_path), settings=get_settings())  # what `snapshot` exports
+    run_sync(
+        small_source(tmp_path), Services.from_settings(get_settings())
+    )  # what `snapshot` exports
     repo = tmp_path / "repo"
     _tracked_copy(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())

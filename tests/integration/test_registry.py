@@ -11,6 +11,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from semflow import registry
+from semflow.app import Services
 from semflow.config import load_settings
 from semflow.models.bundle import Bundle
 from semflow.registry import artifacts, promotion, tracking
@@ -68,7 +69,7 @@ def test_register_promote_and_load(uri: str, tmp_path: Path) -> None:
     assert res.promoted and res.alias == "champion"
     b = registry.load_champion(uri, NAME)
     assert b is not None
-    assert b.model_version == v1 and b.alias == "champion"
+    assert b.registry_version == v1 and b.alias == "champion"
     assert set(b.labels) == {"card_lost", "top_up", "refund"}
     out = b.classify(np.ones((1, 384), dtype=np.float32) / np.sqrt(384), top_k=2)
     assert len(out[0]["alternatives"]) == 2
@@ -161,7 +162,7 @@ def test_rollback_and_list_through_the_cli(uri: str, tmp_path: Path, monkeypatch
     main(["model", "rollback", "--to", v1])
     c = registry.client(uri)
     assert str(c.get_model_version_by_alias("semflow", "champion").version) == v1
-    assert registry.load_champion(uri, NAME).model_version == v1
+    assert registry.load_champion(uri, NAME).registry_version == v1
     with pytest.raises(SystemExit) as exc:
         main(["model", "rollback", "--to", "99"])
     assert exc.value.code == 1
@@ -204,7 +205,7 @@ def test_a_bundle_changed_in_the_artifact_store_is_refused(uri: str, tmp_path: P
     # The store restored: the refused copy is downloaded again, not served from the cache.
     stored[0].write_bytes(original)
     bundle = registry.load_champion(uri, NAME)
-    assert bundle is not None and bundle.model_version == v1
+    assert bundle is not None and bundle.registry_version == v1
     mv = registry.client(uri).get_model_version("semflow", v1)
     assert len(mv.tags[registry.DIGEST_TAG]) == 64
 
@@ -226,7 +227,7 @@ def test_a_changed_cached_or_pinned_copy_is_refused(uri: str, tmp_path: Path) ->
     pinned = tmp_path / "pinned"
     shutil.copytree(cached, pinned)
     meta = json.loads((pinned / BUNDLE_FILE).read_text())
-    meta.update(model_name="semflow", model_version=v1)
+    meta.update(registered_model="semflow", registry_version=v1)
     (pinned / BUNDLE_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
     (pinned / "model.yaml").write_text("name: semflow-bundle\n")
     assert Bundle.load(pinned).labels
@@ -243,7 +244,7 @@ def test_a_changed_cached_or_pinned_copy_is_refused(uri: str, tmp_path: Path) ->
     _tamper(cached / "classifier.joblib")
     with pytest.raises(BundleIntegrityError):
         registry.load_champion(uri, NAME)
-    assert registry.load_champion(uri, NAME).model_version == v1  # re-downloaded from the store
+    assert registry.load_champion(uri, NAME).registry_version == v1  # re-downloaded from the store
 
 
 def test_a_version_registered_before_checksums_still_loads(
@@ -255,7 +256,7 @@ def test_a_version_registered_before_checksums_still_loads(
     )
     registry.client(uri).delete_model_version_tag("semflow", v1, registry.DIGEST_TAG)
     with caplog.at_level("WARNING", logger="semflow.registry"):
-        assert registry.load_champion(uri, NAME).model_version == v1
+        assert registry.load_champion(uri, NAME).registry_version == v1
     assert "register it again" in caplog.text
 
 
@@ -326,7 +327,7 @@ def test_rollback_across_embedders_rebuilds_the_index(
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     source = FileSource("notes", docs, FieldMapping(labels="label"))
-    run_sync(source, embedder=embedder, settings=s)
+    run_sync(source, Services.from_settings(s, embedder=embedder))
     golden = Paths.for_home(s).prepared / "test.csv"  # the reindex's golden queries
     golden.parent.mkdir(parents=True)
     pd.DataFrame(rows)[["text", "label"]].to_csv(golden, index=False)
@@ -367,7 +368,7 @@ def test_rollback_across_embedders_rebuilds_the_index(
     assert Embedder.for_index(s, store.live_model_version()).version == tuned
     with docs.open("a") as fh:
         fh.write(json.dumps({**rows[0], "id": "new", "updated_at": "2026-05-02T00:00:00Z"}) + "\n")
-    run_sync(source, settings=s)
+    run_sync(source, Services.from_settings(s))
     assert points() == {**{r["id"]: tuned for r in rows}, "new": tuned}
 
     # --no-reindex moves only the alias.

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from semflow.app import Services
 from semflow.catalog import DELETED, FAILED, INDEXED, Catalog
 from semflow.config import get_settings
 from semflow.errors import SourceError
@@ -157,7 +158,12 @@ def test_three_windows_insert_update_soft_and_hard_delete(table, semflow_home, e
     s = get_settings()
 
     def sync(window):
-        return run_sync(table.source(), embedder=embedder, window=window, reconcile=True)
+        return run_sync(
+            table.source(),
+            Services.from_settings(None, embedder=embedder),
+            window=window,
+            reconcile=True,
+        )
 
     for i in range(1, 7):
         table.upsert(
@@ -205,7 +211,7 @@ def test_source_down_fails_clearly_and_marks_nothing(semflow_home, embedder):
         mapping=FieldMapping(**MAPPING),
     )
     with pytest.raises(SourceError, match="cannot read PostgreSQL source 'down'"):
-        run_sync(src, embedder=embedder)
+        run_sync(src, Services.from_settings(None, embedder=embedder))
     s = get_settings()
     assert Catalog(s.catalog_database_url).status_counts() == {}
     assert open_store(s).live_generation() is None
@@ -220,7 +226,7 @@ def test_bad_documents_never_stop_the_batch(pg_engine, semflow_home, embedder, m
         t.upsert(2, "   ", T0)
         t.upsert(3, "x" * 500, T0)
         t.upsert(4, "also fine", T0)
-        r = run_sync(t.source(), embedder=embedder)
+        r = run_sync(t.source(), Services.from_settings(None, embedder=embedder))
         assert r.counts["indexed"] == 3 and r.counts["failed"] == 1 and r.counts["truncated"] == 1
         s = get_settings()
         rows = {x["doc_id"]: x for x in Catalog(s.catalog_database_url).rows("app")}
@@ -263,13 +269,17 @@ def test_sync_into_qdrant_client_backend(semflow_home, embedder, tmp_path):
     src = FileSource("f", path, FieldMapping(updated_at=None, deleted="gone"))
     store = ServerStore(":memory:", "srv")
     cat = Catalog(get_settings().catalog_database_url)
-    r1 = run_sync(src, embedder=embedder, store=store, catalog=cat)
+    r1 = run_sync(src, Services.from_settings(None, embedder=embedder, catalog=cat, store=store))
     assert (r1.generation, r1.counts["points"]) == (1, 6)
     write(
         [{"id": i, "text": f"question {i} about transfers", "gone": i == 2} for i in range(6)]
         + [{"id": 9, "text": "brand new", "gone": False}]
     )
-    r2 = run_sync(src, embedder=embedder, store=store, catalog=cat, reconcile=True)
+    r2 = run_sync(
+        src,
+        Services.from_settings(None, embedder=embedder, catalog=cat, store=store),
+        reconcile=True,
+    )
     assert r2.generation == 1  # same collection, written in place
     with store.open_live() as idx:
         ids = {p["doc_id"] for _, p in idx.iter_payloads("f")}

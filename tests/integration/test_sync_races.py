@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from semflow.app import Services
 from semflow.catalog import DELETED, FAILED, INDEXED, Catalog
 from semflow.config import get_settings
 from semflow.documents import Document
@@ -125,7 +126,11 @@ def test_two_windows_applied_at_once_keep_the_newest(log, store, catalog_url, em
     catalog = Catalog(catalog_url)
     for i in range(8):
         log.write(i, f"first text of note {i} about a lost card", W[0][0] + i * MINUTE)
-    run_sync(log.source(), embedder=embedder, catalog=catalog, store=store, window=W[0])
+    run_sync(
+        log.source(),
+        Services.from_settings(None, embedder=embedder, catalog=catalog, store=store),
+        window=W[0],
+    )
     for i in range(4):
         log.write(i, f"second text of note {i}: the card was found", W[1][0] + i * MINUTE)
     for i in range(2):  # changes again in the next window
@@ -175,7 +180,9 @@ def test_older_window_replayed_after_a_newer_one_never_rolls_back(
 
     def sync(window):
         return run_sync(
-            log.source(), embedder=embedder, catalog=catalog, store=store, window=window
+            log.source(),
+            Services.from_settings(None, embedder=embedder, catalog=catalog, store=store),
+            window=window,
         )
 
     for i in range(6):
@@ -212,7 +219,11 @@ def test_reindex_keeps_what_a_sync_published_meanwhile(log, store, catalog_url, 
     catalog = Catalog(catalog_url)
     for i in range(8):
         log.write(i, f"first text of note {i} about a transfer", W[0][0] + i * MINUTE)
-    run_sync(log.source(), embedder=embedder, catalog=catalog, store=store, window=W[0])
+    run_sync(
+        log.source(),
+        Services.from_settings(None, embedder=embedder, catalog=catalog, store=store),
+        window=W[0],
+    )
     log.write(0, "note 0 edited: the transfer arrived", W[1][0] + MINUTE)
     log.write(1, "first text of note 1 about a transfer", W[1][0] + 2 * MINUTE, gone=True)
     log.write(8, "a new note about a refund", W[1][0] + 3 * MINUTE)
@@ -221,7 +232,11 @@ def test_reindex_keeps_what_a_sync_published_meanwhile(log, store, catalog_url, 
     def sync_meanwhile():
         t = threading.Thread(
             target=lambda: synced.append(
-                run_sync(log.source(), embedder=embedder, catalog=catalog, store=store, window=W[1])
+                run_sync(
+                    log.source(),
+                    Services.from_settings(None, embedder=embedder, catalog=catalog, store=store),
+                    window=W[1],
+                )
             )
         )
         t.start()
@@ -244,7 +259,11 @@ def test_full_refresh_keeps_what_a_sync_published_after_its_plan(
     catalog = Catalog(catalog_url)
     for i in range(6):
         log.write(i, f"first text of note {i} about an ATM", W[0][0] + i * MINUTE)
-    run_sync(log.source(), embedder=embedder, catalog=catalog, store=store, window=W[0])
+    run_sync(
+        log.source(),
+        Services.from_settings(None, embedder=embedder, catalog=catalog, store=store),
+        window=W[0],
+    )
     full_emb = embedder if same_model else Reembedder(embedder, lambda: None)
     full = plan_sync(
         log.source(),
@@ -257,7 +276,11 @@ def test_full_refresh_keeps_what_a_sync_published_after_its_plan(
     # While the full refresh embeds, the hourly sync publishes an edit and a new document.
     log.write(0, "note 0 edited: the ATM kept my card", W[1][0] + MINUTE)
     log.write(6, "a new note about a cash withdrawal", W[1][0] + 2 * MINUTE)
-    run_sync(log.source(), embedder=embedder, catalog=catalog, store=store, window=W[1])
+    run_sync(
+        log.source(),
+        Services.from_settings(None, embedder=embedder, catalog=catalog, store=store),
+        window=W[1],
+    )
     apply_sync(
         full, catalog=catalog, store=store, dimension=embedder.dimension, vectors=full_vectors
     )
@@ -265,7 +288,11 @@ def test_full_refresh_keeps_what_a_sync_published_after_its_plan(
         # Vectors of the old model cannot be carried into the new generation: the next run
         # embeds those documents again (they are dead letters until then).
         assert catalog.ids("log", [FAILED]) == {"0", "6"}
-        run_sync(log.source(), embedder=full_emb, catalog=catalog, store=store, window=W[2])
+        run_sync(
+            log.source(),
+            Services.from_settings(None, embedder=full_emb, catalog=catalog, store=store),
+            window=W[2],
+        )
     assert store.live_model_version() == full_emb.version
     assert_newest(log, store, catalog)
 
@@ -300,7 +327,11 @@ def test_a_sync_applied_after_a_reindex_swap_dead_letters_its_documents(
     catalog = Catalog(catalog_url)
     for i in range(6):
         log.write(i, f"first text of note {i} about a loan", W[0][0] + i * MINUTE)
-    run_sync(log.source(), embedder=embedder, catalog=catalog, store=store, window=W[0])
+    run_sync(
+        log.source(),
+        Services.from_settings(None, embedder=embedder, catalog=catalog, store=store),
+        window=W[0],
+    )
     log.write(0, "note 0 edited: the loan was approved", W[1][0] + MINUTE)
     log.write(6, "a new note about a mortgage", W[1][0] + 2 * MINUTE)
     log.write(2, "first text of note 2 about a loan", W[1][0] + 3 * MINUTE, gone=True)
@@ -326,6 +357,10 @@ def test_a_sync_applied_after_a_reindex_swap_dead_letters_its_documents(
     assert {p["model_version"] for p in payloads.values()} == {new.version}
 
     # The next run embeds the dead letters with the live generation's model.
-    run_sync(log.source(), embedder=new, catalog=catalog, store=store, window=W[2])
+    run_sync(
+        log.source(),
+        Services.from_settings(None, embedder=new, catalog=catalog, store=store),
+        window=W[2],
+    )
     assert catalog.ids("log", [FAILED]) == set()
     assert_newest(log, store, catalog)

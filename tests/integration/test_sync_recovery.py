@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from semflow.app import Services
 from semflow.catalog import INDEXED, Catalog
 from semflow.config import get_settings
 from semflow.index import open_store
@@ -67,15 +68,15 @@ class Flaky:
 
 def test_exception_after_k_embed_batches_then_rerun(corpus, embedder):
     with pytest.raises(RuntimeError, match="worker died"):
-        run_sync(corpus, embedder=Flaky(embedder, fail_on=4))
+        run_sync(corpus, Services.from_settings(None, embedder=Flaky(embedder, fail_on=4)))
     assert open_store().live_generation() is None
     assert Catalog(get_settings().catalog_database_url).ids("notes", [INDEXED]) == set()
-    run_sync(corpus, embedder=embedder)
+    run_sync(corpus, Services.from_settings(None, embedder=embedder))
     assert_complete()
 
 
 def test_exception_after_k_upsert_batches_then_rerun(corpus, embedder, monkeypatch):
-    run_sync(corpus, embedder=embedder)
+    run_sync(corpus, Services.from_settings(None, embedder=embedder))
     corpus_path = corpus.path
     lines = corpus_path.read_text().splitlines()
     lines = [json.dumps({"id": i, "text": f"edited question {i}"}) for i in range(N)]
@@ -90,13 +91,13 @@ def test_exception_after_k_upsert_batches_then_rerun(corpus, embedder, monkeypat
 
     monkeypatch.setattr(EdgeIndex, "upsert", dying_upsert)
     with pytest.raises(RuntimeError):
-        run_sync(corpus, embedder=embedder)
+        run_sync(corpus, Services.from_settings(None, embedder=embedder))
     monkeypatch.setattr(EdgeIndex, "upsert", real)
     # The half-written generation was discarded: readers still see the old texts.
     with open_store().open_live() as idx:
         texts = {p["text"] for _, p in idx.iter_payloads("notes", ("text",))}
     assert all(t.startswith("support question") for t in texts)
-    result = run_sync(corpus, embedder=embedder)
+    result = run_sync(corpus, Services.from_settings(None, embedder=embedder))
     assert result.counts["indexed"] == N
     assert_complete()
     with open_store().open_live() as idx:

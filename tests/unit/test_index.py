@@ -60,7 +60,7 @@ def test_generations_publish_atomically_and_readers_keep_theirs(store):
     assert store.live_generation() == 2
     assert reader.count() == 10 and reader.generation == 1
     with store.open_live() as new:
-        assert new.count() == 4 and new.model_version == MV
+        assert new.count() == 4 and new.embedder_version == MV
     reader.close()
 
 
@@ -119,7 +119,7 @@ def test_warm_searches_stored_points_in_their_own_tenant(store):
         assert all(t == hit_t and score > 0.99 for t, hit_t, score in seen)
 
 
-def test_model_version_mismatch_requires_fresh_build(store):
+def test_embedder_version_mismatch_requires_fresh_build(store):
     with store.writer(MV, DIM) as w:
         w.upsert(*_points(2))
     with pytest.raises(IndexError_, match="full refresh"), store.writer("other@1", DIM):
@@ -212,3 +212,22 @@ def test_largest_int64_filter_is_accepted(store):
     with store.open_live() as idx:
         assert idx.search(vecs[0], "t1", filters={"doc_id": 2**63 - 1}) == []
         assert len(idx.search(vecs[0], "t1", filters={"labels": ["l0", "l1"]})) == 3
+
+
+def test_a_generation_written_before_the_rename_keeps_its_embedder_version(tmp_path):
+    """meta.json of older generations says `model_version`: still read, still guarded."""
+    import json
+
+    store = EdgeStore(tmp_path / "idx", lock_timeout_s=0.5)
+    with store.writer(MV, DIM) as w:
+        w.upsert(*_points(3))
+    meta_path = tmp_path / "idx" / "gen-000001" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["model_version"] = meta.pop("embedder_version")
+    meta_path.write_text(json.dumps(meta))
+    fresh = EdgeStore(tmp_path / "idx", lock_timeout_s=0.5)
+    assert fresh.live_embedder_version() == MV
+    with fresh.open_live() as idx:
+        assert idx.embedder_version == MV
+    with pytest.raises(IndexError_, match="full refresh"), fresh.writer("other@1", DIM):
+        pass

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from semflow.app import Services
 from semflow.catalog import FAILED, INDEXED, Catalog
 from semflow.config import get_settings
 from semflow.errors import SettingsError
@@ -160,7 +161,7 @@ def test_retry_dead_letters_resyncs_only_failed_docs(semflow_home, tmp_path, emb
 
     s = get_settings()
     cat = Catalog(s.catalog_database_url)
-    res = run_sync(resolve("docs"), settings=s, embedder=embedder, catalog=cat)
+    res = run_sync(resolve("docs"), Services.from_settings(s, embedder=embedder, catalog=cat))
     assert res.counts["failed"] == 1
     assert dead_letter_sources(cat, 5) == {"docs": 1}
     hash_b = {r["doc_id"]: r["content_hash"] for r in cat.rows("docs")}["b"]
@@ -169,11 +170,13 @@ def test_retry_dead_letters_resyncs_only_failed_docs(semflow_home, tmp_path, emb
     texts[2], texts[1] = "top up failed", "exchange rate today"
     pd.DataFrame({"id": ["a", "b", "c", "d"], "text": texts}).to_csv(path, index=False)
 
-    dry = retry_dead_letters(resolve, settings=s, catalog=cat, embedder=embedder, dry_run=True)
+    dry = retry_dead_letters(
+        resolve, Services.from_settings(s, catalog=cat, embedder=embedder), dry_run=True
+    )
     assert dry.removed == ["docs"] and dry.details["pending"] == {"docs": 1}
     assert cat.ids("docs", [FAILED]) == {"c"}
 
-    real = retry_dead_letters(resolve, settings=s, catalog=cat, embedder=embedder)
+    real = retry_dead_letters(resolve, Services.from_settings(s, catalog=cat, embedder=embedder))
     assert real.removed == ["docs"]
     assert real.details["results"]["docs"]["retried"] == 1
     assert cat.ids("docs", [FAILED]) == set()
@@ -185,7 +188,10 @@ def test_retry_dead_letters_resyncs_only_failed_docs(semflow_home, tmp_path, emb
             h.payload["doc_id"]
             for h in idx.search(embedder.encode(["top up failed"])[0], "bank", 1)
         ] == ["c"]
-    assert retry_dead_letters(resolve, settings=s, catalog=cat, embedder=embedder).count == 0
+    assert (
+        retry_dead_letters(resolve, Services.from_settings(s, catalog=cat, embedder=embedder)).count
+        == 0
+    )
 
 
 def test_retry_skips_without_a_live_index(semflow_home, tmp_path):
@@ -196,7 +202,9 @@ def test_retry_skips_without_a_live_index(semflow_home, tmp_path):
             [{"source": "x", "doc_id": "1", "point_id": "p", "tenant": "t", "status": FAILED}],
             conn,
         )
-    rep = retry_dead_letters(lambda n: pytest.fail("must not resolve"), settings=s, catalog=cat)
+    rep = retry_dead_letters(
+        lambda n: pytest.fail("must not resolve"), Services.from_settings(s, catalog=cat)
+    )
     assert rep.removed == [] and rep.skipped == ["x"]
     assert rep.details["reason"] == "no live index generation"
 

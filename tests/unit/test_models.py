@@ -313,15 +313,33 @@ def test_binary_classifier_probabilities_match_sklearn() -> None:
 
 def test_make_embedder_checks_the_version(bundle: Bundle, tmp_path: Path) -> None:
     from semflow.config import load_settings
-    from semflow.embedding import model_version
+    from semflow.embedding import embedder_version
 
-    base = load_settings().resolved_model_path
-    bundle.embedder_version = model_version(base, "all-MiniLM-L6-v2")
-    assert bundle.embedder_name == "all-MiniLM-L6-v2"
-    assert bundle.make_embedder(base).version == bundle.embedder_version
+    s = load_settings()
+    bundle.embedder_version = embedder_version(s.base_embedder_dir, "all-MiniLM-L6-v2")
+    assert bundle.make_embedder(s).version == bundle.embedder_version
     bundle.embedder_version = "all-MiniLM-L6-v2@000000000000"
-    with pytest.raises(BundleError, match="trained with"):
-        bundle.make_embedder(base)
+    with pytest.raises(BundleError, match="trained with all-MiniLM-L6-v2@000000000000, but"):
+        bundle.make_embedder(s)
+
+
+def test_a_bundle_from_before_the_rename_loads_with_its_registry_lineage(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    import json
+
+    from semflow.models.bundle import BUNDLE_FILE, bundle_digest
+
+    bundle.registered_model, bundle.registry_version = "semflow", "7"
+    path = bundle.save(tmp_path / "b")
+    digest = bundle_digest(path)
+    manifest = json.loads((path / BUNDLE_FILE).read_text())
+    manifest["model_name"] = manifest.pop("registered_model")
+    manifest["model_version"] = manifest.pop("registry_version")
+    (path / BUNDLE_FILE).write_text(json.dumps(manifest))
+    old = Bundle.load(path)
+    assert (old.registered_model, old.registry_version) == ("semflow", "7")
+    assert bundle_digest(path) == digest  # lineage is outside the checksum, either spelling
 
 
 # -- fine-tuning on a tiny labelled set (real MiniLM, a few seconds) -----------------
@@ -355,9 +373,9 @@ _TINY = {
 
 def _separation(model_dir: Path, texts: list[str], labels: list[str]) -> float:
     """Mean same-label cosine minus mean other-label cosine."""
-    from semflow.embedding import Embedder, LRUCache
+    from semflow.embedding import Embedder
 
-    x = Embedder(model_dir, "tiny", cache=LRUCache(0)).encode(texts)
+    x = Embedder(model_dir, "tiny").encode(texts)
     sims = x @ x.T
     same = np.equal.outer(np.array(labels), np.array(labels))
     off = ~np.eye(len(labels), dtype=bool)
@@ -373,7 +391,7 @@ def test_finetune_pulls_labels_apart(loss: str, extra: dict, tmp_path: Path) -> 
 
     texts = [t for ts in _TINY.values() for t in ts]
     labels = [lab for lab, ts in _TINY.items() for _ in ts]
-    base = load_settings().resolved_model_path
+    base = load_settings().base_embedder_dir
     res = finetune(
         base, texts, labels, tmp_path / "ft", loss=loss, epochs=4, batch_size=6, lr=2e-4, **extra
     )
@@ -386,7 +404,7 @@ def test_finetune_rejects_bad_settings(tmp_path: Path) -> None:
     from semflow.config import load_settings
     from semflow.models.finetune import finetune
 
-    base = load_settings().resolved_model_path
+    base = load_settings().base_embedder_dir
     with pytest.raises(SettingsError, match=r"finetune\.loss"):
         finetune(base, ["a", "b"], ["x", "y"], tmp_path, loss="triplet")
     with pytest.raises(SettingsError, match="two or more labels"):

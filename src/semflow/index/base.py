@@ -33,6 +33,12 @@ class FilterError(SemflowError):
     """A search filter is not allowed or malformed."""
 
 
+def stored_embedder_version(meta: Mapping[str, Any]) -> str | None:
+    """A generation's embedder version from its metadata; generations written before the
+    rename carry it as `model_version`."""
+    return meta.get("embedder_version", meta.get("model_version"))
+
+
 @dataclass(frozen=True)
 class Hit:
     id: str
@@ -43,7 +49,7 @@ class Hit:
 @dataclass(frozen=True)
 class GenerationInfo:
     generation: int
-    model_version: str | None
+    embedder_version: str | None
     dimension: int
     points: int
 
@@ -94,7 +100,7 @@ class VectorIndex(ABC):
     """One open generation of the index."""
 
     generation: int
-    model_version: str | None
+    embedder_version: str | None
     dimension: int
 
     @abstractmethod
@@ -147,7 +153,7 @@ class VectorIndex(ABC):
         return len(hits)
 
     def info(self) -> GenerationInfo:
-        return GenerationInfo(self.generation, self.model_version, self.dimension, self.count())
+        return GenerationInfo(self.generation, self.embedder_version, self.dimension, self.count())
 
     def __enter__(self) -> VectorIndex:
         return self
@@ -186,21 +192,21 @@ class IndexStore(ABC):
     def open_generation(self, generation: int) -> VectorIndex:
         """Open one published generation for reading; raises if it does not exist."""
 
-    def model_version_of(self, generation: int) -> str | None:
+    def embedder_version_of(self, generation: int) -> str | None:
         """The embedder version a generation was built with."""
         with self.open_generation(generation) as idx:
-            return idx.model_version
+            return idx.embedder_version
 
-    def live_model_version(self) -> str | None:
+    def live_embedder_version(self) -> str | None:
         """Model version of the live generation, or None when nothing is published."""
         if self.live_generation() is None:
             return None
         with self.open_live() as idx:
-            return idx.model_version
+            return idx.embedder_version
 
     @abstractmethod
     def writer(
-        self, model_version: str, dimension: int, fresh: bool = False
+        self, embedder_version: str, dimension: int, fresh: bool = False
     ) -> AbstractContextManager[VectorIndex]:
         """A writable generation based on the live one (or empty if `fresh`), under `lock()`.
 

@@ -30,6 +30,7 @@ from semflow.index.base import (
     IndexStore,
     VectorIndex,
     normalize_filters,
+    stored_embedder_version,
 )
 from semflow.index.lock import file_lock
 
@@ -61,7 +62,7 @@ class EdgeIndex(VectorIndex):
     def __init__(self, path: Path, meta: dict[str, Any], shard: Any, writable: bool) -> None:
         self.path = path
         self.generation = int(meta["generation"])
-        self.model_version = meta.get("model_version")
+        self.embedder_version = stored_embedder_version(meta)
         self.dimension = int(meta["dimension"])
         self._shard = shard
         self._writable = writable
@@ -228,12 +229,12 @@ class EdgeStore(IndexStore):
         except FileNotFoundError:
             raise IndexError_(f"generation {gen} has no metadata at {path}") from None
 
-    def live_model_version(self) -> str | None:
+    def live_embedder_version(self) -> str | None:
         gen = self.live_generation()
-        return None if gen is None else self.model_version_of(gen)
+        return None if gen is None else self.embedder_version_of(gen)
 
-    def model_version_of(self, generation: int) -> str | None:
-        return self.meta(generation).get("model_version")
+    def embedder_version_of(self, generation: int) -> str | None:
+        return stored_embedder_version(self.meta(generation))
 
     # -- reading -----------------------------------------------------------
     def open_generation(self, gen: int) -> EdgeIndex:
@@ -272,7 +273,7 @@ class EdgeStore(IndexStore):
 
     @contextlib.contextmanager
     def writer(
-        self, model_version: str, dimension: int, fresh: bool = False
+        self, embedder_version: str, dimension: int, fresh: bool = False
     ) -> Iterator[EdgeIndex]:
         import qdrant_edge as q
 
@@ -282,16 +283,16 @@ class EdgeStore(IndexStore):
             base = None if fresh else live
             if base is not None:
                 base_meta = self.meta(base)
-                if base_meta.get("model_version") != model_version:
+                if stored_embedder_version(base_meta) != embedder_version:
                     raise IndexError_(
-                        f"live generation {base} was built with {base_meta.get('model_version')}, "
-                        f"not {model_version}; rebuild with a full refresh"
+                        f"live generation {base} was built with {stored_embedder_version(base_meta)}, "
+                        f"not {embedder_version}; rebuild with a full refresh"
                     )
             gen = max([*self.generations(), live or 0]) + 1
             path = self._gen_dir(gen)
             meta = {
                 "generation": gen,
-                "model_version": model_version,
+                "embedder_version": embedder_version,
                 "dimension": dimension,
                 "based_on": base,
             }

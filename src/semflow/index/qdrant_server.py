@@ -23,7 +23,14 @@ from typing import Any
 import numpy as np
 
 from semflow.errors import IndexError_
-from semflow.index.base import INDEXED_FIELDS, Hit, IndexStore, VectorIndex, normalize_filters
+from semflow.index.base import (
+    INDEXED_FIELDS,
+    Hit,
+    IndexStore,
+    VectorIndex,
+    normalize_filters,
+    stored_embedder_version,
+)
 from semflow.index.lock import file_lock, thread_lock
 
 _BATCH = 512
@@ -46,7 +53,7 @@ class ServerIndex(VectorIndex):
         self.generation = generation
         info = client.get_collection(collection)
         meta = info.config.metadata or {}
-        self.model_version = meta.get("model_version")
+        self.embedder_version = stored_embedder_version(meta)
         params = info.config.params.vectors
         self.dimension = int(params.size)
 
@@ -211,14 +218,14 @@ class ServerStore(IndexStore):
             raise IndexError_(f"no index has been published as {self.name!r}; run `semflow sync`")
         return self.open_generation(gen)
 
-    def _create(self, gen: int, model_version: str, dimension: int) -> None:
+    def _create(self, gen: int, embedder_version: str, dimension: int) -> None:
         from qdrant_client import models as m
 
         coll = self._coll(gen)
         self.client.create_collection(
             coll,
             vectors_config=m.VectorParams(size=dimension, distance=m.Distance.COSINE),
-            metadata={"model_version": model_version, "generation": gen},
+            metadata={"embedder_version": embedder_version, "generation": gen},
         )
         with contextlib.suppress(Exception):  # local mode warns that indexes are no-ops
             for f in INDEXED_FIELDS:
@@ -245,21 +252,21 @@ class ServerStore(IndexStore):
 
     @contextlib.contextmanager
     def writer(
-        self, model_version: str, dimension: int, fresh: bool = False
+        self, embedder_version: str, dimension: int, fresh: bool = False
     ) -> Iterator[ServerIndex]:
         with self.lock():
             live = self.live_generation()
             if live is not None and not fresh:
                 index = ServerIndex(self.client, self._coll(live), live)
-                if index.model_version != model_version:
+                if index.embedder_version != embedder_version:
                     raise IndexError_(
-                        f"live generation {live} was built with {index.model_version}, "
-                        f"not {model_version}; rebuild with a full refresh"
+                        f"live generation {live} was built with {index.embedder_version}, "
+                        f"not {embedder_version}; rebuild with a full refresh"
                     )
                 yield index
                 return
             gen = max([*self.generations(), live or 0]) + 1
-            self._create(gen, model_version, dimension)
+            self._create(gen, embedder_version, dimension)
             try:
                 yield ServerIndex(self.client, self._coll(gen), gen)
             except BaseException:

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from semflow.errors import SemflowError
+from semflow.config import Settings
+from semflow.errors import ModelMismatchError, SemflowError
 
 BUNDLE_FILE = "bundle.json"
 CLASSIFIER_FILE = "classifier.joblib"
@@ -29,7 +30,11 @@ UNKNOWN = "unknown"
 FORMAT_VERSION = 1
 DIGEST_KEY = "sha256"
 # Lineage that is rewritten after registration (bentos/pin_model.py) and so is not content.
-_UNHASHED_KEYS = frozenset({DIGEST_KEY, "model_name", "model_version", "alias"})
+# Where the registry put a bundle, not what it is: outside the digest. (`model_name` and
+# `model_version` are those keys' names in bundles written before the rename.)
+_UNHASHED_KEYS = frozenset(
+    {DIGEST_KEY, "registered_model", "registry_version", "model_name", "model_version", "alias"}
+)
 
 
 class BundleError(SemflowError):
@@ -89,8 +94,8 @@ class Bundle:
     threshold: float
     ranker_weights: dict[str, float]
     classifier: Any = None
-    model_name: str = "semflow"
-    model_version: str | None = None
+    registered_model: str | None = None
+    registry_version: str | None = None
     alias: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -102,29 +107,24 @@ class Bundle:
             if classes and classes != list(self.labels):
                 raise BundleError("bundle labels do not match the classifier's classes")
 
-    @property
-    def embedder_name(self) -> str:
-        """The model name part of `embedder_version` (what `Embedder(name=...)` needs)."""
-        return self.embedder_version.rsplit("@", 1)[0]
+    def make_embedder(
+        self, settings: Settings, cache: Any | None = None, batch_size: int | None = None
+    ) -> Any:
+        """An Embedder whose `.version` is `embedder_version` (BundleError when the weights
+        found are another model's); the configured base model when not fine-tuned."""
+        from semflow.embedding import resolve_embedder
 
-    def make_embedder(self, base_model_dir: Path | None = None, **kwargs: Any) -> Any:
-        """An Embedder whose `.version` equals `embedder_version` (base model when not fine-tuned)."""
-        from semflow.embedding import Embedder
-
-        model_dir = self.embedder_dir
-        if model_dir is None:
-            if base_model_dir is None:
-                from semflow.config import get_settings
-
-                base_model_dir = get_settings().resolved_model_path
-            model_dir = base_model_dir
-        emb = Embedder(model_dir, self.embedder_name, **kwargs)
-        if emb.version != self.embedder_version:
-            raise BundleError(
-                f"the embedder in {model_dir} is {emb.version}, but the bundle was trained with "
-                f"{self.embedder_version}"
+        try:
+            return resolve_embedder(
+                settings,
+                self.embedder_version,
+                model_dir=self.embedder_dir,
+                required_by="the bundle was trained with",
+                batch_size=batch_size,
+                cache=cache,
             )
-        return emb
+        except ModelMismatchError as err:
+            raise BundleError(str(err)) from None
 
     # -- inference ---------------------------------------------------------------
     def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
@@ -169,8 +169,8 @@ class Bundle:
             "labels": list(self.labels),
             "threshold": float(self.threshold),
             "ranker_weights": {k: float(v) for k, v in self.ranker_weights.items()},
-            "model_name": self.model_name,
-            "model_version": self.model_version,
+            "registered_model": self.registered_model,
+            "registry_version": self.registry_version,
             "alias": self.alias,
             "tags": dict(self.tags),
         }
@@ -229,8 +229,8 @@ class Bundle:
             threshold=float(m["threshold"]),
             ranker_weights=dict(m.get("ranker_weights") or {}),
             classifier=classifier,
-            model_name=m.get("model_name", "semflow"),
-            model_version=m.get("model_version"),
+            registered_model=m.get("registered_model", m.get("model_name")),
+            registry_version=m.get("registry_version", m.get("model_version")),
             alias=m.get("alias"),
             tags=dict(m.get("tags") or {}),
         )

@@ -36,11 +36,8 @@ class SemflowPyfunc(_Base):
     """Pyfunc view of a bundle: DataFrame with `text` -> label, score."""
 
     def load_context(self, context: Any) -> None:
-        from semflow.embedding import Embedder
-
         self.bundle = Bundle.load(context.artifacts["bundle"])
-        model_dir = self.bundle.embedder_dir or get_settings().resolved_model_path
-        self.embedder = Embedder(model_dir)
+        self.embedder = self.bundle.make_embedder(get_settings())
 
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         # No type hints here: MLflow would try to derive a signature from them.
@@ -170,7 +167,7 @@ def load_version(
     """Download (once), verify and load the bundle of a registered model version."""
     # download_bundle has just checked it against the registry's tag, the authority here.
     bundle = Bundle.load(download_bundle(tracking_uri, name, version, dst), verify=False)
-    bundle.model_name, bundle.model_version, bundle.alias = name, str(version), alias
+    bundle.registered_model, bundle.registry_version, bundle.alias = name, str(version), alias
     return bundle
 
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from semflow.config import Settings, get_settings, mask_text
-from semflow.embedding import Embedder, LRUCache, RedisCache
+from semflow.app import Services
+from semflow.cache import RedisCache
+from semflow.config import Settings, mask_text
 from semflow.errors import ModelMismatchError
 from semflow.models.ranker import score_candidates, validate_weights
 from semflow.serving.auth import Principal
@@ -36,14 +37,6 @@ from semflow.serving.watcher import IndexWatcher
 log = logging.getLogger(__name__)
 HEALTH_TTL_S = 1.0
 NO_CLASSIFIER = "no classifier registered: register and promote a model to serve classify/rank"
-
-
-def make_cache(settings: Settings) -> LRUCache | RedisCache:
-    """Redis (in front of the in-process LRU) when SEMFLOW_REDIS_URL is set, else the LRU."""
-    local = LRUCache(settings.cache_size)
-    if settings.redis_url:
-        return RedisCache(settings.redis_url, settings.cache_ttl_s, local)
-    return local
 
 
 def load_bundle(settings: Settings, pinned: Path | None = None) -> tuple[Any, str | None]:
@@ -70,21 +63,17 @@ def load_bundle(settings: Settings, pinned: Path | None = None) -> tuple[Any, st
 
 class Engine:
     def __init__(
-        self, settings: Settings | None = None, watch: bool = True, pinned: Path | None = None
+        self, services: Services | None = None, watch: bool = True, pinned: Path | None = None
     ) -> None:
-        self.settings = s = settings or get_settings()
+        self.services = services or Services.from_settings()
+        self.settings = s = self.services.settings
         self.default_weights = validate_weights(s.rank_weights)
-        self.cache = make_cache(s)
+        self.cache = self.services.cache
         self.bundle, self.bundle_error = load_bundle(s, pinned)
         if self.bundle is not None:
-            self.embedder = self.bundle.make_embedder(
-                s.resolved_model_path,
-                device=s.device,
-                batch_size=s.embed_batch_size,
-                cache=self.cache,
-            )
+            self.embedder = self.bundle.make_embedder(s, cache=self.cache)
         else:
-            self.embedder = Embedder.for_index(s, cache=self.cache)
+            self.embedder = self.services.embedder(cache=self.cache)
         self.embedder.encode(["warm up"])  # load weights now, not on the first request
         self.dimension = self.embedder.dimension
         seq = self.embedder.max_seq_length
@@ -100,7 +89,7 @@ class Engine:
         self._health: tuple[float, dict[str, Any]] | None = None
         self.watcher = (
             IndexWatcher(
-                s,
+                self.services.store,
                 self.embedder.version,
                 poll_s=s.index_poll_s,
                 warm_queries=s.index_warm_queries,
@@ -145,7 +134,7 @@ class Engine:
             return idx
         if w is not None and w.live is not None:
             raise ModelMismatchError(
-                f"index generation {w.live} was built with {w.live_model_version}, and no "
+                f"index generation {w.live} was built with {w.live_embedder_version}, and no "
                 f"published generation was built with this server's embedder "
                 f"{self.embedder.version}; serve the model that built the index, or rebuild it "
                 "(`semflow model rollback` realigns both)"
@@ -270,7 +259,7 @@ class Engine:
         b = self.bundle
         if b is None:
             return self.embedder.version
-        return f"{b.model_name}/{b.model_version}"
+        return f"{b.registered_model}/{b.registry_version}"
 
     def labels(self) -> dict[str, Any]:
         b = self._bundle()
@@ -280,14 +269,14 @@ class Engine:
         b = self.bundle
         idx = self.watcher.current if self.watcher else None
         return {
-            "name": b.model_name if b else None,
-            "version": b.model_version if b else None,
+            "name": b.registered_model if b else None,
+            "version": b.registry_version if b else None,
             "alias": b.alias if b else None,
             "embedder": self.embedder.version,
             "dimension": self.dimension,
             "device": self.settings.device,
             "index_generation": idx.generation if idx else None,
-            "index_model_version": idx.model_version if idx else None,
+            "index_embedder_version": idx.embedder_version if idx else None,
             "index_live_generation": self.watcher.live if self.watcher else None,
             "index_behind_live": self.watcher.behind if self.watcher else False,
             "points": self.watcher.points if (self.watcher and idx) else 0,
@@ -307,7 +296,7 @@ class Engine:
                 "status": "behind",
                 "generation": idx.generation,
                 "live": w.live,
-                "detail": f"the live generation was built with {w.live_model_version}",
+                "detail": f"the live generation was built with {w.live_embedder_version}",
             }
         return {"status": "ok", "generation": idx.generation}
 
@@ -326,7 +315,7 @@ class Engine:
         if self.bundle is None:
             deps["classifier"] = {"status": "missing", "detail": self.bundle_error or NO_CLASSIFIER}
         else:
-            deps["classifier"] = {"status": "ok", "version": self.bundle.model_version}
+            deps["classifier"] = {"status": "ok", "version": self.bundle.registry_version}
         deps["index"] = self._index_health()
         deps["cache"] = (
             self.cache.status()

@@ -6,7 +6,7 @@ is closed only after a grace period, so searches in flight never see a closed in
 first user searches on a new generation do not pay its cold start.
 
 The watcher serves the newest published generation (up to the live one) that was built with
-the server's own embedder (`model_version`): after a promotion re-indexed with a new
+the server's own embedder (`embedder_version`): after a promotion re-indexed with a new
 embedder, a server still running the old model keeps answering from the last generation
 its queries fit, and `behind` says so, instead of refusing every search.
 """
@@ -16,9 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
-from semflow.index import open_store
 from semflow.index.base import IndexStore, VectorIndex
 
 log = logging.getLogger(__name__)
@@ -27,19 +25,18 @@ log = logging.getLogger(__name__)
 class IndexWatcher:
     def __init__(
         self,
-        settings: Any,
-        model_version: str | None = None,
+        store: IndexStore,
+        embedder_version: str | None = None,
         poll_s: float = 1.0,
         grace_s: float = 10.0,
         warm_queries: int = 0,
     ) -> None:
-        self.settings = settings
-        self.model_version = model_version
+        self.embedder_version = embedder_version
         self.poll_s = poll_s
         self.grace_s = grace_s
         self.warm_queries = warm_queries
         self.warmed = 0  # warm-up searches run on the generation being served
-        self.store: IndexStore = open_store(settings)
+        self.store = store
         self._current: VectorIndex | None = None
         self._points: int = 0
         self._retiring: list[tuple[float, VectorIndex]] = []
@@ -47,7 +44,7 @@ class IndexWatcher:
         self._stop = threading.Event()
         self.last_error: str | None = None
         self.live: int | None = None  # the store's live generation at the last poll
-        self.live_model_version: str | None = None
+        self.live_embedder_version: str | None = None
         self._versions: dict[int, str | None] = {}
         self.refresh()
         self._thread = threading.Thread(target=self._loop, name="semflow-index-watch", daemon=True)
@@ -71,7 +68,7 @@ class IndexWatcher:
         # A published generation's embedder never changes: read it once, not every poll
         # (a server that is behind live would otherwise re-read every generation's metadata).
         if gen not in self._versions:
-            self._versions[gen] = self.store.model_version_of(gen)
+            self._versions[gen] = self.store.embedder_version_of(gen)
         return self._versions[gen]
 
     def _target(self, live: int) -> int | None:
@@ -82,8 +79,8 @@ class IndexWatcher:
                 return gen
             version = self._version_of(gen)
             if gen == live:
-                self.live_model_version = version
-            if self.model_version is None or version in (None, self.model_version):
+                self.live_embedder_version = version
+            if self.embedder_version is None or version in (None, self.embedder_version):
                 return gen
         return None
 
@@ -94,7 +91,9 @@ class IndexWatcher:
             cur = self._current
             if live is None or (cur is not None and cur.generation == live):
                 self.live = live
-                self.live_model_version = cur.model_version if live is not None and cur else None
+                self.live_embedder_version = (
+                    cur.embedder_version if live is not None and cur else None
+                )
                 return False
             target = self._target(live)
             self.live = live

@@ -84,9 +84,9 @@ def _apply_locked(
     full = plan.mode == "full"
     changed = catalog.changed_since(plan.source, plan.since_run)
     stale: list[str] = []
-    model_version, dimension, outdated = _target_model(plan, store, dimension)
+    embedder_version, dimension, outdated = _target_model(plan, store, dimension)
     with contextlib.ExitStack() as stack:
-        idx = stack.enter_context(store.writer(model_version, dimension, fresh=full))
+        idx = stack.enter_context(store.writer(embedder_version, dimension, fresh=full))
         generation = idx.generation
         # What the index already holds: the writer's copy of the live generation, or for a
         # fresh build the live generation itself (closed before the writer publishes).
@@ -95,12 +95,12 @@ def _apply_locked(
             ref = (
                 None if store.live_generation() is None else stack.enter_context(store.open_live())
             )
-        outdated_by = model_version if outdated else None
+        outdated_by = embedder_version if outdated else None
         rows = _upsert_partitions(
             plan, catalog, idx, ref, vectors, outdated_by, run_id, stale, counts
         )
         tombstones = _delete_tombstones(plan, catalog, idx, ref, stale)
-        rows += [row(d, DELETED, plan.model_version, generation, run_id) for d in tombstones]
+        rows += [row(d, DELETED, plan.embedder_version, generation, run_id) for d in tombstones]
 
         orphans: list[str] = []
         if plan.reconcile:
@@ -160,9 +160,9 @@ def _target_model(plan: SyncPlan, store: IndexStore, dimension: int) -> tuple[st
     """
     if plan.mode != "full" and store.live_generation() is not None:
         with store.open_live() as live:
-            if live.model_version is not None and live.model_version != plan.model_version:
-                return live.model_version, live.dimension, True
-    return plan.model_version, dimension, False
+            if live.embedder_version is not None and live.embedder_version != plan.embedder_version:
+                return live.embedder_version, live.dimension, True
+    return plan.embedder_version, dimension, False
 
 
 def _upsert_partitions(
@@ -204,11 +204,11 @@ def _upsert_partitions(
         for i in keep:
             d = docs[i]
             doc = Document.from_json({**d, "text": d["index_text"]})
-            payload = doc.payload(plan.model_version, truncated=d["truncated"])
+            payload = doc.payload(plan.embedder_version, truncated=d["truncated"])
             payload["content_hash"] = Document.from_json(d).content_hash
             ids.append(doc.point_id)
             payloads.append(payload)
-            r = row(Document.from_json(d), INDEXED, plan.model_version, idx.generation, run_id)
+            r = row(Document.from_json(d), INDEXED, plan.embedder_version, idx.generation, run_id)
             r.update(content_hash=payload["content_hash"], truncated=bool(d["truncated"]))
             rows.append(r)
         idx.upsert(ids, vecs[keep], payloads)

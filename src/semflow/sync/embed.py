@@ -13,14 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from semflow.embedding import Embedder
-from semflow.errors import SemflowError
+from semflow.embedding import Embedder, check_embedder
 from semflow.sync.plan import SyncPlan, read_lines
 
 
 def vectors_path(plan: SyncPlan, rows: list[dict[str, Any]]) -> Path:
     """Where the vectors of a partition's `rows` are (or will be) stored."""
-    h = hashlib.sha256(plan.model_version.encode())
+    h = hashlib.sha256(plan.embedder_version.encode())
     for r in rows:
         h.update(r["index_text"].encode("utf-8"))
         h.update(b"\0")
@@ -31,10 +30,7 @@ def vectors_path(plan: SyncPlan, rows: list[dict[str, Any]]) -> Path:
 
 def embed_partition(plan: SyncPlan, part: str, embedder: Embedder) -> str:
     """Embed one partition; reuses a finished result (a retried or resumed run)."""
-    if embedder.version != plan.model_version:
-        raise SemflowError(
-            f"plan was made for {plan.model_version} but the embedder is {embedder.version}"
-        )
+    check_embedder(embedder.version, plan.embedder_version, "the plan was made for")
     rows = read_lines(Path(part))
     out = vectors_path(plan, rows)
     if out.exists():

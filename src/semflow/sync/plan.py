@@ -36,7 +36,7 @@ class SyncPlan:
 
     source: str
     plan_dir: str
-    model_version: str
+    embedder_version: str
     window: tuple[str | None, str | None]
     mode: str  # "incremental" or "full"
     reconcile: bool
@@ -109,7 +109,7 @@ def plan_sync(
     *,
     catalog: Catalog,
     store: IndexStore,
-    model_version: str,
+    embedder_version: str,
     window: Window = (None, None),
     full_refresh: bool = False,
     reconcile: bool = False,
@@ -118,12 +118,12 @@ def plan_sync(
     """Extract the window (reading the whole source first, so a down source fails here)."""
     s = settings or get_settings()
     since_run = catalog.last_run_id()  # before reading the source: later runs may be newer
-    live_version = store.live_model_version()
-    if live_version is not None and live_version != model_version and not full_refresh:
+    live_version = store.live_embedder_version()
+    if live_version is not None and live_version != embedder_version and not full_refresh:
         log.warning(
             "live index was built with %s, the embedder is %s: rebuilding with a full refresh",
             live_version,
-            model_version,
+            embedder_version,
         )
         full_refresh = True
     if live_version is None:
@@ -156,7 +156,7 @@ def plan_sync(
             and st is not None
             and st.status == INDEXED
             and st.content_hash == doc.content_hash
-            and st.model_version == model_version
+            and st.embedder_version == embedder_version
         ):
             skipped += 1
             continue
@@ -184,7 +184,7 @@ def plan_sync(
     plan = SyncPlan(
         source=source.name,
         plan_dir=str(plan_dir),
-        model_version=model_version,
+        embedder_version=embedder_version,
         window=(_iso(start), _iso(end)),
         mode="full" if full_refresh else "incremental",
         reconcile=live_ids is not None,

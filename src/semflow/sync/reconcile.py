@@ -75,11 +75,11 @@ def outdated_rows(
             "built with %s (re-indexed meanwhile): recorded as dead letters for the next run",
             len(docs),
             plan.source,
-            plan.model_version,
+            plan.embedder_version,
             live_version,
         )
     error = (
-        f"embedded with {plan.model_version}, but the index was re-indexed with "
+        f"embedded with {plan.embedder_version}, but the index was re-indexed with "
         f"{live_version} before this sync applied; embedded again by the next run"
     )
     rows = []
@@ -124,7 +124,7 @@ def carry_over(
     if ref is None or not wanted:
         return 0
     hits = ref.retrieve([point_id(plan.source, i) for i in sorted(wanted)], with_vectors=True)
-    if ref.model_version == plan.model_version:
+    if ref.embedder_version == plan.embedder_version:
         vecs = np.asarray([h.payload.pop("_vector") for h in hits], dtype=np.float32)
         idx.upsert([h.id for h in hits], vecs.reshape(len(hits), -1), [h.payload for h in hits])
         return len(hits)

@@ -50,14 +50,14 @@ def key(source: str, doc_id: str) -> dict[str, Any]:
 
 
 def row(
-    doc: Document, status: str, model_version: str, generation: int | None, run_id: int
+    doc: Document, status: str, embedder_version: str, generation: int | None, run_id: int
 ) -> dict[str, Any]:
     """A document indexed (or deleted) by this run."""
     return {
         **key(doc.source, doc.doc_id),
         "tenant": doc.tenant,
         "content_hash": doc.content_hash,
-        "model_version": model_version,
+        "embedder_version": embedder_version,
         "generation": generation,
         "status": status,
         "attempts": 0,
@@ -89,7 +89,7 @@ def dead_letter(
         **key(source, doc_id),
         "tenant": tenant,
         "content_hash": content_hash,
-        "model_version": None,
+        "embedder_version": None,
         "generation": generation,
         "status": FAILED,
         "attempts": attempts,

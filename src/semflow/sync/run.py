@@ -6,10 +6,7 @@ import json
 import logging
 import time
 
-from semflow.catalog import Catalog
-from semflow.config import Settings, get_settings
-from semflow.embedding import Embedder
-from semflow.index import IndexStore, open_store
+from semflow.app import Services
 from semflow.sources.base import Source
 from semflow.sync.apply import SyncResult, apply_sync
 from semflow.sync.embed import embed_partition
@@ -20,30 +17,27 @@ log = logging.getLogger("semflow.sync")
 
 def run_sync(
     source: Source,
+    services: Services | None = None,
     *,
-    settings: Settings | None = None,
-    embedder: Embedder | None = None,
-    catalog: Catalog | None = None,
-    store: IndexStore | None = None,
     window: Window = (None, None),
     full_refresh: bool = False,
     reconcile: bool = False,
 ) -> SyncResult:
-    """Plan, embed every partition, apply. What `semflow sync` runs."""
-    s = settings or get_settings()
-    catalog = catalog or Catalog(s.catalog_database_url)
-    store = store or open_store(s)
-    embedder = embedder or Embedder.for_index(s, store.live_model_version())
+    """Plan, embed every partition, apply, with the embedder of the live generation. What
+    `semflow sync` runs."""
+    svc = services or Services.from_settings()
+    catalog, store = svc.catalog, svc.store
+    embedder = svc.embedder()
     t0 = time.perf_counter()
     plan = plan_sync(
         source,
         catalog=catalog,
         store=store,
-        model_version=embedder.version,
+        embedder_version=embedder.version,
         window=window,
         full_refresh=full_refresh,
         reconcile=reconcile,
-        settings=s,
+        settings=svc.settings,
     )
     vectors = []
     for k, part in enumerate(plan.partitions):

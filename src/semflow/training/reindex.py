@@ -27,13 +27,6 @@ class RollbackError(SemflowError):
     """A rollback could not realign the index; the sentence says where the alias stands."""
 
 
-def _bundle_embedder(bundle: Any, settings: Settings) -> Any:
-    from semflow.embedding import Embedder
-
-    name = bundle.embedder_version.rsplit("@", 1)[0]
-    return Embedder(bundle.embedder_dir or settings.resolved_model_path, name, batch_size=128)
-
-
 def golden_ndcg(
     index: Any, embedder: Any, queries: pd.DataFrame, tenant: str, k: int = 10
 ) -> float:
@@ -72,15 +65,15 @@ def reindex_if_changed(
     queries only skip the scoring.
     """
     from semflow import registry
-    from semflow.index import open_store
+    from semflow.app import Services
 
     s = settings or get_settings()
     name = name or s.registered_model
     champ = bundle if bundle is not None else registry.load_champion(s.tracking_uri, name)
     if champ is None:
         return {"reindexed": False, "reason": "no champion registered"}
-    store = open_store(s)
-    live_version = store.live_model_version()
+    store = Services.from_settings(s).store
+    live_version = store.live_embedder_version()
     if live_version is None:
         return {"reindexed": False, "reason": "no live index generation"}
     if live_version == champ.embedder_version:
@@ -94,16 +87,18 @@ def reindex_if_changed(
             log.warning("rebuilding the index without golden-query scores: %s", err)
     if golden is not None:
         golden = golden.head(max_golden)
-    new_emb = _bundle_embedder(champ, s)
-    from semflow.embedding import Embedder
+    new_emb = champ.make_embedder(s, batch_size=128)
+    from semflow.embedding import resolve_embedder
 
-    base = Embedder(s.resolved_model_path, s.model_name)
+    base = resolve_embedder(s)
     old_emb = base if base.version == live_version else None
     if old_emb is None and golden is not None:
         # The live generation was built by an earlier fine-tuned bundle: find it to score it.
         prev = registry.version_with_embedder(s.tracking_uri, live_version, name)
         if prev is not None:
-            old_emb = _bundle_embedder(registry.load_version(s.tracking_uri, name, prev), s)
+            old_emb = registry.load_version(s.tracking_uri, name, prev).make_embedder(
+                s, batch_size=128
+            )
     with store.open_live() as live:
         old_gen = live.generation
         old_score = (
@@ -142,7 +137,7 @@ def reindex_if_changed(
         "reindexed": True,
         "old_generation": old_gen,
         "generation": store.live_generation(),
-        "model_version": new_emb.version,
+        "embedder_version": new_emb.version,
         "golden_ndcg": scores.get("new"),
         "old_golden_ndcg": old_score,
         "gated": gate,
@@ -166,7 +161,7 @@ def rollback_champion(
     changed, and the RollbackError says so.
     """
     from semflow import registry
-    from semflow.index import open_store
+    from semflow.app import Services
 
     s = settings or get_settings()
     name = s.registered_model
@@ -178,10 +173,10 @@ def rollback_champion(
     versions = registry.list_versions(s.tracking_uri, name)
     champion = next((v["version"] for v in versions if registry.CHAMPION in v["aliases"]), None)
     alias_state = f"the champion is still v{champion}" if champion else "no champion is set"
-    store = open_store(s)
+    store = Services.from_settings(s).store
     live = store.live_generation()
     index_state = (
-        f"generation {live} (built with {store.live_model_version()}) stays live"
+        f"generation {live} (built with {store.live_embedder_version()}) stays live"
         if live is not None
         else "the index is unchanged"
     )
@@ -238,7 +233,7 @@ def rebuild_generation(
                 w.upsert(
                     chunk,
                     np.stack([vectors[pid] for pid in chunk]),
-                    [{**now[pid], "model_version": embedder.version} for pid in chunk],
+                    [{**now[pid], "embedder_version": embedder.version} for pid in chunk],
                 )
             if check is not None:
                 check(w)
@@ -266,7 +261,7 @@ _PAYLOAD_FIELDS = (
     "metadata",
     "updated_at",
     "content_hash",
-    "model_version",
+    "embedder_version",
     "truncated",
 )
 

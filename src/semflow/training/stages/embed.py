@@ -14,14 +14,17 @@ from semflow.training.params import PipelineParams
 
 def embedder_for(paths: Paths, settings: Settings | None = None) -> Any:
     """The pipeline's embedder: the fine-tuned model when there is one, else the base."""
-    from semflow.embedding import Embedder, LRUCache
+    from semflow.embedding import FINETUNED_SUFFIX, resolve_embedder
 
     s = settings or get_settings()
     meta_path = paths.embedder / "embedder.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"finetuned": False}
     if meta.get("finetuned"):
-        return Embedder(paths.embedder / "model", f"{s.model_name}-semflow-ft", batch_size=128)
-    return Embedder(s.resolved_model_path, s.model_name, batch_size=128, cache=LRUCache(0))
+        tuned = paths.embedder / "model"
+        return resolve_embedder(
+            s, model_dir=tuned, name=s.embedder_name + FINETUNED_SUFFIX, batch_size=128
+        )
+    return resolve_embedder(s, batch_size=128)
 
 
 def embed(paths: Paths, params: PipelineParams, settings: Settings | None = None) -> dict[str, Any]:

@@ -25,14 +25,14 @@ def finetune(
     out.mkdir(parents=True)
     p = params.finetune
     if not p.enabled:
-        info = {"finetuned": False, "base_model": s.model_name}
+        info = {"finetuned": False, "base_model": s.embedder_name}
         write_json(out / "embedder.json", info)
         return info
     from semflow.models.finetune import finetune as run_finetune
 
     train = read_split(paths, "train")
     res = run_finetune(
-        s.resolved_model_path,
+        s.base_embedder_dir,
         train["text"].tolist(),
         train["label"].tolist(),
         out / "model",

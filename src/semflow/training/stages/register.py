@@ -36,7 +36,7 @@ def build_bundle(paths: Paths, settings: Settings | None = None) -> Path:
         threshold=float(info["threshold"]),
         ranker_weights=weights,
         classifier=clf,
-        model_name=s.registered_model,
+        registered_model=s.registered_model,
         tags={"embedder_finetuned": str(bool(meta.get("finetuned")))},
     )
     if paths.bundle.exists():

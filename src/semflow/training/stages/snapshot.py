@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from semflow.config import Settings, get_settings
+from semflow.config import Settings
 from semflow.errors import SemflowError
 from semflow.training.common import COLUMNS, Paths, log, sample_frame, write_json
 from semflow.training.params import PipelineParams
@@ -19,10 +19,10 @@ def snapshot(
     source: Any | None = None,
 ) -> dict[str, Any]:
     """Export labelled documents from the live index; sync the sample first on a fresh clone."""
-    from semflow.index import open_store
+    from semflow.app import Services
 
-    s = settings or get_settings()
-    store = open_store(s)
+    svc = Services.from_settings(settings)
+    store = svc.store
     if store.live_generation() is None:
         if not params.snapshot.sync_if_empty:
             raise SemflowError("the index has no live generation; run a sync first")
@@ -30,9 +30,7 @@ def snapshot(
         from semflow.sync import run_sync
 
         log.info("no index yet: syncing the sample first")
-        run_sync(
-            source or banking77_source("train", tenant=params.base.tenant), settings=s, store=store
-        )
+        run_sync(source or banking77_source("train", tenant=params.base.tenant), svc)
     rows = []
     with store.open_live() as index:
         for _, p in index.iter_payloads(fields=params.snapshot.fields):
