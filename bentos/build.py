@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from semflow.config import REPO_ROOT
-from semflow.registry import RegistryError
+from semflow.config import REPO_ROOT, get_settings
+from semflow.registry import RegistryError, set_version_tags
 
 
 def build_bento(version: str, repo: Path = REPO_ROOT, timeout_s: float = 900) -> dict[str, Any]:
@@ -47,4 +47,6 @@ def build_bento(version: str, repo: Path = REPO_ROOT, timeout_s: float = 900) ->
     model_tag = (pinned or "").strip().splitlines()[-1]
     build = [cli, "build", "-f", str(bentofile), "--version", f"v{version}"]
     run([*build, "--arg", f"model_tag={model_tag}", str(repo)], "bentoml build")
+    s = get_settings()
+    set_version_tags(s.tracking_uri, s.registered_model, version, {"lineage.bento_tag": tag})
     return {"built": True, "tag": tag, "model_tag": model_tag}

@@ -15,7 +15,7 @@ import bentoml
 
 from semflow.config import get_settings
 from semflow.models.bundle import BUNDLE_FILE
-from semflow.registry import download_bundle
+from semflow.registry import download_bundle, lineage_of
 
 STORE_NAME = "semflow-bundle"
 
@@ -38,7 +38,9 @@ def pin(version: str) -> str:
         shutil.copytree(src, model.path, dirs_exist_ok=True)
         manifest = Path(model.path) / BUNDLE_FILE
         meta = json.loads(manifest.read_text())
-        meta.update(registered_model=name, registry_version=str(version))  # lineage travels along
+        # Which version it is and what it was trained from travel along (outside the digest).
+        lineage = {**lineage_of(s.tracking_uri, name, version), "bento_tag": f"semflow:v{version}"}
+        meta.update(registered_model=name, registry_version=str(version), lineage=lineage)
         manifest.write_text(json.dumps(meta, indent=2, sort_keys=True))
     return tag
 

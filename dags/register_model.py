@@ -51,10 +51,10 @@ def register_model():
         from airflow.sdk.exceptions import AirflowFailException
 
         from semflow.errors import SettingsError
-        from semflow.training import dag_stage
+        from semflow.training.workspace import Workspace, dag_stage
 
         try:
-            return dag_stage(
+            gate = dag_stage(
                 "register",
                 params["overrides"],
                 force=params["force"],
@@ -64,6 +64,10 @@ def register_model():
         except SettingsError as err:
             # Bad or gate-weakening overrides do not change on retry: fail now.
             raise AirflowFailException(str(err)) from err
+        # The data every registered version was trained on goes to the DVC remote (a
+        # retry pushes what a failed push left behind).
+        Workspace.for_home().push()
+        return gate
 
     @task
     def bento(gate: dict, params=None) -> dict:
@@ -71,7 +75,7 @@ def register_model():
 
         from bentos.build import build_bento
 
-        if not (params["build_bento"] and gate["promoted"]):
+        if not (params["build_bento"] and gate.get("promoted")):
             raise AirflowSkipException("no promotion or bento build turned off")
         result = build_bento(gate["version"])
         if not result["built"]:
@@ -84,9 +88,9 @@ def register_model():
 
         from semflow.training import dag_reindex
 
-        if not (params["reindex"] and gate["promoted"]):
+        if not (params["reindex"] and gate.get("promoted")):
             raise AirflowSkipException("no promotion or reindex turned off")
-        return dag_reindex(params["overrides"])
+        return dag_reindex(params["overrides"], version=gate["version"])
 
     gate = register()
     bento(gate)

@@ -1,12 +1,13 @@
 """
 ### Train the models
 
-Runs on `semflow://validated-snapshot` (or by hand). The DVC pipeline's stages as tasks:
-prepare -> fine-tune embedder -> embed -> classifier -> ranker -> evaluate, writing under
-`$SEMFLOW_HOME/pipeline` and logging one MLflow run tree. Params choose the models: the
-fine-tune and the ranker are optional, and a failed ranker does not stop evaluation
-(continue-on-error: the bundle falls back to cosine-only ranking). Emits
-`semflow://candidate-model` for `register_model`.
+Runs on `semflow://validated-snapshot` (or by hand). The DVC pipeline's stages, one task each,
+run by DVC itself in the workspace `$SEMFLOW_HOME/pipeline`: prepare -> fine-tune embedder ->
+embed -> classifier -> ranker -> evaluate. A stage whose data, params and code did not change
+since it last ran is not run again (`"ran": false` in its result), so the same snapshot twice
+trains nothing the second time. `finetune` and `train_ranker` turn those models off
+(params `finetune.enabled`, `ranker.enabled`: cosine-only ranking). Each task's log has its
+stage's output. Emits `semflow://candidate-model` for `register_model`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ CANDIDATE = Asset("semflow://candidate-model")
 
 
 def _overrides(params: dict) -> dict:
-    return {**params["overrides"], "finetune.enabled": params["finetune"]}
+    return {
+        **params["overrides"],
+        "finetune.enabled": params["finetune"],
+        "ranker.enabled": params["train_ranker"],
+    }
 
 
 @dag(
@@ -35,48 +40,46 @@ def _overrides(params: dict) -> dict:
     doc_md=__doc__,
     params={
         "finetune": Param(True, type="boolean", description="Fine-tune the embedder"),
-        "train_ranker": Param(True, type="boolean", description="Learn ranker weights"),
+        "train_ranker": Param(
+            True, type="boolean", description="Learn ranker weights (off: cosine-only)"
+        ),
         "overrides": Param({}, type="object", description="params.yaml overrides, dotted keys"),
     },
 )
 def train_models():
     @task
     def prepare(params=None) -> dict:
-        from semflow.training import dag_stage
+        from semflow.training.workspace import dag_stage
 
         return dag_stage("prepare", _overrides(params))
 
     @task
     def finetune(_: dict, params=None) -> dict:
-        from semflow.training import dag_stage
+        from semflow.training.workspace import dag_stage
 
         return dag_stage("finetune", _overrides(params))
 
     @task
     def embed(_: dict, params=None) -> dict:
-        from semflow.training import dag_stage
+        from semflow.training.workspace import dag_stage
 
         return dag_stage("embed", _overrides(params))
 
     @task
     def classifier(_: dict, params=None) -> dict:
-        from semflow.training import dag_stage
+        from semflow.training.workspace import dag_stage
 
         return dag_stage("classifier", _overrides(params))
 
     @task
     def ranker(_: dict, params=None) -> dict:
-        from airflow.sdk.exceptions import AirflowSkipException
+        from semflow.training.workspace import dag_stage
 
-        from semflow.training import dag_stage
-
-        if not params["train_ranker"]:
-            raise AirflowSkipException("train_ranker is off: cosine-only ranking")
         return dag_stage("ranker", _overrides(params))
 
-    @task(outlets=[CANDIDATE], trigger_rule="all_done")
+    @task(outlets=[CANDIDATE])
     def evaluate(clf: dict, params=None) -> dict:
-        from semflow.training import dag_stage
+        from semflow.training.workspace import dag_stage
 
         return dag_stage("evaluate", _overrides(params))
 

@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -158,6 +159,26 @@ def model_rollback(
     from semflow.training.reindex import rollback_champion
 
     _echo(rollback_champion(to, reindex=not no_reindex))
+
+
+@model_app.command("reproduce")
+def model_reproduce(
+    version: Annotated[str, typer.Argument(help="The registered version to reproduce.")],
+    tolerance: Annotated[float, typer.Option(min=0.0, help="Largest metric difference.")] = 0.005,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Keep the scratch workspace here (default: a temp dir).")
+    ] = None,
+) -> None:
+    """Fetch a version's data (DVC remote) and params (MLflow), run validate..evaluate again
+    in a scratch workspace and compare the metrics; exit 1 when one is off by > TOLERANCE."""
+    if not version.isdigit():
+        raise SettingsError(f"VERSION must be a version number, got {version!r}")
+    from semflow.training.reproduce import reproduce
+
+    out = reproduce(version, tolerance=tolerance, workdir=workdir)
+    _echo(out)
+    if not out["reproduced"]:
+        raise typer.Exit(1)
 
 
 @keys_app.command("new")

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         default=None, description="S3 endpoint for MinIO or another S3-compatible store."
     )
+    # The DVC remote the Airflow-run pipeline pushes its data to (semflow.training.workspace).
+    dvc_remote_url: str | None = Field(
+        default=None, description="A path or s3://bucket/prefix; default <home>/dvc-remote."
+    )
     # Serving (semflow.serving, bentos/service.py).
     api_keys: list[str] = Field(
         default_factory=list,
@@ -113,6 +117,10 @@ class Settings(BaseSettings):
     @property
     def catalog_database_url(self) -> str:
         return self.catalog_url or f"sqlite:///{self.home / 'semflow.db'}"
+
+    @property
+    def dvc_remote(self) -> str:
+        return self.dvc_remote_url or str(self.home / "dvc-remote")
 
     @property
     def tracking_uri(self) -> str:

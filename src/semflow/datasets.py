@@ -44,7 +44,7 @@ CANDIDATE_COLUMNS = [
     "text",
     "label",
     "score",
-    "model_version",
+    "model",
     "low_confidence",
 ]
 
@@ -126,7 +126,7 @@ def collect_candidates(
             "text": p.text,
             "label": p.label,
             "score": float(p.score),
-            "model_version": p.model_version,
+            "model": p.model,
             "low_confidence": float(p.score) < low_confidence,
         }
         for p in read_day(s.home, d)
@@ -148,7 +148,7 @@ def collect_candidates(
         "low_confidence": len(low),
         "counts_per_label": dict(sorted(Counter(df["label"]).items())),
         "low_confidence_per_label": dict(sorted(Counter(low["label"]).items())),
-        "model_versions": sorted(set(df["model_version"])),
+        "models": sorted(set(df["model"])),
         "files": {"candidates.parquet": {"sha256": _sha256(data), "rows": len(df)}},
         "source": {
             "prediction_log": log_path.name,

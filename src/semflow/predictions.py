@@ -1,8 +1,9 @@
 """The prediction log: every served classification, one JSON line, one file per UTC day.
 
 Written by the service, read by `dags/collect_predictions.py`. Layout:
-`<home>/predictions/YYYY-MM-DD.jsonl`, fields: text, label, score, model_version, time
-(ISO 8601 UTC), tenant, request_id.
+`<home>/predictions/YYYY-MM-DD.jsonl`, fields: text, label, score, model (`<registered model>/<registry version>`,
+or the embedder version when no classifier is registered), time (ISO 8601 UTC), tenant,
+request_id. Lines written before the rename name the model `model_version`; they still read.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class Prediction:
     text: str
     label: str
     score: float
-    model_version: str
+    model: str
     time: str
     tenant: str
     request_id: str = ""
@@ -62,6 +63,9 @@ def read_day(home: Path, day: date) -> Iterator[Prediction]:
     with path.open(encoding="utf-8") as fh:
         for line in fh:
             try:
-                yield Prediction(**json.loads(line))
+                fields = json.loads(line)
+                if "model_version" in fields:
+                    fields["model"] = fields.pop("model_version")
+                yield Prediction(**fields)
             except (json.JSONDecodeError, TypeError):
                 continue

@@ -132,7 +132,7 @@ def test_full_pipeline_registers_a_champion_then_rejects_a_weak_one(pipeline, tm
     assert rx["reindexed"] is True, rx
     assert rx["golden_ndcg"] >= rx["old_golden_ndcg"]
     assert store.live_generation() != before
-    assert store.live_model_version() == champ.embedder_version
+    assert store.live_embedder_version() == champ.embedder_version
     with store.open_live() as idx:
         assert idx.count() == N_LABELS * PER_LABEL
     assert reindex_if_changed(paths, params, s)["reindexed"] is False  # idempotent

@@ -297,7 +297,7 @@ def test_rollback_across_embedders_rebuilds_the_index(
 
     from semflow.cli import main
     from semflow.config import get_settings
-    from semflow.embedding import Embedder, installed_embedder_dir, model_version
+    from semflow.embedding import embedder_version, installed_embedder_dir
     from semflow.index import open_store
     from semflow.sources import FieldMapping, FileSource
     from semflow.sync import run_sync
@@ -305,7 +305,7 @@ def test_rollback_across_embedders_rebuilds_the_index(
 
     # v1 shipped a fine-tuned embedder (simulated: the same weights under another name);
     # v2, the champion, uses the packaged model, which built the live index.
-    tuned = model_version(embedder.model_dir, "tuned")
+    tuned = embedder_version(embedder.model_dir, "tuned")
     v1 = _register(uri, _bundle_on(tmp_path / "b1", embedder.model_dir, tuned), {"accuracy": 0.9})
     registry.promote(uri, v1, floors={}, tolerance=0.01, compare=["accuracy"], name=NAME)
     v2 = _register(uri, _bundle_on(tmp_path / "b2", None, embedder.version), {"accuracy": 0.95})
@@ -333,7 +333,7 @@ def test_rollback_across_embedders_rebuilds_the_index(
     pd.DataFrame(rows)[["text", "label"]].to_csv(golden, index=False)
     store = open_store(s)
     gen = store.live_generation()
-    assert store.live_model_version() == embedder.version
+    assert store.live_embedder_version() == embedder.version
 
     def champion() -> str:
         return str(registry.client(uri).get_model_version_by_alias("semflow", "champion").version)
@@ -341,8 +341,8 @@ def test_rollback_across_embedders_rebuilds_the_index(
     def points() -> dict[str, str]:
         with store.open_live() as idx:
             return {
-                p["doc_id"]: p["model_version"]
-                for _, p in idx.iter_payloads("notes", fields=("doc_id", "model_version"))
+                p["doc_id"]: p["embedder_version"]
+                for _, p in idx.iter_payloads("notes", fields=("doc_id", "embedder_version"))
             }
 
     # The rebuild cannot take the writer lock: exit 1 with a sentence, and nothing changed.
@@ -358,14 +358,14 @@ def test_rollback_across_embedders_rebuilds_the_index(
     out = json.loads(capsys.readouterr().out)
     assert (out["champion"], out["previous_champion"]) == (v1, v2)
     rx = out["reindex"]
-    assert rx["reindexed"] is True and rx["gated"] is False and rx["model_version"] == tuned
+    assert rx["reindexed"] is True and rx["gated"] is False and rx["embedder_version"] == tuned
     assert rx["old_golden_ndcg"] is not None and rx["golden_ndcg"] is not None
     assert champion() == v1
-    assert store.live_model_version() == tuned and store.live_generation() != gen
+    assert store.live_embedder_version() == tuned and store.live_generation() != gen
     assert points() == {r["id"]: tuned for r in rows} and rx["points"] == len(rows)
     # Installed, so the next sync embeds with v1's embedder and applies to the new generation.
     assert installed_embedder_dir(s, tuned) is not None
-    assert Embedder.for_index(s, store.live_model_version()).version == tuned
+    assert Services.from_settings(s).embedder().version == tuned
     with docs.open("a") as fh:
         fh.write(json.dumps({**rows[0], "id": "new", "updated_at": "2026-05-02T00:00:00Z"}) + "\n")
     run_sync(source, Services.from_settings(s))
@@ -377,7 +377,7 @@ def test_rollback_across_embedders_rebuilds_the_index(
     out = json.loads(capsys.readouterr().out)
     assert out["champion"] == v2 and out["reindex"]["reindexed"] is False
     assert champion() == v2
-    assert store.live_generation() == gen and store.live_model_version() == tuned
+    assert store.live_generation() == gen and store.live_embedder_version() == tuned
 
 
 def test_a_missing_model_or_version_is_recognised_by_error_code(uri: str) -> None:

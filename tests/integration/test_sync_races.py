@@ -117,7 +117,7 @@ def assert_newest(log: ChangeLog, store, catalog: Catalog) -> None:
 
 def _plan(log, store, catalog, embedder, window):
     plan = plan_sync(
-        log.source(), catalog=catalog, store=store, model_version=embedder.version, window=window
+        log.source(), catalog=catalog, store=store, embedder_version=embedder.version, window=window
     )
     return plan, [embed_partition(plan, p, embedder) for p in plan.partitions]
 
@@ -245,9 +245,11 @@ def test_reindex_keeps_what_a_sync_published_meanwhile(log, store, catalog_url, 
     new = Reembedder(embedder, sync_meanwhile)
     rebuild_generation(store, new)
     assert len(synced) == 1, "the sync did not finish while the re-index embedded"
-    assert store.live_model_version() == new.version
+    assert store.live_embedder_version() == new.version
     with store.open_live() as idx:
-        versions = {p["model_version"] for _, p in idx.iter_payloads(fields=("model_version",))}
+        versions = {
+            p["embedder_version"] for _, p in idx.iter_payloads(fields=("embedder_version",))
+        }
     assert versions == {new.version}
     assert_newest(log, store, catalog)
 
@@ -269,7 +271,7 @@ def test_full_refresh_keeps_what_a_sync_published_after_its_plan(
         log.source(),
         catalog=catalog,
         store=store,
-        model_version=full_emb.version,
+        embedder_version=full_emb.version,
         full_refresh=True,
     )
     full_vectors = [embed_partition(full, p, full_emb) for p in full.partitions]
@@ -293,7 +295,7 @@ def test_full_refresh_keeps_what_a_sync_published_after_its_plan(
             Services.from_settings(None, embedder=full_emb, catalog=catalog, store=store),
             window=W[2],
         )
-    assert store.live_model_version() == full_emb.version
+    assert store.live_embedder_version() == full_emb.version
     assert_newest(log, store, catalog)
 
 
@@ -350,11 +352,11 @@ def test_a_sync_applied_after_a_reindex_swap_dead_letters_its_documents(
         assert rows[i]["status"] == FAILED and rows[i]["attempts"] == 0, rows[i]
         assert f"re-indexed with {new.version}" in rows[i]["last_error"]
     assert rows["2"]["status"] == DELETED  # the tombstone still applied
-    assert store.live_model_version() == new.version
+    assert store.live_embedder_version() == new.version
     with store.open_live() as idx:
-        payloads = dict(idx.iter_payloads("log", fields=("doc_id", "model_version")))
+        payloads = dict(idx.iter_payloads("log", fields=("doc_id", "embedder_version")))
     assert "2" not in {p["doc_id"] for p in payloads.values()}
-    assert {p["model_version"] for p in payloads.values()} == {new.version}
+    assert {p["embedder_version"] for p in payloads.values()} == {new.version}
 
     # The next run embeds the dead letters with the live generation's model.
     run_sync(

@@ -34,15 +34,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def build_index(home: Path, embedder, docs, model_version: str | None = None) -> int:
+def build_index(home: Path, embedder, docs, embedder_version: str | None = None) -> int:
     """Publish a generation with `docs` (on top of the live one); return its number."""
     from semflow.config import load_settings
     from semflow.index import open_store
 
     store = open_store(load_settings(home=home))
-    version = model_version or embedder.version
+    version = embedder_version or embedder.version
     vectors = embedder.encode([d.text for d in docs])
-    with store.writer(version, embedder.dimension, fresh=model_version is not None) as w:
+    with store.writer(version, embedder.dimension, fresh=embedder_version is not None) as w:
         w.upsert([d.point_id for d in docs], vectors, [d.payload(version) for d in docs])
     gen = store.live_generation()
     assert gen is not None

@@ -291,7 +291,7 @@ def test_reindex_with_another_embedder_keeps_the_matching_generation(
     before = post(server, "/search", {"query": "card", "tenant": "bank"})
     assert before.status_code == 200
     served = before.json()["generation"]
-    gen = build_index(home, embedder, docs_for("bank", ["x"]), model_version="other-model@abc")
+    gen = build_index(home, embedder, docs_for("bank", ["x"]), embedder_version="other-model@abc")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if httpx.get(f"{server}/model", headers=ADMIN).json()["index_live_generation"] == gen:
@@ -312,7 +312,7 @@ def test_reindex_with_another_embedder_keeps_the_matching_generation(
 
 def test_no_generation_of_this_embedder_is_409(tmp_path: Path, embedder) -> None:
     home = tmp_path / "home"
-    build_index(home, embedder, docs_for("bank", ["x"]), model_version="other-model@abc")
+    build_index(home, embedder, docs_for("bank", ["x"]), embedder_version="other-model@abc")
     with serve(home, tmp_path) as url:
         r = post(url, "/search", {"query": "card", "tenant": "bank"})
         assert r.status_code == 409, r.text

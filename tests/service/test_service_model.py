@@ -100,7 +100,7 @@ def test_classify_and_prediction_log(svc) -> None:
     logged = [x for x in read_day(home, datetime.now(UTC).date()) if x.text in texts]
     assert [x.label for x in logged] == [p["label"] for p in preds]
     assert {x.tenant for x in logged} == {"bank"}
-    assert {x.model_version for x in logged} == {f"semflow/{version}"}
+    assert {x.model for x in logged} == {f"semflow/{version}"}
 
 
 def test_labels_model_and_health(svc) -> None:

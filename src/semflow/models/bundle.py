@@ -33,7 +33,15 @@ DIGEST_KEY = "sha256"
 # Where the registry put a bundle, not what it is: outside the digest. (`model_name` and
 # `model_version` are those keys' names in bundles written before the rename.)
 _UNHASHED_KEYS = frozenset(
-    {DIGEST_KEY, "registered_model", "registry_version", "model_name", "model_version", "alias"}
+    {
+        DIGEST_KEY,
+        "registered_model",
+        "registry_version",
+        "model_name",
+        "model_version",
+        "alias",
+        "lineage",
+    }
 )
 
 
@@ -98,6 +106,8 @@ class Bundle:
     registry_version: str | None = None
     alias: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # What the registered version was trained from (semflow.training.lineage), when known.
+    lineage: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.threshold) <= 1.0:
@@ -173,6 +183,7 @@ class Bundle:
             "registry_version": self.registry_version,
             "alias": self.alias,
             "tags": dict(self.tags),
+            "lineage": dict(self.lineage),
         }
 
     def save(self, path: Path | str) -> Path:
@@ -233,4 +244,5 @@ class Bundle:
             registry_version=m.get("registry_version", m.get("model_version")),
             alias=m.get("alias"),
             tags=dict(m.get("tags") or {}),
+            lineage=dict(m.get("lineage") or {}),
         )

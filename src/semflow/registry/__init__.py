@@ -20,9 +20,11 @@ from semflow.registry.artifacts import (
     DIGEST_TAG,
     SemflowPyfunc,
     download_bundle,
+    lineage_of,
     load_champion,
     load_version,
     log_bundle,
+    set_version_tags,
     version_with_embedder,
 )
 from semflow.registry.promotion import (
@@ -64,6 +66,7 @@ __all__ = [
     "client",
     "download_bundle",
     "ensure_experiment",
+    "lineage_of",
     "list_versions",
     "load_champion",
     "load_version",
@@ -72,6 +75,7 @@ __all__ = [
     "parent_run_id",
     "promote",
     "rollback",
+    "set_version_tags",
     "stage_run",
     "version_metrics",
     "version_with_embedder",

@@ -168,7 +168,27 @@ def load_version(
     # download_bundle has just checked it against the registry's tag, the authority here.
     bundle = Bundle.load(download_bundle(tracking_uri, name, version, dst), verify=False)
     bundle.registered_model, bundle.registry_version, bundle.alias = name, str(version), alias
+    bundle.lineage = lineage_of(tracking_uri, name, version)
     return bundle
+
+
+LINEAGE_PREFIX = "lineage."
+
+
+def set_version_tags(tracking_uri: str, name: str, version: str, tags: Mapping[str, str]) -> None:
+    """Tag a registered version (lineage, the Bento it was built into, the index it serves)."""
+    c = client(tracking_uri)
+    for k, v in tags.items():
+        c.set_model_version_tag(name, str(version), k, str(v))
+
+
+def lineage_of(tracking_uri: str, name: str, version: str) -> dict[str, str]:
+    """A version's `lineage.*` tags, without the prefix."""
+    try:
+        mv = client(tracking_uri).get_model_version(name, str(version))
+    except Exception as err:
+        raise RegistryError(f"could not read {name} v{version} from the registry: {err}") from None
+    return {k[len(LINEAGE_PREFIX) :]: v for k, v in mv.tags.items() if k.startswith(LINEAGE_PREFIX)}
 
 
 def load_champion(

@@ -282,6 +282,7 @@ class Engine:
             "points": self.watcher.points if (self.watcher and idx) else 0,
             "index_warm_searches": self.watcher.warmed if (self.watcher and idx) else 0,
             "tags": dict(b.tags) if b else {},
+            "lineage": dict(b.lineage) if b else {},
         }
 
     def _index_health(self) -> dict[str, Any]:

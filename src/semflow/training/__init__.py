@@ -1,8 +1,9 @@
 """The training pipeline: one function per stage, shared by `dvc repro`, the DAGs and tests.
 
 snapshot -> validate -> prepare -> finetune -> embed -> classifier -> ranker -> evaluate
--> register. Every stage reads and writes files under a `Paths` root (the repo for DVC,
-`$SEMFLOW_HOME/pipeline` for Airflow, a tmp dir in tests) and logs to one MLflow run tree.
+-> register. Every stage reads and writes files under a `Paths` root (the checkout for
+`dvc repro`, the DVC workspace `$SEMFLOW_HOME/pipeline` for Airflow (`workspace`), a tmp dir in
+tests) and logs to one MLflow run tree.
 
 `params` is the schema of params.yaml, `common` holds what the stages share and
 `stages/<name>.py` holds stage `<name>`, so `dvc.yaml` can list exactly the code each
@@ -14,7 +15,6 @@ from __future__ import annotations
 from semflow.training.common import (
     STAGES,
     Paths,
-    dag_stage,
     flat_metrics,
     run_pipeline,
     run_stage,
@@ -30,7 +30,6 @@ __all__ = [
     "PipelineParams",
     "ReindexRejected",
     "dag_reindex",
-    "dag_stage",
     "flat_metrics",
     "golden_ndcg",
     "load_pipeline_params",

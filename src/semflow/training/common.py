@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,6 @@ from semflow.errors import SemflowError, SettingsError
 from semflow.training.params import (
     BaseParams,
     PipelineParams,
-    check_gate_overrides,
     load_pipeline_params,
 )
 
@@ -208,6 +208,10 @@ def stage_function(name: str) -> Callable[..., dict[str, Any]]:
 
 
 _LOGGED_BY_TRACKER = {"validate", "register"}
+# The last line stage_main prints: the stage's result, for the Airflow task that ran it.
+RESULT_PREFIX = "semflow-result: "
+# An operator's forced gate (who, why, what), handed from the Airflow task to `register`.
+FORCED_ENV = "SEMFLOW_GATE_FORCED"
 
 
 def run_stage(
@@ -246,35 +250,12 @@ def stage_main(name: str, argv: Sequence[str] | None = None) -> int:
         # DVC runs every stage from the directory of dvc.yaml: that checkout is the root.
         root = Path.cwd()
         params = load_pipeline_params(root / "params.yaml")
-        result = run_stage(name, Paths(root, repo=root), params)
+        kw: dict[str, Any] = {}
+        if name == "register" and os.environ.get(FORCED_ENV):
+            kw["forced"] = json.loads(os.environ[FORCED_ENV])
+        result = run_stage(name, Paths(root, repo=root), params, **kw)
     except SemflowError as err:
         print(f"semflow {name}: {err}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2, default=str))
+    print(RESULT_PREFIX + json.dumps(result, default=str))
     return 0
-
-
-# -- Airflow entry point ---------------------------------------------------------------
-def dag_stage(
-    name: str,
-    overrides: Mapping[str, Any] | None = None,
-    *,
-    force: bool = False,
-    forced_by: str | None = None,
-    reason: str | None = None,
-) -> dict[str, Any]:
-    """One stage under `$SEMFLOW_HOME/pipeline` with params.yaml + DAG-run overrides.
-
-    Run conf is not params.yaml's review: overrides may not weaken the promotion gate of
-    `register` unless `force` (an operator's decision, recorded on the model version)."""
-    s = get_settings()
-    params = load_pipeline_params(overrides=overrides)
-    kw: dict[str, Any] = {}
-    if name == "register":
-        forced = check_gate_overrides(params, force=force, forced_by=forced_by, reason=reason)
-        if forced:
-            kw["forced"] = forced
-    paths = Paths.for_home(s)
-    if name == "ranker" and paths.ranker.exists():
-        paths.ranker.unlink()  # a failed/skipped ranker must not leave stale weights behind
-    return json.loads(json.dumps(run_stage(name, paths, params, s, **kw), default=str))

@@ -89,6 +89,7 @@ class ClassifierParams(_P):
 
 
 class RankerParams(_P):
+    enabled: bool  # false: cosine-only ranking, no weights learned
     candidates: int = Field(ge=2)
     k: int = Field(ge=1)
     step: float = Field(gt=0, le=0.5)
@@ -106,6 +107,14 @@ class RegisterParams(_P):
     tolerance: float = Field(ge=0, le=1)
 
 
+class RetrainParams(_P):
+    """When a validated snapshot retrains (semflow.training.policy): whichever comes first."""
+
+    min_changed_labelled: int = Field(ge=1)  # labelled documents changed since the last one
+    drift: bool  # a validate.drift value crossed its limit since the last one
+    max_age_days: float | None = Field(gt=0)  # the last one is older than this; null = off
+
+
 class PipelineParams(_P):
     base: BaseParams
     snapshot: SnapshotParams
@@ -116,6 +125,7 @@ class PipelineParams(_P):
     ranker: RankerParams
     evaluate: EvaluateParams
     register_: RegisterParams = Field(alias="register")
+    retrain: RetrainParams
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -266,6 +266,17 @@ _PAYLOAD_FIELDS = (
 )
 
 
-def dag_reindex(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def dag_reindex(
+    overrides: Mapping[str, Any] | None = None, version: str | None = None
+) -> dict[str, Any]:
+    """Reindex after a promotion; tag the promoted `version` with the generation it serves."""
+    from semflow import registry
+    from semflow.app import Services
+
     s = get_settings()
-    return reindex_if_changed(Paths.for_home(s), load_pipeline_params(overrides=overrides), s)
+    out = reindex_if_changed(Paths.for_home(s), load_pipeline_params(overrides=overrides), s)
+    generation = out.get("generation") or Services.from_settings(s).store.live_generation()
+    if version is not None and generation is not None:
+        tags = {"lineage.index_generation": str(generation)}
+        registry.set_version_tags(s.tracking_uri, s.registered_model, version, tags)
+    return out

@@ -19,6 +19,11 @@ def ranker(
     p = params.ranker
     if not p.features or p.features[0] != "semantic":
         raise SettingsError("ranker.features must start with 'semantic'")
+    if not p.enabled:
+        weights = dict(zip(p.features, cosine_only(p.features).tolist(), strict=True))
+        info = {"weights": weights, "enabled": False}
+        write_json(paths.ranker, info)
+        return info
     x = load_features(paths)
     train, val = read_split(paths, "train"), read_split(paths, "val")
     n = min(p.max_queries, len(val))

@@ -73,6 +73,18 @@ def register(
             metrics=flat,
             example_texts=examples,
         )
+        from semflow.training.lineage import lineage_tags, log_lineage_files
+
+        log_lineage_files(paths)
+        tags = lineage_tags(
+            paths,
+            run_id=run.info.run_id,
+            embedder_version=json.loads((bundle_dir / "bundle.json").read_text())[
+                "embedder_version"
+            ],
+            dvc_remote=s.dvc_remote,
+        )
+        registry.set_version_tags(s.tracking_uri, s.registered_model, version, tags)
         gate = registry.promote(
             s.tracking_uri,
             version,

@@ -33,9 +33,9 @@ def _reference(paths: Paths, params: PipelineParams) -> pd.DataFrame | None:
 
 
 def _encoder(settings: Settings) -> Callable[[list[str]], np.ndarray]:
-    from semflow.embedding import Embedder
+    from semflow.embedding import resolve_embedder
 
-    emb = Embedder.from_settings(settings)
+    emb = resolve_embedder(settings)
     return lambda texts: emb.encode(texts)
 
 

@@ -1,0 +1,82 @@
+"""The Airflow pipeline is the DVC pipeline: run in the workspace, unchanged inputs rerun
+nothing and register nothing, and a registered version is reproduced from its lineage."""
+
+from __future__ import annotations
+
+import pytest
+
+from semflow.app import Services
+from semflow.config import get_settings
+from semflow.training.common import STAGES
+from tests.integration.test_pipeline import small_overrides, small_source
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _overrides() -> dict[str, object]:
+    # No fine-tune: the other stages are deterministic, so a reproduction must match exactly.
+    return {**small_overrides(), "finetune.enabled": False}
+
+
+def _run_all() -> dict[str, dict]:
+    from semflow.training.workspace import dag_stage
+
+    # The CI subset's floors are lower than params.yaml's: an operator's forced gate.
+    forced = {"force": True, "forced_by": "ci", "reason": "the small CI subset"}
+    return {
+        name: dag_stage(name, _overrides(), **(forced if name == "register" else {}))
+        for name in STAGES
+    }
+
+
+def test_same_snapshot_reruns_nothing_then_the_version_is_reproduced(semflow_home, tmp_path):
+    from semflow import registry
+    from semflow.training.lineage import snapshot_md5
+    from semflow.training.reproduce import reproduce
+    from semflow.training.workspace import Workspace
+
+    s = get_settings()
+    from semflow.sync import run_sync
+
+    run_sync(small_source(tmp_path), Services.from_settings(s))
+    first = _run_all()
+    assert all(r["ran"] for r in first.values()), {k: r["ran"] for k, r in first.items()}
+    version = first["register"]["version"]
+    ws = Workspace.for_home(s)
+    ws.push()
+
+    # The same snapshot again: the snapshot is re-read (always), comes out the same, and no
+    # other stage runs; nothing is registered.
+    second = _run_all()
+    assert {k for k, r in second.items() if r["ran"]} <= {"snapshot"}, second
+    assert [v["version"] for v in registry.list_versions(s.tracking_uri, s.registered_model)] == [
+        version
+    ]
+
+    lineage = registry.lineage_of(s.tracking_uri, s.registered_model, version)
+    from semflow.training.common import Paths
+
+    assert lineage["snapshot_md5"] == snapshot_md5(Paths(ws.root))
+    assert lineage["mlflow_run_id"] and lineage["dvc_lock_sha256"] and lineage["params_sha256"]
+    assert lineage["dvc_remote"] == s.dvc_remote
+    assert lineage["embedder_version"].startswith(s.embedder_name + "@")
+
+    # Reproduce from the lineage alone: the workspace and its cache are gone.
+    import shutil
+
+    shutil.rmtree(ws.root)
+    out = reproduce(version, settings=s, workdir=tmp_path / "repro", tolerance=0.0)
+    assert out["reproduced"], out["metrics"]
+    assert out["metrics"]["classifier.accuracy"]["diff"] == 0.0
+    # Reproducing wrote nothing to the real registry.
+    assert len(registry.list_versions(s.tracking_uri, s.registered_model)) == 1
+
+
+def test_reproducing_an_unknown_version_is_one_sentence(semflow_home, capsys):
+    from semflow.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["model", "reproduce", "7"])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert "v7" in err and "Traceback" not in err
