@@ -2,6 +2,11 @@
 
 Inside Airflow, `conn_id` names an Airflow Connection and the DAG passes a hook-made engine
 or client; from the CLI, `url` (or the env var named by `url_env`) is used instead.
+
+A source's tenant: the top-level `tenant:` puts every document of the source in that tenant,
+for every kind. It is a constant, so it cannot be combined with a tenant column
+(`mapping.tenant`) or a different `mapping.tenant_value`: either is a SettingsError naming the
+source, never a silent choice. With neither set, documents land in tenant `default`.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from semflow.config import REPO_ROOT
 from semflow.errors import SettingsError
@@ -36,6 +41,27 @@ class SourceSpec(BaseModel):
     tenant: str = "default"
     mapping: FieldMapping = Field(default_factory=FieldMapping)
 
+    @model_validator(mode="after")
+    def _tenant_into_mapping(self) -> SourceSpec:
+        """A top-level `tenant:` becomes the mapping's constant tenant (files, postgres, mongo
+        read only the mapping), unless the mapping already decides the tenant otherwise."""
+        if "tenant" not in self.model_fields_set:
+            return self
+        m = self.mapping
+        if m.tenant:
+            raise ValueError(
+                f"source {self.name!r}: tenant {self.tenant!r} and mapping.tenant (column {m.tenant!r}) are both set; "
+                "keep `tenant:` for one tenant for every document, or the column for a tenant "
+                "per document (mapping.tenant_value is its fallback)"
+            )
+        if "tenant_value" in m.model_fields_set and m.tenant_value != self.tenant:
+            raise ValueError(
+                f"source {self.name!r}: tenant {self.tenant!r} and mapping.tenant_value "
+                f"{m.tenant_value!r} disagree; set only one of them"
+            )
+        self.mapping = m.model_copy(update={"tenant_value": self.tenant})
+        return self
+
     def resolved_url(self) -> str | None:
         return self.url or (os.environ.get(self.url_env) if self.url_env else None)
 
@@ -53,8 +79,9 @@ def load_specs(path: Path | None = None) -> dict[str, SourceSpec]:
             spec = SourceSpec(**item)
         except ValidationError as err:
             e = err.errors()[0]
-            where = ".".join(str(x) for x in e["loc"])
-            raise SettingsError(f"{p}: sources[{i}].{where}: {e['msg']}") from None
+            where = "".join(f".{x}" for x in e["loc"])  # empty for a whole-entry check
+            msg = e["msg"].removeprefix("Value error, ")
+            raise SettingsError(f"{p}: sources[{i}]{where}: {msg}") from None
         out[spec.name] = spec
     return out
 

@@ -12,6 +12,26 @@ from semflow.training.common import COLUMNS, Paths, log, sample_frame, write_jso
 from semflow.training.params import PipelineParams
 
 
+def _check_tenant(df: pd.DataFrame, tenant: str) -> None:
+    """Stop when the index holds documents but none labelled for `tenant`, naming the tenants
+    it does hold: an exported empty CSV would only fail later, in `validate`, without the why.
+    (An empty index still exports an empty CSV; validate's row count check reports it.)"""
+    labelled = df["label"].notna()
+    if (labelled & (df["tenant"] == tenant)).any():
+        return
+    held = df.assign(labelled=labelled).groupby("tenant", dropna=False)["labelled"]
+    summary = held.agg(["sum", "size"]).sort_values(["sum", "size"], ascending=False)
+    counts = ", ".join(
+        f"{t!r} ({int(row['sum'])} labelled of {int(row['size'])})" for t, row in summary.iterrows()
+    )
+    raise SemflowError(
+        f"the index holds no labelled documents for tenant {tenant!r} (params.yaml "
+        f"base.tenant); the tenants it holds: {counts}. Set base.tenant to one of them, or "
+        "give the source a `tenant:` in sources.yaml (and a labels column in its mapping) "
+        "and sync again"
+    )
+
+
 def snapshot(
     paths: Paths,
     params: PipelineParams,
@@ -45,6 +65,8 @@ def snapshot(
                 }
             )
     df = pd.DataFrame(rows, columns=COLUMNS)
+    if len(df):
+        _check_tenant(df, params.base.tenant)
     df = df[df["tenant"] == params.base.tenant] if len(df) else df
     df = sample_frame(df, params.base, params.base.subset) if len(df) else df
     paths.snapshot.parent.mkdir(parents=True, exist_ok=True)
