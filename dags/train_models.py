@@ -30,6 +30,18 @@ def _overrides(params: dict) -> dict:
     }
 
 
+def _stage(name: str, **task_kwargs):
+    """A task that runs DVC stage `name` in the workspace (upstream results only order it)."""
+
+    @task(task_id=name, **task_kwargs)
+    def run(*upstream: dict, params=None) -> dict:
+        from semflow.training.workspace import dag_stage
+
+        return dag_stage(name, _overrides(params))
+
+    return run
+
+
 @dag(
     schedule=[VALIDATED],
     start_date=datetime(2026, 1, 1),
@@ -47,45 +59,10 @@ def _overrides(params: dict) -> dict:
     },
 )
 def train_models():
-    @task
-    def prepare(params=None) -> dict:
-        from semflow.training.workspace import dag_stage
-
-        return dag_stage("prepare", _overrides(params))
-
-    @task
-    def finetune(_: dict, params=None) -> dict:
-        from semflow.training.workspace import dag_stage
-
-        return dag_stage("finetune", _overrides(params))
-
-    @task
-    def embed(_: dict, params=None) -> dict:
-        from semflow.training.workspace import dag_stage
-
-        return dag_stage("embed", _overrides(params))
-
-    @task
-    def classifier(_: dict, params=None) -> dict:
-        from semflow.training.workspace import dag_stage
-
-        return dag_stage("classifier", _overrides(params))
-
-    @task
-    def ranker(_: dict, params=None) -> dict:
-        from semflow.training.workspace import dag_stage
-
-        return dag_stage("ranker", _overrides(params))
-
-    @task(outlets=[CANDIDATE])
-    def evaluate(clf: dict, params=None) -> dict:
-        from semflow.training.workspace import dag_stage
-
-        return dag_stage("evaluate", _overrides(params))
-
-    emb = embed(finetune(prepare()))
-    clf = classifier(emb)
-    ranker(emb) >> evaluate(clf)
+    prepared = _stage("prepare")()
+    emb = _stage("embed")(_stage("finetune")(prepared))
+    clf = _stage("classifier")(emb)
+    _stage("ranker")(emb) >> _stage("evaluate", outlets=[CANDIDATE])(clf)
 
 
 train_models()

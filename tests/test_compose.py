@@ -254,3 +254,18 @@ def test_redis_memory_is_bounded_without_evicting_the_broker(services):
     cmd = " ".join(_cmd(services["redis"]["command"]))
     assert "--maxmemory 512mb" in cmd
     assert "--maxmemory-policy volatile-lru" in cmd
+
+
+def test_the_airflow_image_holds_the_pipeline_the_workspace_is_fed_from(services):
+    """The DAGs run the DVC pipeline in a workspace copied from SEMFLOW_REPO: the image must
+    hold every path the workspace copies, and say where they are."""
+    from semflow.training.workspace import CODE
+
+    dockerfile = REPO / "docker" / "airflow" / "Dockerfile"
+    copied = set(_copy_sources(dockerfile))
+    for rel in (*CODE, "params.yaml", "data"):
+        top = rel.split("/")[0]
+        assert rel in copied or top in copied, f"the Airflow image does not copy {rel}"
+    assert "SEMFLOW_REPO=/opt/semflow" in dockerfile.read_text()
+    env = services["airflow-worker"].get("environment") or {}
+    assert str(env.get("SEMFLOW_DVC_REMOTE_URL", "")).startswith("s3://")

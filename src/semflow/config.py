@@ -7,6 +7,7 @@ hyper-parameters live in `params.yaml` (see `load_params`); paths are derived he
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +17,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from semflow.errors import SettingsError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# The checkout the pipeline (dvc.yaml, training/, params.yaml, data/) comes from: this source
+# tree, or SEMFLOW_REPO where semflow is installed as a package (the Airflow image).
+REPO_ROOT = Path(os.environ.get("SEMFLOW_REPO") or Path(__file__).resolve().parents[2])
 PARAMS_FILE = REPO_ROOT / "params.yaml"
 SAMPLE_DIR = REPO_ROOT / "data" / "banking77"
 

@@ -129,6 +129,19 @@ class Embedder:
         )
         return np.asarray(arr, dtype=np.float32)
 
+    def encode_all(self, texts: Sequence[str], desc: str, chunk: int = 1024) -> np.ndarray:
+        """`encode` for long batch work (sync, pipeline, re-index), showing its progress."""
+        from semflow.progress import progress
+
+        if len(texts) <= chunk:
+            return self.encode(texts)
+        parts = []
+        with progress(desc, len(texts), "texts") as bar:
+            for i in range(0, len(texts), chunk):
+                parts.append(self.encode(texts[i : i + chunk]))
+                bar.update(len(parts[-1]))
+        return np.concatenate(parts)
+
     def encode(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
         """Embed texts; cached rows (normalised only) are reused."""
         if self.cache is None or not normalize:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import httpx
 import pandas as pd
 import pytest
+import yaml
 
 from semflow.app import Services
 from semflow.config import REPO_ROOT, get_settings
@@ -101,6 +103,11 @@ def test_validate_train_register_ends_with_loadable_champion(airflow_db, semflow
     ) as url:
         info = httpx.get(f"{url}/model", headers=ADMIN, timeout=30).json()
         assert info["alias"] == "pinned" and info["version"] == bundle.registry_version
+        # what it was trained from travels with it
+        lineage = info["lineage"]
+        assert lineage["bento_tag"] == f"semflow:v{bundle.registry_version}"
+        assert lineage["snapshot_md5"] and lineage["mlflow_run_id"]
+        assert lineage["airflow_dag_id"] == "register_model"
         r = httpx.post(
             f"{url}/classify", json={"texts": test["text"].tolist()[:3]}, headers=ADMIN, timeout=60
         )
@@ -111,6 +118,31 @@ def test_validate_train_register_ends_with_loadable_champion(airflow_db, semflow
     assert (
         again["built"] and again["tag"] == f"semflow:v{bundle.registry_version}" and again["note"]
     )
+
+    # The same snapshot again: DVC reruns no stage, so nothing is registered, built or
+    # re-indexed, and the workspace's dvc.lock is as it was.
+    lock = (s.home / "pipeline" / "dvc.lock").read_text()
+    run = _dag("train_models").test(
+        run_conf={"overrides": overrides, "finetune": False, "train_ranker": True}
+    )
+    assert run.state == "success", _states(run)
+    run = _dag("register_model").test(
+        run_conf={"overrides": overrides, "force": True, "force_reason": "CI subset: 8 labels"}
+    )
+    assert run.state == "success", _states(run)
+    assert _states(run)["bento"] == "skipped" and _states(run)["reindex"] == "skipped"
+    assert [v["version"] for v in registry.list_versions(s.tracking_uri, s.registered_model)] == [
+        bundle.registry_version
+    ]
+    after = (s.home / "pipeline" / "dvc.lock").read_text()
+    changed = {
+        k
+        for k, v in yaml.safe_load(after)["stages"].items()
+        if yaml.safe_load(lock)["stages"].get(k) != v
+    }
+    assert changed == set(), changed
+    # ... and the data it was trained on is in the DVC remote
+    assert any(Path(s.dvc_remote).rglob("*")), "nothing was pushed to the DVC remote"
 
 
 def test_bad_data_fails_the_validate_task(airflow_db, semflow_home, tmp_path):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import traceback
 import uuid
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -25,12 +27,11 @@ def _open_and_start(url: str, barrier, results) -> None:
         results.put(traceback.format_exc()[-1500:])
 
 
-def _race(url: str) -> list[str]:
+def _race(url: str, target=_open_and_start, n: int = PROCESSES) -> list[str]:
+    """Run `target(url, barrier, results)` in `n` processes released at the same moment."""
     ctx = mp.get_context("spawn")
-    barrier, results = ctx.Barrier(PROCESSES), ctx.Queue()
-    procs = [
-        ctx.Process(target=_open_and_start, args=(url, barrier, results)) for _ in range(PROCESSES)
-    ]
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(url, barrier, results)) for _ in range(n)]
     for p in procs:
         p.start()
     out = [results.get(timeout=120) for _ in procs]
@@ -51,18 +52,24 @@ def test_new_sqlite_catalog_opened_by_many_processes(tmp_path, attempt):
     _assert_all_started(url, _race(url))
 
 
-def test_new_postgres_catalog_opened_by_many_processes():
+@contextlib.contextmanager
+def _new_postgres_database() -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped afterwards."""
     name = f"sf_catalog_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    url = PG_URL.rsplit("/", 1)[0] + "/" + name
     with admin.connect() as conn:
         conn.execute(sa.text(f"CREATE DATABASE {name}"))
     try:
-        _assert_all_started(url, _race(url))
+        yield PG_URL.rsplit("/", 1)[0] + "/" + name
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         admin.dispose()
+
+
+def test_new_postgres_catalog_opened_by_many_processes():
+    with _new_postgres_database() as url:
+        _assert_all_started(url, _race(url))
 
 
 _LEGACY = """
@@ -96,14 +103,7 @@ def _legacy_upgrade(url: str) -> None:
                 "CURRENT_TIMESTAMP)"
             )
         )
-    ctx = mp.get_context("spawn")
-    barrier, results = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=_open_and_read, args=(url, barrier, results)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    out = [results.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
+    out = _race(url, _open_and_read, 4)
     # Every process that opened the old catalog at the same moment reads the row's embedder
     # version under its new name: nothing re-embedded, nothing lost.
     assert out == ["ok"] * 4
@@ -117,14 +117,5 @@ def test_a_catalog_from_before_the_rename_is_upgraded_in_place_sqlite(tmp_path):
 
 
 def test_a_catalog_from_before_the_rename_is_upgraded_in_place_postgres():
-    name = f"sf_catalog_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    url = PG_URL.rsplit("/", 1)[0] + "/" + name
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    try:
+    with _new_postgres_database() as url:
         _legacy_upgrade(url)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()

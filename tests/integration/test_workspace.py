@@ -29,7 +29,9 @@ def _run_all() -> dict[str, dict]:
     }
 
 
-def test_same_snapshot_reruns_nothing_then_the_version_is_reproduced(semflow_home, tmp_path):
+def test_same_snapshot_reruns_nothing_then_the_version_is_reproduced(
+    semflow_home, tmp_path, monkeypatch
+):
     from semflow import registry
     from semflow.training.lineage import snapshot_md5
     from semflow.training.reproduce import reproduce
@@ -65,7 +67,9 @@ def test_same_snapshot_reruns_nothing_then_the_version_is_reproduced(semflow_hom
     import shutil
 
     shutil.rmtree(ws.root)
+    monkeypatch.chdir(tmp_path)
     out = reproduce(version, settings=s, workdir=tmp_path / "repro", tolerance=0.0)
+    assert not (tmp_path / "mlflow.db").exists()  # no stray default MLflow store
     assert out["reproduced"], out["metrics"]
     assert out["metrics"]["classifier.accuracy"]["diff"] == 0.0
     # Reproducing wrote nothing to the real registry.

@@ -7,8 +7,8 @@ import logging
 import pytest
 
 from semflow.errors import SettingsError
-from semflow.training.common import dag_stage
 from semflow.training.params import check_gate_overrides, load_pipeline_params
+from semflow.training.workspace import dag_stage
 
 
 @pytest.mark.parametrize(

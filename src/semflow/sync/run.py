@@ -7,6 +7,7 @@ import logging
 import time
 
 from semflow.app import Services
+from semflow.progress import progress
 from semflow.sources.base import Source
 from semflow.sync.apply import SyncResult, apply_sync
 from semflow.sync.embed import embed_partition
@@ -40,9 +41,10 @@ def run_sync(
         settings=svc.settings,
     )
     vectors = []
-    for k, part in enumerate(plan.partitions):
-        vectors.append(embed_partition(plan, part, embedder))
-        log.info("embedded partition %d/%d", k + 1, len(plan.partitions))
+    with progress(f"sync {source.name}: embedding", len(plan.partitions), "partitions") as bar:
+        for part in plan.partitions:
+            vectors.append(embed_partition(plan, part, embedder))
+            bar.update()
     result = apply_sync(
         plan, catalog=catalog, store=store, dimension=embedder.dimension, vectors=vectors
     )

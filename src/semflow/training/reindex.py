@@ -247,7 +247,9 @@ def _live_payloads(store: Any) -> dict[str, dict[str, Any]]:
 
 def _encode(embedder: Any, payloads: Iterable[dict[str, Any]]) -> np.ndarray:
     texts = [p.get("text") or "" for p in payloads]
-    return embedder.encode(texts) if texts else np.zeros((0, embedder.dimension), np.float32)
+    if not texts:
+        return np.zeros((0, embedder.dimension), np.float32)
+    return embedder.encode_all(texts, "re-index")
 
 
 _PAYLOAD_FIELDS = (

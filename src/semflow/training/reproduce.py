@@ -26,15 +26,13 @@ class ReproduceError(SemflowError):
 
 
 def _lineage_files(settings: Settings, run_id: str, dst: Path) -> Path:
-    import mlflow
+    from semflow.registry import client
 
+    dst.mkdir(parents=True, exist_ok=True)
     try:
-        path = mlflow.artifacts.download_artifacts(
-            run_id=run_id,
-            artifact_path=ARTIFACTS,
-            dst_path=str(dst),
-            tracking_uri=settings.tracking_uri,
-        )
+        # The client's own tracking URI: mlflow.artifacts.* would fall back to the process's
+        # default store (a stray ./mlflow.db) for part of the lookup.
+        path = client(settings.tracking_uri).download_artifacts(run_id, ARTIFACTS, str(dst))
     except Exception as err:
         raise ReproduceError(f"the run {run_id} has no lineage files: {err}") from None
     return Path(path)

@@ -28,7 +28,12 @@ import yaml
 from semflow.config import REPO_ROOT, Settings, get_settings, load_params
 from semflow.errors import SemflowError
 from semflow.training.common import FORCED_ENV, RESULT_PREFIX
-from semflow.training.params import _set_dotted, check_gate_overrides, parse_params
+from semflow.training.params import (
+    _set_dotted,
+    check_gate_overrides,
+    load_pipeline_params,
+    parse_params,
+)
 
 log = logging.getLogger("semflow.training")
 
@@ -152,15 +157,14 @@ def dag_stage(
 
     Run conf is not params.yaml's review: overrides may not weaken the promotion gate of
     `register` unless `force` (an operator's decision, recorded on the model version)."""
-    ws = Workspace.for_home()
-    raw = ws.prepare(overrides)
+    params = load_pipeline_params(overrides=overrides)  # bad overrides fail before DVC work
     env = {}
     if name == "register":
-        forced = check_gate_overrides(
-            parse_params(raw), force=force, forced_by=forced_by, reason=reason
-        )
+        forced = check_gate_overrides(params, force=force, forced_by=forced_by, reason=reason)
         if forced:
             env[FORCED_ENV] = json.dumps(forced)
+    ws = Workspace.for_home()
+    ws.prepare(overrides)
     run = ws.repro(name, env=env)
     if run.ran and run.result is None:
         raise PipelineError(f"stage {name} ran but printed no result: {run.output[-800:]}")

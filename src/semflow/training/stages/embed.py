@@ -32,7 +32,7 @@ def embed(paths: Paths, params: PipelineParams, settings: Settings | None = None
     emb = embedder_for(paths, settings)
     arrays = {}
     for name in ("train", "val", "test"):
-        arrays[name] = emb.encode(read_split(paths, name)["text"].tolist())
+        arrays[name] = emb.encode_all(read_split(paths, name)["text"].tolist(), f"embed {name}")
     paths.features.parent.mkdir(parents=True, exist_ok=True)
     np.savez(paths.features, **arrays)
     return {"version": emb.version, **{k: int(v.shape[0]) for k, v in arrays.items()}}
