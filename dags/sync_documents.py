@@ -6,7 +6,9 @@ For the run's data interval, the source yields changed documents (watermark on
 is skipped; changed text is embedded in mapped tasks (one per partition, so workers share
 the load) and a single writer upserts ids `uuid5(source, doc_id)`, applies deletes and
 publishes a new index generation. The catalog records everything; dead letters are retried
-next run. Emits the Asset `semflow://documents`.
+next run. `announce` emits the Asset `semflow://documents`, with the counts in the event's
+extra, only when the index changed (documents indexed or deleted); a run that changed
+nothing skips it, so nothing downstream validates or retrains.
 
 Backfill: `airflow backfill create --dag-id sync_documents --from-date ... --to-date ...`.
 Same function as `semflow sync`.
@@ -71,7 +73,7 @@ def sync_documents():
         p = SyncPlan.from_dict(plan)
         return embed_partition(p, part, Services.from_settings().embedder(p.embedder_version))
 
-    @task(outlets=[DOCUMENTS], trigger_rule="none_failed")
+    @task(trigger_rule="none_failed")
     def apply(plan: dict) -> dict:
         from semflow.app import Services
         from semflow.sync import SyncPlan, apply_sync
@@ -86,9 +88,25 @@ def sync_documents():
         )
         return result.to_dict()
 
+    @task(outlets=[DOCUMENTS])
+    def announce(result: dict, outlet_events=None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from semflow.training.policy import sync_changes
+
+        changes = sync_changes(result["counts"])
+        if not changes:
+            # A skipped task emits no Asset event: validate_data is not triggered.
+            raise AirflowSkipException("the index did not change: nothing to announce")
+        extra = {"source": result["source"], "generation": result["generation"], **changes}
+        outlet_events[DOCUMENTS].extra = extra
+        return extra
+
     planned = plan()
     vectors = embed.partial(plan=planned).expand(part=partitions(planned))
-    vectors >> apply(planned)
+    applied = apply(planned)
+    vectors >> applied
+    announce(applied)
 
 
 sync_documents()

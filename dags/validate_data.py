@@ -6,7 +6,10 @@ of the live index to a snapshot (`$SEMFLOW_HOME/pipeline/data/snapshot`), then r
 great-expectations suites (schema, nulls, lengths, label set, duplicates, examples per label,
 non-empty extract) and drift checks against the reference snapshot. A critical failure fails
 the task, so nothing downstream trains; the HTML data docs are logged to MLflow.
-Emits `semflow://validated-snapshot`. Same functions as `dvc repro validate`.
+`decide` applies the retraining policy (params.yaml `retrain`: enough changed labelled
+documents, new drift, or an old model) and logs its decision and reason here and to MLflow;
+only a "retrain" lets `announce` emit `semflow://validated-snapshot` (else it is skipped).
+Same functions as `dvc repro validate`.
 """
 
 from __future__ import annotations
@@ -38,15 +41,15 @@ VALIDATED = Asset("semflow://validated-snapshot")
 def validate_data():
     @task
     def snapshot(params=None) -> dict:
-        from semflow.training import dag_stage
+        from semflow.training.workspace import dag_stage
 
         return dag_stage("snapshot", params["overrides"])
 
-    @task(outlets=[VALIDATED])
+    @task
     def validate(snap: dict, params=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from semflow.training import dag_stage
+        from semflow.training.workspace import dag_stage
         from semflow.validation import ValidationFailed
 
         try:
@@ -55,7 +58,24 @@ def validate_data():
             # A data verdict does not change on retry: fail now; MLflow outages still retry.
             raise AirflowFailException(str(err)) from err
 
-    validate(snapshot())
+    @task
+    def decide(_: dict, params=None, dag_run=None) -> dict:
+        from semflow.training.policy import dag_decide
+
+        tags = {"airflow.dag_id": dag_run.dag_id, "airflow.run_id": dag_run.run_id}
+        return dag_decide(params["overrides"], tags)
+
+    @task(outlets=[VALIDATED])
+    def announce(decision: dict, outlet_events=None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not decision["retrain"]:
+            # A skipped task emits no Asset event: train_models is not triggered.
+            raise AirflowSkipException(decision["reason"])
+        outlet_events[VALIDATED].extra = decision
+        return decision
+
+    announce(decide(validate(snapshot())))
 
 
 validate_data()

@@ -51,6 +51,7 @@ def test_the_repo_params_parse_and_every_key_is_covered() -> None:
     parse_params(RAW)
     assert {"finetune.epochs", "classifier.knn_weight", "register.floors"} <= set(KEYS)
     assert "validate.drift.critical" in KEYS
+    assert {"retrain.min_changed_labelled", "retrain.drift", "retrain.max_age_days"} <= set(KEYS)
 
 
 @pytest.mark.parametrize("key", KEYS)
