@@ -49,12 +49,12 @@ def validate_data():
     def validate(snap: dict, params=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
+        from semflow.errors import Verdict
         from semflow.training.workspace import dag_stage
-        from semflow.validation import ValidationFailed
 
         try:
             return dag_stage("validate", params["overrides"])
-        except ValidationFailed as err:
+        except Verdict as err:
             # A data verdict does not change on retry: fail now; MLflow outages still retry.
             raise AirflowFailException(str(err)) from err
 

@@ -7,7 +7,12 @@ class SemflowError(Exception):
     """Base class; `str(err)` is a complete sentence for the user."""
 
 
-class SettingsError(SemflowError):
+class Verdict(SemflowError):
+    """A decision about the data or the settings that a retry would not change (a failed
+    data check, an invalid parameter): callers stop instead of retrying."""
+
+
+class SettingsError(Verdict):
     """A setting or parameter is invalid; the message names it."""
 
 

@@ -30,8 +30,16 @@ def _run_all() -> dict[str, dict]:
 
 
 def test_same_snapshot_reruns_nothing_then_the_version_is_reproduced(
-    semflow_home, tmp_path, monkeypatch
+    semflow_home, tmp_path, monkeypatch, moto_endpoint, s3_credentials
 ):
+    """With the S3 remote of compose (moto's S3 server over HTTP standing in for MinIO)."""
+    import boto3
+
+    bucket = f"dvc-{tmp_path.name[-12:].lower().replace('_', '-')}"
+    boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
+    monkeypatch.setenv("SEMFLOW_DVC_REMOTE_URL", f"s3://{bucket}/dvc")
+    monkeypatch.setenv("SEMFLOW_S3_ENDPOINT_URL", moto_endpoint)
+    get_settings.cache_clear()
     from semflow import registry
     from semflow.training.lineage import snapshot_md5
     from semflow.training.reproduce import reproduce
@@ -46,6 +54,8 @@ def test_same_snapshot_reruns_nothing_then_the_version_is_reproduced(
     version = first["register"]["version"]
     ws = Workspace.for_home(s)
     ws.push()
+    pushed = boto3.client("s3", endpoint_url=moto_endpoint).list_objects_v2(Bucket=bucket)
+    assert pushed.get("KeyCount", 0) > 0, "nothing was pushed to the DVC remote"
 
     # The same snapshot again: the snapshot is re-read (always), comes out the same, and no
     # other stage runs; nothing is registered.
@@ -84,3 +94,31 @@ def test_reproducing_an_unknown_version_is_one_sentence(semflow_home, capsys):
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     assert "v7" in err and "Traceback" not in err
+
+
+def test_a_data_verdict_is_not_a_retryable_pipeline_error(semflow_home, tmp_path):
+    """A snapshot that fails a critical check stops `validate` with the check's own sentence,
+    as a Verdict: the DAG fails the task instead of retrying it."""
+    import pandas as pd
+
+    from semflow.errors import Verdict
+    from semflow.sources.base import FieldMapping
+    from semflow.sources.files import FileSource
+    from semflow.sync import run_sync
+    from semflow.training.workspace import StageRejected, dag_stage
+
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame(
+        {"text": [f"hello {i}" for i in range(30)], "category": ["no_such_intent"] * 30}
+    ).to_csv(bad, index=False)
+    mapping = FieldMapping(
+        id="@row", text="text", labels="category", updated_at=None, tenant_value="bank"
+    )
+    run_sync(FileSource("bad", bad, mapping), Services.from_settings(get_settings()))
+    overrides = {"validate.min_examples_per_label": 1}
+    assert dag_stage("snapshot", overrides)["ran"]
+    with pytest.raises(StageRejected) as err:
+        dag_stage("validate", overrides)
+    assert isinstance(err.value, Verdict)
+    assert str(err.value).startswith("validation failed on 30 rows")
+    assert "to_be_in_set(label)" in str(err.value) and "dvc" not in str(err.value)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from semflow.config import REPO_ROOT, Settings, get_settings
-from semflow.errors import SemflowError, SettingsError
+from semflow.errors import SemflowError, SettingsError, Verdict
 from semflow.training.params import (
     BaseParams,
     PipelineParams,
@@ -210,6 +210,8 @@ def stage_function(name: str) -> Callable[..., dict[str, Any]]:
 _LOGGED_BY_TRACKER = {"validate", "register"}
 # The last line stage_main prints: the stage's result, for the Airflow task that ran it.
 RESULT_PREFIX = "semflow-result: "
+# The exit code of a stage that stopped on a Verdict (bad data, bad params): not worth a retry.
+VERDICT_EXIT = 3
 # An operator's forced gate (who, why, what), handed from the Airflow task to `register`.
 FORCED_ENV = "SEMFLOW_GATE_FORCED"
 
@@ -256,6 +258,6 @@ def stage_main(name: str, argv: Sequence[str] | None = None) -> int:
         result = run_stage(name, Paths(root, repo=root), params, **kw)
     except SemflowError as err:
         print(f"semflow {name}: {err}", file=sys.stderr)
-        return 1
+        return VERDICT_EXIT if isinstance(err, Verdict) else 1
     print(RESULT_PREFIX + json.dumps(result, default=str))
     return 0

@@ -26,8 +26,8 @@ from typing import Any
 import yaml
 
 from semflow.config import REPO_ROOT, Settings, get_settings, load_params
-from semflow.errors import SemflowError
-from semflow.training.common import FORCED_ENV, RESULT_PREFIX
+from semflow.errors import SemflowError, Verdict
+from semflow.training.common import FORCED_ENV, RESULT_PREFIX, VERDICT_EXIT
 from semflow.training.params import (
     _set_dotted,
     check_gate_overrides,
@@ -45,6 +45,11 @@ REMOTE = "storage"
 
 class PipelineError(SemflowError):
     """A DVC command of the pipeline failed; the sentence carries the end of its output."""
+
+
+class StageRejected(PipelineError, Verdict):
+    """A stage stopped on a verdict (its data failed a check, a param is invalid): the
+    sentence is the stage's own; retrying changes nothing."""
 
 
 @dataclass
@@ -123,6 +128,9 @@ class Workspace:
             log.info("dvc: %s", line.rstrip())
         out = "".join(lines)
         if proc.wait() != 0 and check:
+            said = [ln for ln in lines if ln.startswith("semflow ")]
+            if f"exited with {VERDICT_EXIT}" in out and said:
+                raise StageRejected(said[-1].strip().split(": ", 1)[-1])
             raise PipelineError(f"dvc {' '.join(args)} failed: {out[-1500:].strip()}")
         return out
 

@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from semflow.errors import SemflowError
+from semflow.errors import Verdict
 
 log = logging.getLogger("semflow.validation")
 
 REQUIRED_COLUMNS = ("doc_id", "text", "label")
 
 
-class ValidationFailed(SemflowError):
+class ValidationFailed(Verdict):
     """A critical data check failed; training must not go on."""
 
     def __init__(self, message: str, report: ValidationReport | None = None) -> None:
