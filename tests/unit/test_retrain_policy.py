@@ -17,7 +17,6 @@ from semflow.training.policy import (
     decide_retraining,
     fingerprints,
     read_last,
-    state_file,
     sync_changes,
 )
 
@@ -119,19 +118,19 @@ def test_the_last_training_is_durable(semflow_home: Path, tmp_path: Path) -> Non
     params = load_pipeline_params(overrides={"retrain.min_changed_labelled": 2})
 
     first = decide_retraining(paths, params, now=NOW)
-    assert first.retrain and read_last(state_file(paths)).at == NOW
+    assert first.retrain and read_last(paths.retrain_state).at == NOW
     # Same snapshot an hour later: nothing changed, and the state is not rewritten.
     later = NOW + timedelta(hours=1)
     same = decide_retraining(paths, params, now=later)
-    assert not same.retrain and read_last(state_file(paths)).at == NOW
+    assert not same.retrain and read_last(paths.retrain_state).at == NOW
     df.assign(text=["t", "u", "u", "t", "t"]).to_csv(paths.snapshot, index=False)
     changed = decide_retraining(paths, params, now=later)
     assert changed.retrain and changed.changed_labelled == 2
-    assert read_last(state_file(paths)).at == later
+    assert read_last(paths.retrain_state).at == later
     # The drift the validate stage wrote: beyond its limit, unmeasured at the last training.
     (paths.metrics / "validate.json").parent.mkdir(parents=True)
     (paths.metrics / "validate.json").write_text('{"drift": {"label_tvd": 0.9}}')
     drifted = decide_retraining(paths, params, now=later)
     assert drifted.retrain and drifted.drifted == ["label_tvd 0.9 > 0.25"]
-    assert read_last(state_file(paths)).drift == {"label_tvd": 0.9}
+    assert read_last(paths.retrain_state).drift == {"label_tvd": 0.9}
     assert not decide_retraining(paths, params, now=later).retrain

@@ -70,6 +70,8 @@ class Paths:
     metrics = property(lambda self: self.root / "metrics")
     plots = property(lambda self: self.root / "plots")
     reports = property(lambda self: self.root / "reports" / "validation")
+    # the last training the retraining policy triggered (semflow.training.policy)
+    retrain_state = property(lambda self: self.root / "state" / "retrain.json")
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -56,11 +56,6 @@ class LastTraining:
     drift: dict[str, float]
 
 
-def state_file(paths: Paths) -> Path:
-    """Where the last training is recorded, beside the pipeline's data."""
-    return paths.root / "state" / "retrain.json"
-
-
 def fingerprints(df: pd.DataFrame) -> dict[str, str]:
     """doc_id -> a digest of the text and label of each labelled document of a snapshot."""
     out = {}
@@ -175,7 +170,7 @@ def decide_retraining(
     now = now or datetime.now(UTC)
     docs = fingerprints(read_docs(paths.snapshot))
     drift = validated_drift(paths)
-    state = state_file(paths)
+    state = paths.retrain_state
     decision = decide(
         params.retrain,
         params.validate_.drift,
