@@ -10,14 +10,14 @@ from __future__ import annotations
 import itertools
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from semflow.errors import SemflowError
+from semflow.errors import IndexError_, SemflowError
 from semflow.index.lock import Reentrant
 
 # Payload fields that get a keyword index and may be used in filters.
@@ -54,6 +54,16 @@ class GenerationInfo:
     points: int
 
 
+@dataclass(frozen=True)
+class SearchQuery:
+    """One validated search, as `VectorIndex.search` hands it to a backend's `_search`."""
+
+    vector: list[float]
+    filter: Any  # the backend's `_filter` of the tenant and the user filters
+    top_k: int
+    score_threshold: float | None
+
+
 def normalize_filters(filters: Mapping[str, Any] | None) -> list[tuple[str, list[Any]]]:
     """Validate user filters into (key, allowed values) pairs.
 
@@ -70,6 +80,20 @@ def normalize_filters(filters: Mapping[str, Any] | None) -> list[tuple[str, list
             )
         out.append((key, _filter_values(key, value)))
     return out
+
+
+def filter_terms(
+    tenant: str | None, source: str | None = None, extra: Sequence[tuple[str, list[Any]]] = ()
+) -> list[tuple[str, list[Any]]]:
+    """The (key, allowed values) pairs a query must all match: tenant and source first, then
+    the normalised user filters; each backend turns them into its own filter objects."""
+    terms: list[tuple[str, list[Any]]] = []
+    if tenant is not None:
+        terms.append(("tenant", [tenant]))
+    if source is not None:
+        terms.append(("source", [source]))
+    terms.extend(extra)
+    return terms
 
 
 def _filter_values(key: str, value: Any) -> list[Any]:
@@ -99,9 +123,11 @@ def _filter_values(key: str, value: Any) -> list[Any]:
 class VectorIndex(ABC):
     """One open generation of the index."""
 
-    generation: int
-    embedder_version: str | None
-    dimension: int
+    def __init__(self, generation: int, dimension: int, meta: Mapping[str, Any]) -> None:
+        """`meta`: the generation's stored metadata, which names its embedder version."""
+        self.generation = generation
+        self.dimension = dimension
+        self.embedder_version = stored_embedder_version(meta)
 
     @abstractmethod
     def upsert(
@@ -111,7 +137,6 @@ class VectorIndex(ABC):
     @abstractmethod
     def delete(self, ids: Sequence[str]) -> None: ...
 
-    @abstractmethod
     def search(
         self,
         vector: Sequence[float],
@@ -119,19 +144,73 @@ class VectorIndex(ABC):
         top_k: int = 10,
         filters: Mapping[str, Any] | None = None,
         score_threshold: float | None = None,
-    ) -> list[Hit]: ...
+    ) -> list[Hit]:
+        """The `top_k` nearest points of `tenant` that match every filter."""
+        flt = self._filter(filter_terms(tenant, extra=normalize_filters(filters)))
+        return self._search(SearchQuery([float(x) for x in vector], flt, top_k, score_threshold))
+
+    @abstractmethod
+    def _search(self, query: SearchQuery) -> list[Hit]:
+        """Run one validated search on the engine."""
 
     @abstractmethod
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]: ...
 
-    @abstractmethod
-    def count(self, source: str | None = None) -> int: ...
+    def count(self, source: str | None = None) -> int:
+        """How many points there are (of one source)."""
+        return self._count(self._filter(filter_terms(None, source)))
 
     @abstractmethod
+    def _count(self, flt: Any) -> int:
+        """Exact count of the points that match the backend filter `flt`."""
+
     def iter_payloads(
         self, source: str | None = None, fields: Sequence[str] = ("doc_id",)
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield (point id, selected payload fields) for every point (of one source)."""
+        flt = self._filter(filter_terms(None, source))
+        offset = None
+        while True:
+            recs, offset = self._scroll(flt, list(fields), offset)
+            for r in recs:
+                yield str(r.id), dict(r.payload or {})
+            if offset is None:
+                break
+
+    @abstractmethod
+    def _scroll(self, flt: Any, fields: list[str], offset: Any) -> tuple[list[Any], Any]:
+        """One page of records that match `flt` (with `fields` of their payload) and the next
+        offset, or None after the last page."""
+
+    @staticmethod
+    @abstractmethod
+    def _filter(terms: list[tuple[str, list[Any]]]) -> Any:
+        """The engine's filter that matches all of `terms` (see `filter_terms`); None for none."""
+
+    def _vectors(self, ids: Sequence[str], vectors: np.ndarray) -> np.ndarray:
+        """The vectors for `ids` as float32, refused when their dimension is not the index's."""
+        vecs = np.asarray(vectors, dtype=np.float32)
+        if len(ids) and vecs.shape[1] != self.dimension:
+            raise IndexError_(
+                f"vector dimension {vecs.shape[1]} does not match the index ({self.dimension})"
+            )
+        return vecs
+
+    @staticmethod
+    def _hits(points: Iterable[Any]) -> list[Hit]:
+        """Scored points of either engine as hits."""
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+
+    @staticmethod
+    def _records(records: Iterable[Any], with_vectors: bool) -> list[Hit]:
+        """Retrieved records of either engine as hits; the vector goes under `_vector`."""
+        out = []
+        for r in records:
+            payload = dict(r.payload or {})
+            if with_vectors:
+                payload["_vector"] = list(r.vector)
+            out.append(Hit(str(r.id), 1.0, payload))
+        return out
 
     @abstractmethod
     def close(self) -> None: ...
@@ -184,9 +263,16 @@ class IndexStore(ABC):
     @abstractmethod
     def generations(self) -> list[int]: ...
 
-    @abstractmethod
     def open_live(self) -> VectorIndex:
         """Open the live generation for reading; raises if there is none."""
+        gen = self.live_generation()
+        if gen is None:
+            raise IndexError_(f"no index has been published {self._where()}; run `semflow sync`")
+        return self.open_generation(gen)
+
+    @abstractmethod
+    def _where(self) -> str:
+        """Where the index lives, for messages: 'at <dir>', 'as <alias>'."""
 
     @abstractmethod
     def open_generation(self, generation: int) -> VectorIndex:
@@ -204,17 +290,46 @@ class IndexStore(ABC):
         with self.open_live() as idx:
             return idx.embedder_version
 
-    @abstractmethod
+    @contextmanager
     def writer(
         self, embedder_version: str, dimension: int, fresh: bool = False
-    ) -> AbstractContextManager[VectorIndex]:
+    ) -> Iterator[VectorIndex]:
         """A writable generation based on the live one (or empty if `fresh`), under `lock()`.
 
         Published atomically when the block exits without error; discarded otherwise.
         """
+        with self.lock():
+            yield from self._write(self.live_generation(), embedder_version, dimension, fresh)
 
     @abstractmethod
-    def drop_generation(self, generation: int) -> None: ...
+    def _write(
+        self, live: int | None, embedder_version: str, dimension: int, fresh: bool
+    ) -> Iterator[VectorIndex]:
+        """`writer` under the lock: yield the writable generation once, then publish it; on an
+        exception thrown in at the yield, discard it and re-raise."""
+
+    def drop_generation(self, generation: int) -> None:
+        """Delete a generation that is not live."""
+        if generation == self.live_generation():
+            raise IndexError_(f"generation {generation} is live and cannot be dropped")
+        self._drop(generation)
+
+    @staticmethod
+    def _check_embedder(generation: int, built_with: str | None, wanted: str) -> None:
+        """Refuse to add vectors of `wanted` to a generation built with another embedder."""
+        if built_with != wanted:
+            raise IndexError_(
+                f"live generation {generation} was built with {built_with}, "
+                f"not {wanted}; rebuild with a full refresh"
+            )
+
+    @abstractmethod
+    def _drop(self, generation: int) -> None:
+        """Delete a generation's data."""
+
+    def _next_generation(self, live: int | None) -> int:
+        """The number a new generation gets: above every existing one and the live one."""
+        return max([*self.generations(), live or 0]) + 1
 
     def prune(self, keep: int) -> list[int]:
         """Drop all but the newest `keep` generations (never the live one)."""

@@ -17,7 +17,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,8 @@ from semflow.index.base import (
     INDEXED_FIELDS,
     Hit,
     IndexStore,
+    SearchQuery,
     VectorIndex,
-    normalize_filters,
     stored_embedder_version,
 )
 from semflow.index.lock import file_lock
@@ -60,26 +60,22 @@ class EdgeIndex(VectorIndex):
     """One generation opened with qdrant-edge."""
 
     def __init__(self, path: Path, meta: dict[str, Any], shard: Any, writable: bool) -> None:
+        super().__init__(int(meta["generation"]), int(meta["dimension"]), meta)
         self.path = path
-        self.generation = int(meta["generation"])
-        self.embedder_version = stored_embedder_version(meta)
-        self.dimension = int(meta["dimension"])
         self._shard = shard
         self._writable = writable
 
     # -- helpers -----------------------------------------------------------
     @staticmethod
-    def _filter(tenant: str | None, source: str | None = None, extra: Any = None) -> Any:
+    def _filter(terms: list[tuple[str, list[Any]]]) -> Any:
         import qdrant_edge as q
 
-        must = []
-        if tenant is not None:
-            must.append(q.FieldCondition(key="tenant", match=q.MatchValue(tenant)))
-        if source is not None:
-            must.append(q.FieldCondition(key="source", match=q.MatchValue(source)))
-        for key, values in extra or []:
-            match = q.MatchValue(values[0]) if len(values) == 1 else q.MatchAny(values)
-            must.append(q.FieldCondition(key=key, match=match))
+        must = [
+            q.FieldCondition(
+                key=key, match=q.MatchValue(values[0]) if len(values) == 1 else q.MatchAny(values)
+            )
+            for key, values in terms
+        ]
         return q.Filter(must=must) if must else None
 
     def _check_writable(self) -> None:
@@ -93,13 +89,9 @@ class EdgeIndex(VectorIndex):
         import qdrant_edge as q
 
         self._check_writable()
-        vecs = np.asarray(vectors, dtype=np.float32)
-        if len(ids) != len(vecs) or len(ids) != len(payloads):
+        if len(ids) != len(vectors) or len(ids) != len(payloads):
             raise ValueError("ids, vectors and payloads must have the same length")
-        if len(ids) and vecs.shape[1] != self.dimension:
-            raise IndexError_(
-                f"vector dimension {vecs.shape[1]} does not match the index ({self.dimension})"
-            )
+        vecs = self._vectors(ids, vectors)
         for i in range(0, len(ids), _UPSERT_CHUNK):
             pts = [
                 q.Point(id=pid, vector=vec.tolist(), payload=pl)
@@ -120,58 +112,35 @@ class EdgeIndex(VectorIndex):
             self._shard.update(q.UpdateOperation.delete_points(list(ids)))
 
     # -- reads -------------------------------------------------------------
-    def search(
-        self,
-        vector: Sequence[float],
-        tenant: str,
-        top_k: int = 10,
-        filters: Mapping[str, Any] | None = None,
-        score_threshold: float | None = None,
-    ) -> list[Hit]:
+    def _search(self, query: SearchQuery) -> list[Hit]:
         import qdrant_edge as q
 
-        flt = self._filter(tenant, extra=normalize_filters(filters))
         res = self._shard.query(
             q.QueryRequest(
-                limit=top_k,
-                query=q.Query.Nearest([float(x) for x in vector]),
-                filter=flt,
+                limit=query.top_k,
+                query=q.Query.Nearest(query.vector),
+                filter=query.filter,
                 with_payload=True,
-                score_threshold=score_threshold,
+                score_threshold=query.score_threshold,
             )
         )
-        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in res]
+        return self._hits(res)
 
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
         recs = self._shard.retrieve(list(ids), with_payload=True, with_vector=with_vectors)
-        out = []
-        for r in recs:
-            payload = dict(r.payload or {})
-            if with_vectors:
-                payload["_vector"] = list(r.vector)
-            out.append(Hit(str(r.id), 1.0, payload))
-        return out
+        return self._records(recs, with_vectors)
 
-    def count(self, source: str | None = None) -> int:
+    def _count(self, flt: Any) -> int:
         import qdrant_edge as q
 
-        return int(self._shard.count(q.CountRequest(exact=True, filter=self._filter(None, source))))
+        return int(self._shard.count(q.CountRequest(exact=True, filter=flt)))
 
-    def iter_payloads(
-        self, source: str | None = None, fields: Sequence[str] = ("doc_id",)
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _scroll(self, flt: Any, fields: list[str], offset: Any) -> tuple[list[Any], Any]:
         import qdrant_edge as q
 
-        offset = None
-        flt = self._filter(None, source)
-        while True:
-            recs, offset = self._shard.scroll(
-                q.ScrollRequest(offset=offset, limit=1000, filter=flt, with_payload=list(fields))
-            )
-            for r in recs:
-                yield str(r.id), dict(r.payload or {})
-            if offset is None:
-                break
+        return self._shard.scroll(
+            q.ScrollRequest(offset=offset, limit=1000, filter=flt, with_payload=fields)
+        )
 
     def flush(self) -> None:
         self._shard.flush()
@@ -248,11 +217,8 @@ class EdgeStore(IndexStore):
             raise IndexError_(f"cannot open index generation {gen} at {path}: {err}") from err
         return EdgeIndex(path, meta, shard, writable=False)
 
-    def open_live(self) -> EdgeIndex:
-        gen = self.live_generation()
-        if gen is None:
-            raise IndexError_(f"no index has been published at {self.root}; run `semflow sync`")
-        return self.open_generation(gen)
+    def _where(self) -> str:
+        return f"at {self.root}"
 
     # -- writing -----------------------------------------------------------
     def _acquire_lock(self) -> contextlib.AbstractContextManager[None]:
@@ -271,61 +237,51 @@ class EdgeStore(IndexStore):
             if live is None or gen > live or not (p / "meta.json").exists():
                 shutil.rmtree(p, ignore_errors=True)
 
-    @contextlib.contextmanager
-    def writer(
-        self, embedder_version: str, dimension: int, fresh: bool = False
+    def _write(
+        self, live: int | None, embedder_version: str, dimension: int, fresh: bool
     ) -> Iterator[EdgeIndex]:
         import qdrant_edge as q
 
-        with self.lock():
-            live = self.live_generation()
-            self._remove_unpublished(live)
-            base = None if fresh else live
-            if base is not None:
-                base_meta = self.meta(base)
-                if stored_embedder_version(base_meta) != embedder_version:
-                    raise IndexError_(
-                        f"live generation {base} was built with {stored_embedder_version(base_meta)}, "
-                        f"not {embedder_version}; rebuild with a full refresh"
-                    )
-            gen = max([*self.generations(), live or 0]) + 1
-            path = self._gen_dir(gen)
-            meta = {
-                "generation": gen,
-                "embedder_version": embedder_version,
-                "dimension": dimension,
-                "based_on": base,
-            }
-            if base is not None:
-                shutil.copytree(self._gen_dir(base), path)
-                (path / "meta.json").unlink()
-                shard = q.EdgeShard.load(str(path))
-            else:
-                cfg = q.EdgeConfig(
-                    vectors=q.EdgeVectorParams(size=dimension, distance=q.Distance.Cosine),
-                    wal_enabled=False,
+        self._remove_unpublished(live)
+        base = None if fresh else live
+        if base is not None:
+            self._check_embedder(base, self.embedder_version_of(base), embedder_version)
+        gen = self._next_generation(live)
+        path = self._gen_dir(gen)
+        meta = {
+            "generation": gen,
+            "embedder_version": embedder_version,
+            "dimension": dimension,
+            "based_on": base,
+        }
+        if base is not None:
+            shutil.copytree(self._gen_dir(base), path)
+            (path / "meta.json").unlink()
+            shard = q.EdgeShard.load(str(path))
+        else:
+            cfg = q.EdgeConfig(
+                vectors=q.EdgeVectorParams(size=dimension, distance=q.Distance.Cosine),
+                wal_enabled=False,
+            )
+            shard = q.EdgeShard.create(str(path), cfg)
+            for name in INDEXED_FIELDS:
+                shard.update(
+                    q.UpdateOperation.create_field_index(name, q.PayloadSchemaType.Keyword)
                 )
-                shard = q.EdgeShard.create(str(path), cfg)
-                for name in INDEXED_FIELDS:
-                    shard.update(
-                        q.UpdateOperation.create_field_index(name, q.PayloadSchemaType.Keyword)
-                    )
-            index = EdgeIndex(path, meta, shard, writable=True)
-            try:
-                yield index
-                index.optimize()
-                meta["points"] = index.count()
+        index = EdgeIndex(path, meta, shard, writable=True)
+        try:
+            yield index
+            index.optimize()
+            meta["points"] = index.count()
+            index.close()
+            _atomic_write(path / "meta.json", json.dumps(meta, indent=1))
+            _atomic_write(self.root / "LIVE", str(gen))
+        except BaseException:
+            with contextlib.suppress(Exception):
                 index.close()
-                _atomic_write(path / "meta.json", json.dumps(meta, indent=1))
-                _atomic_write(self.root / "LIVE", str(gen))
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    index.close()
-                shutil.rmtree(path, ignore_errors=True)
-                raise
-            self.prune(self.keep)
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        self.prune(self.keep)
 
-    def drop_generation(self, generation: int) -> None:
-        if generation == self.live_generation():
-            raise IndexError_(f"generation {generation} is live and cannot be dropped")
+    def _drop(self, generation: int) -> None:
         shutil.rmtree(self._gen_dir(generation), ignore_errors=True)

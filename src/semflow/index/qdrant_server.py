@@ -16,21 +16,14 @@ import contextlib
 import re
 import threading
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from semflow.errors import IndexError_
-from semflow.index.base import (
-    INDEXED_FIELDS,
-    Hit,
-    IndexStore,
-    VectorIndex,
-    normalize_filters,
-    stored_embedder_version,
-)
+from semflow.index.base import INDEXED_FIELDS, Hit, IndexStore, SearchQuery, VectorIndex
 from semflow.index.lock import file_lock, thread_lock
 
 _BATCH = 512
@@ -48,27 +41,24 @@ def _client_lock(client: Any, name: str) -> threading.Lock:
 
 class ServerIndex(VectorIndex):
     def __init__(self, client: Any, collection: str, generation: int) -> None:
+        info = client.get_collection(collection)
+        super().__init__(
+            generation, int(info.config.params.vectors.size), info.config.metadata or {}
+        )
         self.client = client
         self.collection = collection
-        self.generation = generation
-        info = client.get_collection(collection)
-        meta = info.config.metadata or {}
-        self.embedder_version = stored_embedder_version(meta)
-        params = info.config.params.vectors
-        self.dimension = int(params.size)
 
     @staticmethod
-    def _filter(tenant: str | None, source: str | None = None, extra: Any = None) -> Any:
+    def _filter(terms: list[tuple[str, list[Any]]]) -> Any:
         from qdrant_client import models as m
 
-        must: list[Any] = []
-        if tenant is not None:
-            must.append(m.FieldCondition(key="tenant", match=m.MatchValue(value=tenant)))
-        if source is not None:
-            must.append(m.FieldCondition(key="source", match=m.MatchValue(value=source)))
-        for key, values in extra or []:
-            match = m.MatchValue(value=values[0]) if len(values) == 1 else m.MatchAny(any=values)
-            must.append(m.FieldCondition(key=key, match=match))
+        must: list[Any] = [
+            m.FieldCondition(
+                key=key,
+                match=m.MatchValue(value=values[0]) if len(values) == 1 else m.MatchAny(any=values),
+            )
+            for key, values in terms
+        ]
         return m.Filter(must=must) if must else None
 
     def upsert(
@@ -76,11 +66,7 @@ class ServerIndex(VectorIndex):
     ) -> None:
         from qdrant_client import models as m
 
-        vecs = np.asarray(vectors, dtype=np.float32)
-        if len(ids) and vecs.shape[1] != self.dimension:
-            raise IndexError_(
-                f"vector dimension {vecs.shape[1]} does not match the index ({self.dimension})"
-            )
+        vecs = self._vectors(ids, vectors)
         for i in range(0, len(ids), _BATCH):
             self.client.upsert(
                 self.collection,
@@ -100,60 +86,34 @@ class ServerIndex(VectorIndex):
                 self.collection, points_selector=m.PointIdsList(points=list(ids)), wait=True
             )
 
-    def search(
-        self,
-        vector: Sequence[float],
-        tenant: str,
-        top_k: int = 10,
-        filters: Mapping[str, Any] | None = None,
-        score_threshold: float | None = None,
-    ) -> list[Hit]:
-        flt = self._filter(tenant, extra=normalize_filters(filters))
+    def _search(self, query: SearchQuery) -> list[Hit]:
         res = self.client.query_points(
             self.collection,
-            query=[float(x) for x in vector],
-            query_filter=flt,
-            limit=top_k,
+            query=query.vector,
+            query_filter=query.filter,
+            limit=query.top_k,
             with_payload=True,
-            score_threshold=score_threshold,
+            score_threshold=query.score_threshold,
         ).points
-        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in res]
+        return self._hits(res)
 
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
         recs = self.client.retrieve(
             self.collection, ids=list(ids), with_payload=True, with_vectors=with_vectors
         )
-        out = []
-        for r in recs:
-            payload = dict(r.payload or {})
-            if with_vectors:
-                payload["_vector"] = list(r.vector)
-            out.append(Hit(str(r.id), 1.0, payload))
-        return out
+        return self._records(recs, with_vectors)
 
-    def count(self, source: str | None = None) -> int:
-        return int(
-            self.client.count(
-                self.collection, count_filter=self._filter(None, source), exact=True
-            ).count
+    def _count(self, flt: Any) -> int:
+        return int(self.client.count(self.collection, count_filter=flt, exact=True).count)
+
+    def _scroll(self, flt: Any, fields: list[str], offset: Any) -> tuple[list[Any], Any]:
+        return self.client.scroll(
+            self.collection,
+            scroll_filter=flt,
+            limit=1000,
+            offset=offset,
+            with_payload=fields,
         )
-
-    def iter_payloads(
-        self, source: str | None = None, fields: Sequence[str] = ("doc_id",)
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
-        offset = None
-        while True:
-            recs, offset = self.client.scroll(
-                self.collection,
-                scroll_filter=self._filter(None, source),
-                limit=1000,
-                offset=offset,
-                with_payload=list(fields),
-            )
-            for r in recs:
-                yield str(r.id), dict(r.payload or {})
-            if offset is None:
-                break
 
     def close(self) -> None:
         """The client is owned by the store."""
@@ -212,11 +172,8 @@ class ServerStore(IndexStore):
             raise IndexError_(f"generation {gen} of {self.name!r} does not exist")
         return ServerIndex(self.client, self._coll(gen), gen)
 
-    def open_live(self) -> ServerIndex:
-        gen = self.live_generation()
-        if gen is None:
-            raise IndexError_(f"no index has been published as {self.name!r}; run `semflow sync`")
-        return self.open_generation(gen)
+    def _where(self) -> str:
+        return f"as {self.name!r}"
 
     def _create(self, gen: int, embedder_version: str, dimension: int) -> None:
         from qdrant_client import models as m
@@ -250,31 +207,22 @@ class ServerStore(IndexStore):
             return file_lock(self._lock_path, self.lock_timeout_s, what)
         return thread_lock(_client_lock(self.client, self.name), self.lock_timeout_s, what)
 
-    @contextlib.contextmanager
-    def writer(
-        self, embedder_version: str, dimension: int, fresh: bool = False
+    def _write(
+        self, live: int | None, embedder_version: str, dimension: int, fresh: bool
     ) -> Iterator[ServerIndex]:
-        with self.lock():
-            live = self.live_generation()
-            if live is not None and not fresh:
-                index = ServerIndex(self.client, self._coll(live), live)
-                if index.embedder_version != embedder_version:
-                    raise IndexError_(
-                        f"live generation {live} was built with {index.embedder_version}, "
-                        f"not {embedder_version}; rebuild with a full refresh"
-                    )
-                yield index
-                return
-            gen = max([*self.generations(), live or 0]) + 1
-            self._create(gen, embedder_version, dimension)
-            try:
-                yield ServerIndex(self.client, self._coll(gen), gen)
-            except BaseException:
-                self.client.delete_collection(self._coll(gen))
-                raise
-            self._switch(gen)
+        if live is not None and not fresh:
+            index = ServerIndex(self.client, self._coll(live), live)
+            self._check_embedder(live, index.embedder_version, embedder_version)
+            yield index
+            return
+        gen = self._next_generation(live)
+        self._create(gen, embedder_version, dimension)
+        try:
+            yield ServerIndex(self.client, self._coll(gen), gen)
+        except BaseException:
+            self.client.delete_collection(self._coll(gen))
+            raise
+        self._switch(gen)
 
-    def drop_generation(self, generation: int) -> None:
-        if generation == self.live_generation():
-            raise IndexError_(f"generation {generation} is live and cannot be dropped")
+    def _drop(self, generation: int) -> None:
         self.client.delete_collection(self._coll(generation))
