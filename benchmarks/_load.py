@@ -1,5 +1,6 @@
-"""Helpers shared by the serving benchmarks: Banking77 texts, server RSS, a closed-loop
-mixed-traffic generator that runs for a duration, per-window statistics and a probe poller.
+"""Helpers shared by the benchmarks: their integer command-line options, and for the serving
+ones Banking77 texts, server RSS, a closed-loop mixed-traffic generator that runs for a
+duration, per-window statistics and a probe poller.
 
 The load generator follows /work/shared/bench/loadgen.py: C clients on one httpx
 AsyncClient, each sending its next request as soon as the previous one answered; every
@@ -9,6 +10,7 @@ sliced afterwards into the windows around a fault.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import csv
 import itertools
@@ -23,6 +25,15 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 Request = tuple[str, dict[str, Any]]  # (path, JSON body)
+
+
+def int_options(doc: str, **defaults: int) -> argparse.Namespace:
+    """Parse the command line of a benchmark whose options are all `--name N` integers; the
+    first line of its docstring `doc` is the description `--help` shows."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for name, default in defaults.items():
+        ap.add_argument(f"--{name}", type=int, default=default)
+    return ap.parse_args()
 
 
 def banking77_texts() -> list[str]:

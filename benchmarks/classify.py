@@ -10,13 +10,18 @@ vote never dominates a /classify request.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._load import int_options
 
 GOAL_RATIO = 0.5  # vote-blend classify time / embed time, one text per request
 
@@ -32,11 +37,7 @@ def median_ms(fn: Callable[[], object], repeat: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--memory", type=int, default=10003)
-    ap.add_argument("--labels", type=int, default=77)
-    ap.add_argument("--repeat", type=int, default=200)
-    args = ap.parse_args()
+    args = int_options(__doc__, memory=10003, labels=77, repeat=200)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sklearn.linear_model import LogisticRegression
 

@@ -6,13 +6,17 @@ imported, against the goal (well under a second). Prints one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-DAGS = Path(__file__).resolve().parents[1] / "dags"
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks._load import int_options  # noqa: E402
+
+DAGS = REPO / "dags"
 GOAL_S = 1.0
 
 
@@ -26,9 +30,7 @@ def parse_seconds(path: Path) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=3)
-    args = ap.parse_args()
+    args = int_options(__doc__, repeat=3)
     files = sorted(p for p in DAGS.glob("*.py") if not p.name.startswith("_"))
     best = {p.name: min(parse_seconds(p) for _ in range(args.repeat)) for p in files}
     print(

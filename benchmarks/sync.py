@@ -14,7 +14,6 @@ Goals: ratio >= 0.9, resync_100k_s <= 10, search_p99_ms <= 5.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -23,10 +22,12 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import pandas as pd
 
+from benchmarks._load import int_options
 from semflow.app import Services
 from semflow.config import SAMPLE_DIR, load_settings
 
@@ -64,11 +65,7 @@ def _write_corpus(path: Path, texts: list[str], labels: list[str], n: int) -> No
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--docs", type=int, default=10_000)
-    ap.add_argument("--big", type=int, default=100_000)
-    ap.add_argument("--queries", type=int, default=1000)
-    args = ap.parse_args()
+    args = int_options(__doc__, docs=10_000, big=100_000, queries=1000)
 
     from semflow.embedding import resolve_embedder
     from semflow.sources import FieldMapping, FileSource

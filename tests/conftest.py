@@ -26,7 +26,7 @@ os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 for key in [k for k in os.environ if k.startswith("SEMFLOW_") and k != "SEMFLOW_HOME"]:
     del os.environ[key]  # a developer's own settings must not leak into tests
 
-from tests.helpers import PG_URL  # noqa: E402
+from tests.helpers import PG_URL, free_port  # noqa: E402
 
 
 @pytest.fixture
@@ -59,6 +59,26 @@ def airflow_db() -> Path:
     airflow = Path(sys.executable).with_name("airflow")
     subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=os.environ)
     return home
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    """moto's S3 in server mode: real HTTP on 127.0.0.1, boto3 talks to it like to MinIO."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto accepts any credentials; boto3 needs some (and a region) to sign requests."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
 
 
 @pytest.fixture(scope="session")

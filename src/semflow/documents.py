@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,18 +79,11 @@ class Document:
         }
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "doc_id": self.doc_id,
-            "text": self.text,
-            "tenant": self.tenant,
-            "type": self.type,
-            "title": self.title,
-            "labels": list(self.labels),
-            "metadata": self.metadata,
-            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
-            "deleted": self.deleted,
-        }
+        """Every field in declaration order, JSON-ready; `from_json` reads it back."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        updated_at = self.updated_at.isoformat() if self.updated_at else None
+        # Replacing keys keeps their place in the dict.
+        return {**out, "labels": list(self.labels), "updated_at": updated_at}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Document:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -18,12 +17,6 @@ from semflow.storage import S3Storage, open_storage
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def dags(airflow_db):
     from airflow.dag_processing.dagbag import DagBag
@@ -32,26 +25,13 @@ def dags(airflow_db):
     return {d: bag.get_dag(d) for d in ("collect_predictions", "build_dataset", "maintenance")}
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
 @pytest.fixture(params=["local", "s3"])
 def storage_kind(request, semflow_home, monkeypatch):
     if request.param == "s3":
         import boto3
 
         endpoint = request.getfixturevalue("moto_endpoint")
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        request.getfixturevalue("s3_credentials")
         bucket = f"dagtest-{semflow_home.parent.name.lower().replace('_', '-')[-30:]}"
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
         monkeypatch.setenv("SEMFLOW_STORAGE_URL", f"s3://{bucket}/datasets")

@@ -115,6 +115,21 @@ def assert_newest(log: ChangeLog, store, catalog: Catalog) -> None:
             assert rows[i]["status"] == FAILED, i
 
 
+def _write_first_versions(log: ChangeLog, n: int, topic: str) -> None:
+    """Notes 0..n-1 in the first window, a minute apart."""
+    for i in range(n):
+        log.write(i, f"first text of note {i} about {topic}", W[0][0] + i * MINUTE)
+
+
+def _sync(log, store, catalog, embedder, window):
+    """One whole sync of `window` (plan, embed, apply), as the CLI and the DAG run it."""
+    return run_sync(
+        log.source(),
+        Services.from_settings(None, embedder=embedder, catalog=catalog, store=store),
+        window=window,
+    )
+
+
 def _plan(log, store, catalog, embedder, window):
     plan = plan_sync(
         log.source(), catalog=catalog, store=store, embedder_version=embedder.version, window=window
@@ -124,13 +139,8 @@ def _plan(log, store, catalog, embedder, window):
 
 def test_two_windows_applied_at_once_keep_the_newest(log, store, catalog_url, embedder):
     catalog = Catalog(catalog_url)
-    for i in range(8):
-        log.write(i, f"first text of note {i} about a lost card", W[0][0] + i * MINUTE)
-    run_sync(
-        log.source(),
-        Services.from_settings(None, embedder=embedder, catalog=catalog, store=store),
-        window=W[0],
-    )
+    _write_first_versions(log, 8, "a lost card")
+    _sync(log, store, catalog, embedder, W[0])
     for i in range(4):
         log.write(i, f"second text of note {i}: the card was found", W[1][0] + i * MINUTE)
     for i in range(2):  # changes again in the next window
@@ -179,14 +189,9 @@ def test_older_window_replayed_after_a_newer_one_never_rolls_back(
     catalog = Catalog(catalog_url)
 
     def sync(window):
-        return run_sync(
-            log.source(),
-            Services.from_settings(None, embedder=embedder, catalog=catalog, store=store),
-            window=window,
-        )
+        return _sync(log, store, catalog, embedder, window)
 
-    for i in range(6):
-        log.write(i, f"first text of note {i} about a card payment", W[0][0] + i * MINUTE)
+    _write_first_versions(log, 6, "a card payment")
     log.write(3, "first text of note 3 about a card payment", W[0][0] + 10 * MINUTE, gone=True)
     log.write(4, "   ", W[0][0] + 11 * MINUTE)  # a dead letter in the older window
     sync(W[0])
@@ -217,13 +222,8 @@ class Reembedder:
 
 def test_reindex_keeps_what_a_sync_published_meanwhile(log, store, catalog_url, embedder):
     catalog = Catalog(catalog_url)
-    for i in range(8):
-        log.write(i, f"first text of note {i} about a transfer", W[0][0] + i * MINUTE)
-    run_sync(
-        log.source(),
-        Services.from_settings(None, embedder=embedder, catalog=catalog, store=store),
-        window=W[0],
-    )
+    _write_first_versions(log, 8, "a transfer")
+    _sync(log, store, catalog, embedder, W[0])
     log.write(0, "note 0 edited: the transfer arrived", W[1][0] + MINUTE)
     log.write(1, "first text of note 1 about a transfer", W[1][0] + 2 * MINUTE, gone=True)
     log.write(8, "a new note about a refund", W[1][0] + 3 * MINUTE)
@@ -231,13 +231,7 @@ def test_reindex_keeps_what_a_sync_published_meanwhile(log, store, catalog_url, 
 
     def sync_meanwhile():
         t = threading.Thread(
-            target=lambda: synced.append(
-                run_sync(
-                    log.source(),
-                    Services.from_settings(None, embedder=embedder, catalog=catalog, store=store),
-                    window=W[1],
-                )
-            )
+            target=lambda: synced.append(_sync(log, store, catalog, embedder, W[1]))
         )
         t.start()
         t.join(180)
@@ -259,13 +253,8 @@ def test_full_refresh_keeps_what_a_sync_published_after_its_plan(
     log, store, catalog_url, embedder, same_model
 ):
     catalog = Catalog(catalog_url)
-    for i in range(6):
-        log.write(i, f"first text of note {i} about an ATM", W[0][0] + i * MINUTE)
-    run_sync(
-        log.source(),
-        Services.from_settings(None, embedder=embedder, catalog=catalog, store=store),
-        window=W[0],
-    )
+    _write_first_versions(log, 6, "an ATM")
+    _sync(log, store, catalog, embedder, W[0])
     full_emb = embedder if same_model else Reembedder(embedder, lambda: None)
     full = plan_sync(
         log.source(),
@@ -278,11 +267,7 @@ def test_full_refresh_keeps_what_a_sync_published_after_its_plan(
     # While the full refresh embeds, the hourly sync publishes an edit and a new document.
     log.write(0, "note 0 edited: the ATM kept my card", W[1][0] + MINUTE)
     log.write(6, "a new note about a cash withdrawal", W[1][0] + 2 * MINUTE)
-    run_sync(
-        log.source(),
-        Services.from_settings(None, embedder=embedder, catalog=catalog, store=store),
-        window=W[1],
-    )
+    _sync(log, store, catalog, embedder, W[1])
     apply_sync(
         full, catalog=catalog, store=store, dimension=embedder.dimension, vectors=full_vectors
     )
@@ -290,11 +275,7 @@ def test_full_refresh_keeps_what_a_sync_published_after_its_plan(
         # Vectors of the old model cannot be carried into the new generation: the next run
         # embeds those documents again (they are dead letters until then).
         assert catalog.ids("log", [FAILED]) == {"0", "6"}
-        run_sync(
-            log.source(),
-            Services.from_settings(None, embedder=full_emb, catalog=catalog, store=store),
-            window=W[2],
-        )
+        _sync(log, store, catalog, full_emb, W[2])
     assert store.live_embedder_version() == full_emb.version
     assert_newest(log, store, catalog)
 
@@ -327,13 +308,8 @@ def test_a_sync_applied_after_a_reindex_swap_dead_letters_its_documents(
     log, store, catalog_url, embedder
 ):
     catalog = Catalog(catalog_url)
-    for i in range(6):
-        log.write(i, f"first text of note {i} about a loan", W[0][0] + i * MINUTE)
-    run_sync(
-        log.source(),
-        Services.from_settings(None, embedder=embedder, catalog=catalog, store=store),
-        window=W[0],
-    )
+    _write_first_versions(log, 6, "a loan")
+    _sync(log, store, catalog, embedder, W[0])
     log.write(0, "note 0 edited: the loan was approved", W[1][0] + MINUTE)
     log.write(6, "a new note about a mortgage", W[1][0] + 2 * MINUTE)
     log.write(2, "first text of note 2 about a loan", W[1][0] + 3 * MINUTE, gone=True)
@@ -359,10 +335,6 @@ def test_a_sync_applied_after_a_reindex_swap_dead_letters_its_documents(
     assert {p["embedder_version"] for p in payloads.values()} == {new.version}
 
     # The next run embeds the dead letters with the live generation's model.
-    run_sync(
-        log.source(),
-        Services.from_settings(None, embedder=new, catalog=catalog, store=store),
-        window=W[2],
-    )
+    _sync(log, store, catalog, new, W[2])
     assert catalog.ids("log", [FAILED]) == set()
     assert_newest(log, store, catalog)

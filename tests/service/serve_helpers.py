@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
+
+from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = {"admin": "admin-key-0123", "bank": "bank-key-4567", "other": "other-key-8901"}
@@ -26,12 +27,6 @@ OTHER = {"Authorization": f"Bearer {KEYS['other']}"}
 def api_keys_env() -> str:
     h = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in KEYS.items()}
     return json.dumps([h["admin"], f"{h['bank']}:bank", f"{h['other']}:other"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def build_index(home: Path, embedder, docs, embedder_version: str | None = None) -> int:

@@ -12,9 +12,18 @@ from semflow.errors import (
 
 
 class ApiError(SemflowError):
-    """An error with an HTTP status; `str(err)` is what the client reads."""
+    """An error with an HTTP status; `str(err)` is what the client reads.
+
+    A subclass names its status in its header, `class NotFound(ApiError, status=404)`;
+    one instance may override it with `status=`.
+    """
 
     status = 400
+
+    def __init_subclass__(cls, status: int | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -22,36 +31,28 @@ class ApiError(SemflowError):
             self.status = status
 
 
-class Unauthorized(ApiError):
-    status = 401
+class Unauthorized(ApiError, status=401): ...
 
 
-class Forbidden(ApiError):
-    status = 403
+class Forbidden(ApiError, status=403): ...
 
 
-class NotFound(ApiError):
-    status = 404
+class NotFound(ApiError, status=404): ...
 
 
-class Conflict(ApiError):
-    status = 409
+class Conflict(ApiError, status=409): ...
 
 
-class TooManyRequests(ApiError):
-    status = 429
+class TooManyRequests(ApiError, status=429): ...
 
 
-class PayloadTooLarge(ApiError):
-    status = 413
+class PayloadTooLarge(ApiError, status=413): ...
 
 
-class Unprocessable(ApiError):
-    status = 422
+class Unprocessable(ApiError, status=422): ...
 
 
-class Unavailable(ApiError):
-    status = 503
+class Unavailable(ApiError, status=503): ...
 
 
 def status_for(err: BaseException) -> int:

@@ -12,7 +12,7 @@ from semflow.catalog import FAILED, INDEXED, Catalog
 from semflow.documents import Document, point_id, to_utc
 from semflow.index import VectorIndex
 from semflow.sync.plan import SyncPlan, read_ids
-from semflow.sync.rows import dead_letter, is_older, known_versions
+from semflow.sync.rows import dead_letter, document_dead_letter, is_older, known_versions
 
 log = logging.getLogger("semflow.sync")
 
@@ -42,16 +42,8 @@ def failed_rows(
             continue
         attempts = (prev[doc.doc_id].attempts if doc.doc_id in prev else 0) + 1
         rows.append(
-            dead_letter(
-                doc.source,
-                doc.doc_id,
-                tenant=doc.tenant,
-                content_hash=doc.content_hash,
-                updated_at=doc.updated_at,
-                error=f["error"],
-                generation=generation,
-                run_id=run_id,
-                attempts=attempts,
+            document_dead_letter(
+                doc, error=f["error"], generation=generation, run_id=run_id, attempts=attempts
             )
         )
     return rows
@@ -82,23 +74,16 @@ def outdated_rows(
         f"embedded with {plan.embedder_version}, but the index was re-indexed with "
         f"{live_version} before this sync applied; embedded again by the next run"
     )
-    rows = []
-    for d in docs:
-        doc = Document.from_json(d)
-        rows.append(
-            dead_letter(
-                doc.source,
-                doc.doc_id,
-                tenant=doc.tenant,
-                content_hash=doc.content_hash,
-                updated_at=doc.updated_at,
-                error=error,
-                generation=generation,
-                run_id=run_id,
-                truncated=bool(d["truncated"]),
-            )
+    return [
+        document_dead_letter(
+            Document.from_json(d),
+            error=error,
+            generation=generation,
+            run_id=run_id,
+            truncated=bool(d["truncated"]),
         )
-    return rows
+        for d in docs
+    ]
 
 
 # -- full refresh ---------------------------------------------------------------------------

@@ -102,6 +102,19 @@ def dead_letter(
     return out
 
 
+def document_dead_letter(doc: Document, **rest: Any) -> dict[str, Any]:
+    """`dead_letter` for a document this sync fetched: its key, tenant, hash and date come
+    from `doc`; `rest` are dead_letter's other arguments (error, generation, run_id, ...)."""
+    return dead_letter(
+        doc.source,
+        doc.doc_id,
+        tenant=doc.tenant,
+        content_hash=doc.content_hash,
+        updated_at=doc.updated_at,
+        **rest,
+    )
+
+
 def deleted_row(
     catalog: Catalog, source: str, doc_id: str, generation: int | None, run_id: int
 ) -> dict[str, Any]:
