@@ -62,7 +62,7 @@ class Document:
         return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
 
     def payload(self, embedder_version: str, truncated: bool = False) -> dict[str, Any]:
-        """The point payload stored in the index."""
+        """The point payload stored in the index (its keys: PAYLOAD_FIELDS)."""
         return {
             "source": self.source,
             "doc_id": self.doc_id,
@@ -99,3 +99,7 @@ class Document:
             updated_at=to_utc(d.get("updated_at")),
             deleted=bool(d.get("deleted")),
         )
+
+
+# The keys of every point's payload (what a re-index copies from the live generation).
+PAYLOAD_FIELDS = tuple(Document(source="", doc_id="", text="").payload(embedder_version=""))

@@ -42,9 +42,11 @@ def run_sync(
     )
     vectors = []
     with progress(f"sync {source.name}: embedding", len(plan.partitions), "partitions") as bar:
-        for part in plan.partitions:
+        for k, part in enumerate(plan.partitions):
             vectors.append(embed_partition(plan, part, embedder))
             bar.update()
+            # a finished partition is a resume point: worth its own log line
+            log.info("embedded partition %d/%d", k + 1, len(plan.partitions))
     result = apply_sync(
         plan, catalog=catalog, store=store, dimension=embedder.dimension, vectors=vectors
     )

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from semflow.config import Settings, get_settings
+from semflow.documents import PAYLOAD_FIELDS
 from semflow.errors import SemflowError
 from semflow.training.common import Paths, read_split
 from semflow.training.params import PipelineParams, load_pipeline_params
@@ -242,7 +243,7 @@ def rebuild_generation(
 
 def _live_payloads(store: Any) -> dict[str, dict[str, Any]]:
     with store.open_live() as live:
-        return dict(live.iter_payloads(fields=list(_PAYLOAD_FIELDS)))
+        return dict(live.iter_payloads(fields=list(PAYLOAD_FIELDS)))
 
 
 def _encode(embedder: Any, payloads: Iterable[dict[str, Any]]) -> np.ndarray:
@@ -250,22 +251,6 @@ def _encode(embedder: Any, payloads: Iterable[dict[str, Any]]) -> np.ndarray:
     if not texts:
         return np.zeros((0, embedder.dimension), np.float32)
     return embedder.encode_all(texts, "re-index")
-
-
-_PAYLOAD_FIELDS = (
-    "source",
-    "doc_id",
-    "tenant",
-    "type",
-    "title",
-    "text",
-    "labels",
-    "metadata",
-    "updated_at",
-    "content_hash",
-    "embedder_version",
-    "truncated",
-)
 
 
 def dag_reindex(
