@@ -9,15 +9,25 @@ Two losses:
   from every other label's, not only from the labels that happen to share its batch, with
   an optional additive cosine margin (CosFace). One forward pass per text instead of two
   per pair, so an epoch costs half as much.
+
+Same inputs, same weights (on one machine): every RNG is seeded from `seed`, batches come
+from seeded `random.Random`s, and the block runs with deterministic kernels and a fixed
+intra-op thread count (`training_threads`). The thread count matters: the backward passes
+of LayerNorm and attention sum per-thread partial results, so 1 and 2 threads give weights
+that differ in the last bits (and so another embedder version). The forward pass and the
+CPU's instruction set (AVX2 vs AVX-512 kernels) are beyond this: another CPU can still give
+other bits.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -34,6 +44,7 @@ class FinetuneResult:
     examples: int  # pairs (mnrl) or texts (proxy) per epoch
     seconds: float
     final_loss: float
+    threads: int  # intra-op threads it trained with: the weights depend on it
 
 
 def make_pairs(
@@ -115,6 +126,56 @@ def _freeze(model: object, n_layers: int) -> list[object]:
     return frozen
 
 
+def training_threads() -> int:
+    """Physical cores this process may run on: the intra-op thread count of a fine-tune.
+
+    torch's own default is the same number, but OMP_NUM_THREADS, MKL_NUM_THREADS or an
+    earlier `torch.set_num_threads` in the process change it, and with it the weights;
+    this reads only the machine (and the process's CPU affinity).
+    """
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux: no affinity, no sysfs topology
+        return max(1, os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            # Hyper-threads of one core share (package, core id): count the core once.
+            cores.add(((topo / "physical_package_id").read_text(), (topo / "core_id").read_text()))
+        except OSError:
+            cores.add((str(cpu), ""))
+    return max(1, len(cores))
+
+
+@contextmanager
+def reproducible(seed: int, threads: int) -> Iterator[None]:
+    """Seeded RNGs, `threads` intra-op threads and deterministic kernels inside the block.
+
+    The process's RNG states, thread count and determinism flag are restored after it
+    (the stage runs in Airflow tasks and tests, next to other torch work).
+    """
+    import torch
+
+    py_state = random.getstate()
+    old_threads = torch.get_num_threads()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        torch.manual_seed(seed)  # dropout draws from the default generator
+        torch.set_num_threads(threads)
+        # A kernel without a deterministic CPU implementation fails here instead of
+        # silently changing the weights from run to run.
+        torch.use_deterministic_algorithms(True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
+            torch.set_num_threads(old_threads)
+            random.setstate(py_state)
+
+
 Loss = Literal["mnrl", "proxy"]  # also the type of `finetune.loss` in params
 LOSSES: tuple[str, ...] = get_args(Loss)
 
@@ -137,17 +198,61 @@ def finetune(
     freeze_layers: int = 0,
     seed: int = 0,
 ) -> FinetuneResult:
-    """Fine-tune the model in `base_model_dir` and save it to `output_dir`."""
-    import torch
-    from sentence_transformers import SentenceTransformer
+    """Fine-tune the model in `base_model_dir` and save it to `output_dir`.
 
+    Bit-identical weights for identical arguments on one machine (see the module's doc).
+    """
     if epochs < 1 or batch_size < 2:
         raise SettingsError("finetune.epochs must be >= 1 and finetune.batch_size >= 2")
     if loss not in LOSSES:
         raise SettingsError(f"finetune.loss must be one of {', '.join(LOSSES)}, not {loss!r}")
     t0 = time.perf_counter()
-    random.seed(seed)
-    torch.manual_seed(seed)
+    threads = training_threads()
+    with reproducible(seed, threads):
+        steps, n_examples, loss_val = _train(
+            base_model_dir,
+            texts,
+            labels,
+            Path(output_dir),
+            loss=loss,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            warmup_ratio=warmup_ratio,
+            max_pairs=max_pairs,
+            max_seq_length=max_seq_length,
+            scale=scale,
+            margin=margin,
+            freeze_layers=freeze_layers,
+            seed=seed,
+        )
+    seconds = time.perf_counter() - t0
+    log.info("finetune: %d steps on %d threads in %.0f s", steps, threads, seconds)
+    return FinetuneResult(Path(output_dir), steps, n_examples, seconds, loss_val, threads)
+
+
+def _train(
+    base_model_dir: Path,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    output_dir: Path,
+    *,
+    loss: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    warmup_ratio: float,
+    max_pairs: int,
+    max_seq_length: int,
+    scale: float,
+    margin: float,
+    freeze_layers: int,
+    seed: int,
+) -> tuple[int, int, float]:
+    """The training loop of `finetune`, saving to `output_dir`: (steps, examples, final loss)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
     model = SentenceTransformer(str(base_model_dir), device="cpu", local_files_only=True)
     saved_len = model.max_seq_length
     model.max_seq_length = max_seq_length  # training only; the saved model keeps its own
@@ -223,10 +328,9 @@ def finetune(
     model.max_seq_length = saved_len
     for p in frozen:
         p.requires_grad_(True)
-    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save(str(output_dir))
-    return FinetuneResult(output_dir, total, n_examples, time.perf_counter() - t0, loss_val)
+    return total, n_examples, loss_val
 
 
 def _label_means(model: object, texts: list[str], y: object, n_labels: int) -> object:

@@ -55,6 +55,7 @@ def finetune(
         "examples": res.examples,
         "seconds": round(res.seconds, 1),
         "final_loss": res.final_loss,
+        "threads": res.threads,  # the weights depend on it (semflow.models.finetune)
     }
     write_json(out / "embedder.json", info)
     write_json(paths.metrics / "finetune.json", info)
