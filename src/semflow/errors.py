@@ -28,5 +28,9 @@ class IndexError_(SemflowError):
     """The vector index is missing, corrupt or incompatible."""
 
 
+class FilterError(SemflowError):
+    """A search filter is not allowed or malformed."""
+
+
 class ModelMismatchError(SemflowError):
     """A query would be embedded with another model than the one that built the index."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from semflow.errors import IndexError_, SemflowError
+from semflow.errors import FilterError, IndexError_
 from semflow.index.lock import Reentrant
 
 # Payload fields that get a keyword index and may be used in filters.
@@ -27,10 +27,6 @@ MAX_FILTER_VALUES = 1024
 MAX_FILTER_CHARS = 1024
 _INT64 = (-(2**63), 2**63 - 1)
 _META_KEY = re.compile(r"^metadata\.[A-Za-z0-9_\-]{1,64}$")
-
-
-class FilterError(SemflowError):
-    """A search filter is not allowed or malformed."""
 
 
 def stored_embedder_version(meta: Mapping[str, Any]) -> str | None:
@@ -317,11 +313,13 @@ class IndexStore(ABC):
     @staticmethod
     def _check_embedder(generation: int, built_with: str | None, wanted: str) -> None:
         """Refuse to add vectors of `wanted` to a generation built with another embedder."""
-        if built_with != wanted:
-            raise IndexError_(
-                f"live generation {generation} was built with {built_with}, "
-                f"not {wanted}; rebuild with a full refresh"
-            )
+        from semflow.embedding import check_embedder
+        from semflow.errors import ModelMismatchError
+
+        try:
+            check_embedder(wanted, str(built_with), f"live generation {generation} was built with")
+        except ModelMismatchError as err:
+            raise IndexError_(f"{err}; rebuild with a full refresh") from None
 
     @abstractmethod
     def _drop(self, generation: int) -> None:

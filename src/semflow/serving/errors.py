@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from semflow.errors import (
+    FilterError,
     IndexError_,
     IndexLockedError,
     ModelMismatchError,
@@ -57,7 +58,6 @@ class Unavailable(ApiError, status=503): ...
 
 def status_for(err: BaseException) -> int:
     """Map an exception to an HTTP status (500 only for genuine bugs)."""
-    from semflow.index.base import FilterError
 
     if isinstance(err, ApiError):
         return err.status
