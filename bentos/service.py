@@ -1,5 +1,9 @@
 """The semflow Bento: embed, similarity, search, classify and rank over HTTP.
 
+`/v1/embeddings`, `/v1/models` and `/v1/rerank` answer OpenAI and Cohere clients; their
+shaping is `semflow.serving.compat`, their work the same engine methods, behind the same
+guard, and `compat.PeerErrorShape` gives every error on them the peer's own shape.
+
 Wiring only: every endpoint calls `semflow.serving.Engine`. A pure-ASGI guard
 (`semflow.serving.http.GuardMiddleware`) checks the API key, the body size and the JSON
 schema first, so bad input gets a 401/403/413/422 sentence before any model code runs.
@@ -30,6 +34,7 @@ from semflow.app import Services
 from semflow.config import get_settings
 from semflow.serving import Engine, status_for
 from semflow.serving.auth import NOBODY, Principal
+from semflow.serving.compat import CompatAPI, PeerErrorShape, error_response
 from semflow.serving.http import PRINCIPAL, GuardMiddleware
 from semflow.serving.schemas import (
     Candidate,
@@ -119,6 +124,26 @@ async def _job(request: Request) -> JSONResponse:
     return out if isinstance(out, JSONResponse) else JSONResponse(out)
 
 
+async def _v1(request: Request) -> JSONResponse:
+    """GET /v1/models, POST /v1/embeddings and /v1/rerank (OpenAI/Cohere shapes)."""
+    svc = bentoml.get_current_service()
+    if svc is None:
+        return STARTING
+    compat: CompatAPI = svc.compat
+    path = request.url.path
+    try:
+        if path == "/v1/models":
+            out = compat.models()
+        elif path == "/v1/embeddings":
+            out = await compat.embeddings(await request.json())  # the guard has checked it
+        else:
+            out = await run_in_threadpool(compat.rerank, await request.json())
+    except Exception as err:
+        status, body = error_response(path, err)
+        return JSONResponse(body, status)
+    return JSONResponse(out)
+
+
 _JOB_METHODS = {"submit": "POST", "status": "GET", "get": "GET", "cancel": "PUT"}
 _JOB_KINDS = ("embed_job", "classify_job")
 info_app = Starlette(
@@ -127,6 +152,11 @@ info_app = Starlette(
         Route(f"/{kind}/{action}", _job, methods=[method])
         for kind in _JOB_KINDS
         for action, method in _JOB_METHODS.items()
+    ]
+    + [
+        Route("/v1/models", _v1, methods=["GET"]),
+        Route("/v1/embeddings", _v1, methods=["POST"]),
+        Route("/v1/rerank", _v1, methods=["POST"]),
     ]
 )
 
@@ -145,6 +175,7 @@ class Semflow:
     def __init__(self) -> None:
         pinned = Path(self.bundle_model.path) if self.bundle_model is not None else None
         self.engine = Engine(Services.from_settings(_S), pinned=pinned)
+        self.compat = CompatAPI(self.engine)
 
     def __is_ready__(self) -> bool:
         return self.engine.health()["status"] in ("ready", "degraded")
@@ -226,5 +257,7 @@ class Semflow:
         return _answer(lambda: self.engine.rank(req))
 
 
+# First added, outermost: the peer-shaped errors cover the guard's answers too.
+Semflow.add_asgi_middleware(PeerErrorShape)
 Semflow.add_asgi_middleware(GuardMiddleware)
 Semflow.mount_asgi_app(info_app, path="/")

@@ -7,9 +7,17 @@ a text longer than `max_text_chars`) are 413 -- texts are never silently truncat
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from semflow.config import Settings
 from semflow.serving.errors import PayloadTooLarge, Unprocessable
@@ -82,6 +90,93 @@ class EncodeRequest(BaseModel):
     texts: list[Text] = Field(min_length=1)
 
 
+def _text_list(value: Any, what: str, allow_objects: bool = False) -> list[Any]:
+    """The items of a compatible route's text list, with one clear sentence for what is wrong
+    (pydantic's union errors name every branch); the field types check the rest."""
+    if not isinstance(value, list):
+        kinds = "strings or objects with a 'text' field" if allow_objects else "strings"
+        either = "" if allow_objects else "a string or "
+        raise ValueError(f"{what} must be {either}a list of {kinds}")
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            if not item:
+                raise ValueError(f"{what}[{i}] is an empty string")
+        elif allow_objects and isinstance(item, dict):
+            if not isinstance(item.get("text"), str) or not item["text"]:
+                raise ValueError(f"{what}[{i}] is an object without a non-empty 'text' string")
+        elif isinstance(item, int | list) and not isinstance(item, bool) and not allow_objects:
+            raise ValueError(
+                "token arrays are not supported: send the text itself (a string or a list "
+                "of strings); tokens from another model's tokenizer mean nothing to this one"
+            )
+        else:
+            kinds = "a string or an object with a 'text' field" if allow_objects else "a string"
+            raise ValueError(f"{what}[{i}] must be {kinds}, not {type(item).__name__}")
+    return value
+
+
+ModelId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class OpenAIEmbeddingsRequest(BaseModel):
+    """`POST /v1/embeddings`, OpenAI's body. Token arrays are refused (see `_text_list`)."""
+
+    model_config = _STRICT
+    input: str | list[str] = Field(description="A text or a list of texts.")
+    model: ModelId = Field(description="An embedding model id listed by GET /v1/models.")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(
+        default=None, ge=1, description="Accepted only when equal to the model's dimension."
+    )
+    user: str | None = Field(default=None, description="Accepted and ignored.")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _input(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value:
+                raise ValueError("input is an empty string")
+            return value
+        return _text_list(value, "input")
+
+    @property
+    def texts(self) -> list[str]:
+        """The texts to embed (the guard checks their count and length as /embed's)."""
+        return [self.input] if isinstance(self.input, str) else self.input
+
+
+class RerankDocument(BaseModel):
+    """A document given as an object: `text` is ranked; other fields come back unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+    text: Text
+
+
+class RerankRequest(BaseModel):
+    """`POST /v1/rerank`, the Cohere (v1) / Jina body."""
+
+    model_config = _STRICT
+    query: Text
+    documents: list[Text | RerankDocument] = Field(
+        description="Strings, or objects with a `text` field."
+    )
+    top_n: int | None = Field(default=None, ge=1)
+    return_documents: StrictBool = False  # "yes" is a mistake, not True
+    model: ModelId | None = Field(default=None, description="The ranker's id, if given.")
+
+    @field_validator("documents", mode="before")
+    @classmethod
+    def _documents(cls, value: Any) -> Any:
+        return _text_list(value, "documents", allow_objects=True)
+
+    @property
+    def texts(self) -> list[str]:
+        """The documents' texts (the guard checks their count and length as /rank's)."""
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
 # path -> body model, used by the HTTP guard to validate before the endpoint runs.
 ROUTES: dict[str, type[BaseModel]] = {
     "/embed": EmbedRequest,
@@ -92,6 +187,8 @@ ROUTES: dict[str, type[BaseModel]] = {
     "/rank": RankRequest,
     "/embed_job/submit": EmbedJobRequest,
     "/classify_job/submit": ClassifyJobRequest,
+    "/v1/embeddings": OpenAIEmbeddingsRequest,
+    "/v1/rerank": RerankRequest,
 }
 JOB_ROUTES = frozenset({"/embed_job/submit", "/classify_job/submit"})
 
