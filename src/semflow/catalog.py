@@ -179,6 +179,15 @@ class Catalog:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
 
+    def recent_runs(self, limit: int = 5) -> list[dict[str, Any]]:
+        """The newest sync runs, newest first, with their counts decoded."""
+        q = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            out = [dict(r._mapping) for r in conn.execute(q)]
+        for r in out:
+            r["counts"] = json.loads(r["counts"]) if r["counts"] else {}
+        return out
+
     def last_run_id(self) -> int:
         """The newest run id of any source, 0 before the first run."""
         with self.engine.connect() as conn:

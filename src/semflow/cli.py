@@ -202,6 +202,103 @@ def keys_new(
 
 
 @app.command()
+def status(
+    json_: Annotated[bool, typer.Option("--json", help="JSON instead of tables.")] = False,
+    service_url: Annotated[
+        str, typer.Option(help="Where a local service would answer ('' to skip).")
+    ] = "http://127.0.0.1:3000",
+    runs: Annotated[int, typer.Option(min=1, max=100, help="Sync runs to show.")] = 5,
+) -> None:
+    """The index, the catalog, the registered models and the service, at a glance. A part
+    that cannot be read says why; the rest is still shown. Exit 1 if any part failed."""
+    from semflow.status import collect_status
+
+    out = collect_status(service_url=service_url or None, runs=runs)
+    if json_:
+        _echo(out)
+    else:
+        _print_status(out)
+    if not all(part["ok"] for part in out.values()):
+        raise typer.Exit(1)
+
+
+def _print_status(out: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+
+    def table(title: str, rows: list[tuple[Any, ...]], *cols: str) -> None:
+        t = Table(title=title, title_justify="left")
+        for c in cols:
+            t.add_column(c)
+        for r in rows:
+            t.add_row(*("-" if v is None else str(v) for v in r))
+        console.print(t)
+
+    def down(name: str, part: dict[str, Any]) -> bool:
+        if not part["ok"]:
+            console.print(f"[bold red]{name}: unavailable[/] ({part['error']})")
+        return not part["ok"]
+
+    idx = out["index"]
+    if not down("index", idx):
+        table(
+            "Index",
+            [
+                ("backend", idx["backend"]),
+                ("live generation", idx["live_generation"]),
+                ("generations", ", ".join(map(str, idx["generations"])) or None),
+                ("embedder", idx["embedder_version"]),
+                ("points", idx["points"]),
+            ],
+            "",
+            "",
+        )
+        table("Points per tenant", list(idx["points_per_tenant"].items()), "tenant", "points")
+    cat = out["catalog"]
+    if not down("catalog", cat):
+        table("Documents", list(cat["documents"].items()), "status", "documents")
+        table("Dead letters", list(cat["dead_letters"].items()), "source", "retryable")
+        table(
+            "Recent syncs",
+            [
+                (
+                    r["id"],
+                    r["source"],
+                    r["mode"],
+                    r["status"],
+                    r["generation"],
+                    " ".join(f"{k}={v}" for k, v in r["counts"].items() if v) or None,
+                    r["finished_at"],
+                )
+                for r in cat["recent_runs"]
+            ],
+            "run",
+            "source",
+            "mode",
+            "status",
+            "generation",
+            "counts",
+            "finished",
+        )
+    models = out["models"]
+    if not down("models", models):
+        rows = []
+        for alias in ("champion", "challenger"):
+            v = models.get(alias)
+            metrics = " ".join(
+                f"{k}={x:.4f}" for k, x in sorted((v or {}).get("metrics", {}).items())
+            )
+            rows.append((alias, v and v["version"], metrics or None))
+        table(f"Model {models['registered_model']}", rows, "alias", "version", "metrics")
+    if "service" in out:
+        svc = out["service"]
+        if not down("service", svc):
+            console.print(f"service at {svc['url']}: HTTP {svc['http_status']}, {svc['status']}")
+
+
+@app.command()
 def settings() -> None:
     """Print the validated settings (secrets and the passwords inside URLs masked)."""
     from semflow.config import get_settings, masked_settings
@@ -213,7 +310,10 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: a SemflowError becomes one sentence and an exit code, not a traceback."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click returns a command's typer.Exit code instead of raising.
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except SettingsError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)

@@ -1,0 +1,58 @@
+"""`semflow status`: tables on a terminal, JSON with --json, and a part that is down says why
+without hiding the others."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from semflow.app import Services
+from semflow.cli import main
+from semflow.config import get_settings
+from tests.helpers import free_port
+
+
+@pytest.fixture
+def synced(semflow_home, tmp_path, embedder):
+    from semflow.sync import run_sync
+    from tests.integration.test_pipeline import small_source
+
+    return run_sync(
+        small_source(tmp_path), Services.from_settings(get_settings(), embedder=embedder)
+    )
+
+
+def test_json_names_generation_tenants_runs_and_models(synced, capsys):
+    main(["status", "--json", "--service-url", ""])  # every part answered: no exit code
+    out = json.loads(capsys.readouterr().out)
+    idx, cat, models = out["index"], out["catalog"], out["models"]
+    assert idx["ok"] and idx["live_generation"] == 1
+    assert idx["points_per_tenant"] == {"bank": synced.counts["indexed"]}
+    assert idx["embedder_version"].startswith("all-MiniLM-L6-v2@")
+    assert cat["recent_runs"][0]["counts"]["indexed"] == synced.counts["indexed"]
+    assert cat["documents"] == {"indexed": synced.counts["indexed"]} and cat["dead_letters"] == {}
+    assert models["ok"] and models["champion"] is None and models["challenger"] is None
+
+
+def test_tables_on_a_terminal(synced, capsys):
+    main(["status", "--service-url", ""])
+    text = capsys.readouterr().out
+    for title in ("Index", "Points per tenant", "Recent syncs", "Model semflow"):
+        assert title in text
+    assert "bank" in text and "champion" in text
+
+
+def test_a_part_that_is_down_says_why_and_the_rest_is_shown(synced, capsys, monkeypatch):
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("SEMFLOW_CATALOG_URL", f"postgresql+psycopg2://u:s3cret@127.0.0.1:{port}/x")
+    get_settings.cache_clear()
+    with pytest.raises(SystemExit) as done:
+        main(["status", "--json", "--service-url", f"http://127.0.0.1:{port}"])
+    assert done.value.code == 1
+    raw = capsys.readouterr().out
+    out = json.loads(raw)
+    assert out["index"]["ok"] and out["index"]["live_generation"] == 1
+    assert not out["catalog"]["ok"] and "OperationalError" in out["catalog"]["error"]
+    assert not out["service"]["ok"] and "Connect" in out["service"]["error"]
+    assert "s3cret" not in raw
