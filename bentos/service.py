@@ -144,6 +144,14 @@ async def _v1(request: Request) -> JSONResponse:
     return JSONResponse(out)
 
 
+# Texts per model call of the engine's micro-batcher: the dashboard's batching panel (the
+# engine batches itself, so BentoML's adaptive-batching metric never appears).
+BATCH_SIZE = bentoml.metrics.Histogram(
+    name="semflow_embed_batch_size",
+    documentation="Texts per model call of the micro-batcher",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+
 _JOB_METHODS = {"submit": "POST", "status": "GET", "get": "GET", "cancel": "PUT"}
 _JOB_KINDS = ("embed_job", "classify_job")
 info_app = Starlette(
@@ -175,6 +183,7 @@ class Semflow:
     def __init__(self) -> None:
         pinned = Path(self.bundle_model.path) if self.bundle_model is not None else None
         self.engine = Engine(Services.from_settings(_S), pinned=pinned)
+        self.engine.batch_observers.append(BATCH_SIZE.observe)
         self.compat = CompatAPI(self.engine)
 
     def __is_ready__(self) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ class Engine:
     def __init__(
         self, services: Services | None = None, watch: bool = True, pinned: Path | None = None
     ) -> None:
+        # Called with each model call's batch size (the Bento feeds a Prometheus histogram).
+        self.batch_observers: list[Callable[[int], None]] = []
         self.services = services or Services.from_settings()
         self.settings = s = self.services.settings
         self.default_weights = validate_weights(s.rank_weights)
@@ -101,7 +104,10 @@ class Engine:
     # -- embedding ----------------------------------------------------------------
     def encode(self, texts: list[str], normalize: bool = True) -> np.ndarray:
         """The model call itself (the micro-batcher's work; cached when normalised)."""
-        return self.embedder.encode(texts, normalize=normalize)
+        out = self.embedder.encode(texts, normalize=normalize)
+        for observe in self.batch_observers:
+            observe(len(texts))
+        return out
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Normalised vectors through the micro-batcher, from a worker thread.
