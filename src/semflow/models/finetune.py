@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from semflow.errors import SettingsError
+from semflow.progress import progress
 
 log = logging.getLogger("semflow.finetune")
 
@@ -314,16 +315,18 @@ def _train(
     )
     model.train()
     loss_val = float("nan")
-    for step, batch in enumerate(plan):
-        value = batch_loss(batch)
-        opt.zero_grad()
-        value.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        opt.step()
-        sched.step()
-        loss_val = float(value.detach())
-        if step % 50 == 0:
-            log.info("finetune step %d/%d loss %.4f", step, total, loss_val)
+    with progress("fine-tune", total, "steps") as bar:
+        for step, batch in enumerate(plan):
+            value = batch_loss(batch)
+            opt.zero_grad()
+            value.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            opt.step()
+            sched.step()
+            loss_val = float(value.detach())
+            bar.update()
+            if step % 50 == 0:
+                log.info("finetune step %d/%d loss %.4f", step, total, loss_val)
     model.eval()
     model.max_seq_length = saved_len
     for p in frozen:
