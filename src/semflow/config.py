@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     )
     embedder_name: str = Field(default="all-MiniLM-L6-v2", pattern=r"^[^@\s]{1,200}$")
     device: str = "cpu"
+    # What runs the embedder: part of its version, so an index is only queried with its own.
+    backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        default="torch", description="torch, or onnxruntime on an fp32 / int8 ONNX export."
+    )
     embed_batch_size: int = Field(default=64, ge=1, le=4096)
     max_text_chars: int = Field(default=4000, ge=16)
     sync_partition_size: int = Field(default=2000, ge=1)
@@ -59,6 +63,8 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         default=None, description="S3 endpoint for MinIO or another S3-compatible store."
     )
+    # How long a pipeline task waits for another one to leave the DVC workspace.
+    pipeline_lock_timeout_s: float = Field(default=3600.0, ge=0)
     # The DVC remote the Airflow-run pipeline pushes its data to (semflow.training.workspace).
     dvc_remote_url: str | None = Field(
         default=None, description="A path or s3://bucket/prefix; default <home>/dvc-remote."

@@ -122,3 +122,18 @@ def test_a_data_verdict_is_not_a_retryable_pipeline_error(semflow_home, tmp_path
     assert isinstance(err.value, Verdict)
     assert str(err.value).startswith("validation failed on 30 rows")
     assert "to_be_in_set(label)" in str(err.value) and "dvc" not in str(err.value)
+
+
+def test_two_dags_in_the_workspace_at_once_take_turns(semflow_home, tmp_path):
+    """A snapshot (validate_data) while another task runs DVC (train_models) must wait for
+    it, not fail on DVC's repo lock or run on a half-written params.yaml."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from semflow.sync import run_sync
+    from semflow.training.workspace import dag_stage
+
+    run_sync(small_source(tmp_path), Services.from_settings(get_settings()))
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(dag_stage, "snapshot", _overrides()) for _ in range(2)]
+        results = [r.result(timeout=600) for r in runs]
+    assert all("rows" in r or not r["ran"] for r in results), results

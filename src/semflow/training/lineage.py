@@ -27,17 +27,18 @@ def _sha256(path: Path) -> str | None:
 
 
 def snapshot_md5(paths: Paths) -> str:
-    """The md5 DVC recorded for the snapshot in this root's dvc.lock, else the file's md5."""
+    """The md5 of the snapshot the model was trained on: what dvc.lock says `prepare` read
+    (a newer snapshot may have been taken since), else the snapshot's, else the file's."""
     import yaml
 
     lock = paths.root / "dvc.lock"
     if lock.is_file():
         stages = (yaml.safe_load(lock.read_text()) or {}).get("stages") or {}
         rel = paths.snapshot.relative_to(paths.root).as_posix()
-        for stage in stages.values():
-            for out in stage.get("outs") or []:
-                if out.get("path") == rel and out.get("md5"):
-                    return str(out["md5"])
+        for name, key in (("prepare", "deps"), ("snapshot", "outs")):
+            for entry in (stages.get(name) or {}).get(key) or []:
+                if entry.get("path") == rel and entry.get("md5"):
+                    return str(entry["md5"])
     return dvc_data_hash(paths.snapshot)
 
 

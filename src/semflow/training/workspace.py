@@ -12,6 +12,7 @@ sends the data a registered version was trained on to the DVC remote
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -77,6 +78,14 @@ class Workspace:
     def for_home(cls, settings: Settings | None = None) -> Workspace:
         s = settings or get_settings()
         return cls(s.home / "pipeline", s)
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """One DAG task at a time in the workspace: tasks of different DAGs (a snapshot while
+        a training runs) would otherwise rewrite params.yaml and race on DVC's own lock."""
+        from semflow.index.lock import file_lock
+
+        path = self.root.parent / f".{self.root.name}.lock"
+        return file_lock(path, self.settings.pipeline_lock_timeout_s, "the pipeline workspace")
 
     # -- set-up --------------------------------------------------------------------
     def prepare(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -148,7 +157,8 @@ class Workspace:
 
     def push(self) -> None:
         """Send every output dvc.lock records (snapshot, splits, models) to the remote."""
-        self.dvc("push", "-q")
+        with self.lock():
+            self.dvc("push", "-q")
 
 
 def dag_stage(
@@ -172,8 +182,9 @@ def dag_stage(
         if forced:
             env[FORCED_ENV] = json.dumps(forced)
     ws = Workspace.for_home()
-    ws.prepare(overrides)
-    run = ws.repro(name, env=env)
+    with ws.lock():
+        ws.prepare(overrides)
+        run = ws.repro(name, env=env)
     if run.ran and run.result is None:
         raise PipelineError(f"stage {name} ran but printed no result: {run.output[-800:]}")
     return {"ran": run.ran, **(run.result or {})}
