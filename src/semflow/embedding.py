@@ -1,6 +1,8 @@
 """Embedder: a sentence-transformers model loaded offline, with a stable version.
 
-An embedder version is `name@<12 hex of the weights' sha256>`; `format_version` and
+An embedder version is `name@<12 hex of the weights' sha256>`, followed by `+onnx` or
+`+onnx-int8` when another backend than torch runs the weights (its vectors differ, so an index
+is never queried with another backend's); `format_version` and
 `parse_version` are the only code that builds or splits one, `resolve_embedder` the only code
 that decides which weights embed for an index generation or a bundle, and `check_embedder`
 the only comparison of what was wanted against what was loaded.
@@ -22,6 +24,7 @@ import numpy as np
 from semflow.cache import text_key
 from semflow.config import Settings
 from semflow.errors import ModelMismatchError
+from semflow.onnx_backend import BACKENDS
 
 # Nothing may reach a model hub: weights come from a local directory only.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,26 +32,37 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 log = logging.getLogger(__name__)
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-_VERSION = re.compile(r"^(?P<name>.+)@(?P<digest>[0-9a-f]{12})$")
+_VERSION = re.compile(r"^(?P<name>.+)@(?P<digest>[0-9a-f]{12})(?:\+(?P<backend>onnx|onnx-int8))?$")
 # The name a fine-tuned copy of the configured embedder is versioned under.
 FINETUNED_SUFFIX = "-semflow-ft"
 
 
-def format_version(name: str, digest: str) -> str:
-    """`name@digest`, the one spelling of an embedder version."""
-    return f"{name}@{digest[:12]}"
+def format_version(name: str, digest: str, backend: str = "torch") -> str:
+    """`name@digest` (`+backend` unless torch), the one spelling of an embedder version."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown embedder backend {backend!r} ({', '.join(BACKENDS)})")
+    return f"{name}@{digest[:12]}" + ("" if backend == "torch" else f"+{backend}")
 
 
-def parse_version(version: str) -> tuple[str, str]:
-    """(name, digest) of `name@digest`; ValueError on anything else."""
+def parse_version(version: str) -> tuple[str, str, str]:
+    """(name, digest, backend) of `name@digest[+backend]`; ValueError on anything else."""
     m = _VERSION.match(version)
     if m is None:
-        raise ValueError(f"{version!r} is not an embedder version (name@<12 hex>)")
-    return m["name"], m["digest"]
+        raise ValueError(
+            f"{version!r} is not an embedder version (name@<12 hex>[+onnx|+onnx-int8])"
+        )
+    return m["name"], m["digest"], m["backend"] or "torch"
 
 
-def embedder_version(model_dir: Path, name: str) -> str:
-    """The version of the weights in `model_dir`: changes exactly when they change."""
+def weights_version(version: str) -> str:
+    """`name@digest` of a version: what names the weights, whichever backend runs them."""
+    name, digest, _ = parse_version(version)
+    return format_version(name, digest)
+
+
+def embedder_version(model_dir: Path, name: str, backend: str = "torch") -> str:
+    """The version of the weights in `model_dir` run by `backend`: changes exactly when they
+    (or the backend) change."""
     h = hashlib.sha256()
     found = False
     for wf in _WEIGHT_FILES:
@@ -60,7 +74,7 @@ def embedder_version(model_dir: Path, name: str) -> str:
                     h.update(chunk)
     if not found:
         raise FileNotFoundError(f"no model weights ({', '.join(_WEIGHT_FILES)}) in {model_dir}")
-    return format_version(name, h.hexdigest())
+    return format_version(name, h.hexdigest(), backend)
 
 
 def check_embedder(actual: str, expected: str, what: str) -> None:
@@ -73,7 +87,11 @@ def check_embedder(actual: str, expected: str, what: str) -> None:
 
 
 class Embedder:
-    """Loads the model lazily; `encode` returns L2-normalised float32 rows by default."""
+    """Loads the model lazily; `encode` returns L2-normalised float32 rows by default.
+
+    `backend` runs the weights: torch (sentence-transformers), or onnxruntime on an export
+    kept under `<home>/onnx` (`onnx`, `onnx-int8`; see semflow.onnx_backend).
+    """
 
     def __init__(
         self,
@@ -82,6 +100,8 @@ class Embedder:
         device: str = "cpu",
         batch_size: int = 64,
         cache: Any | None = None,
+        backend: str = "torch",
+        home: Path | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
@@ -90,8 +110,11 @@ class Embedder:
         self.device = device
         self.batch_size = batch_size
         self.cache = cache
-        self.version = embedder_version(self.model_dir, name)
+        self.backend = backend
+        self.version = embedder_version(self.model_dir, name, backend)
+        self._home = home
         self._model: Any = None
+        self._onnx: Any = None
         self._lock = threading.Lock()
 
     @property
@@ -107,7 +130,25 @@ class Embedder:
         return self._model
 
     @property
+    def onnx(self) -> Any:
+        """The onnxruntime runner of an ONNX backend (exported on first use)."""
+        if self._onnx is None:
+            with self._lock:
+                if self._onnx is None:
+                    from semflow.onnx_backend import load_runner
+
+                    if self._home is None:
+                        from semflow.config import get_settings
+
+                        self._home = get_settings().home
+                    weights = weights_version(self.version)
+                    self._onnx = load_runner(self.model_dir, weights, self.backend, self._home)
+        return self._onnx
+
+    @property
     def dimension(self) -> int:
+        if self.backend != "torch":
+            return self.onnx.dimension
         get_dim = getattr(self.model, "get_embedding_dimension", None) or (
             self.model.get_sentence_embedding_dimension
         )
@@ -115,11 +156,15 @@ class Embedder:
 
     @property
     def max_seq_length(self) -> int:
+        if self.backend != "torch":
+            return self.onnx.max_seq_length
         return int(self.model.max_seq_length)
 
     def _encode_raw(self, texts: Sequence[str], normalize: bool) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        if self.backend != "torch":
+            return self.onnx.encode(texts, self.batch_size, normalize)
         arr = self.model.encode(
             list(texts),
             batch_size=self.batch_size,
@@ -161,6 +206,9 @@ class Embedder:
 
 
 def _embedder_home(settings: Settings, version: str) -> Path:
+    # the weights are installed once, whichever backend runs them
+    if _VERSION.match(version):
+        version = weights_version(version)
     return settings.home / "embedders" / version.replace("/", "_")
 
 
@@ -176,7 +224,7 @@ def install_embedder(settings: Settings, model_dir: Path, version: str) -> Path:
     dest = _embedder_home(settings, version)
     if installed_embedder_dir(settings, version) is not None:
         return dest
-    if embedder_version(model_dir, parse_version(version)[0]) != version:
+    if embedder_version(model_dir, parse_version(version)[0]) != weights_version(version):
         raise ValueError(f"{model_dir} does not hold embedder {version}")
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -212,7 +260,8 @@ def resolve_embedder(
         model_dir, name = settings.base_embedder_dir, settings.embedder_name
     elif name is None:
         name = parse_version(version)[0] if version else settings.embedder_name
-    emb = Embedder(model_dir, name, settings.device, batch_size or settings.embed_batch_size, cache)
+    batch = batch_size or settings.embed_batch_size
+    emb = Embedder(model_dir, name, settings.device, batch, cache, settings.backend, settings.home)
     if required_by and version:
         check_embedder(emb.version, version, required_by)
     return emb

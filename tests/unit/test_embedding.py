@@ -65,10 +65,24 @@ def test_batch_embedders_do_not_fill_the_serving_cache(monkeypatch, semflow_home
 def test_versions_have_one_spelling():
     v = format_version("all-MiniLM-L6-v2", "0123456789abcdef")
     assert v == "all-MiniLM-L6-v2@0123456789ab"
-    assert parse_version(v) == ("all-MiniLM-L6-v2", "0123456789ab")
+    assert parse_version(v) == ("all-MiniLM-L6-v2", "0123456789ab", "torch")
     # a name may itself hold "@"; the digest is what follows the last one
-    assert parse_version("org@team/model@0123456789ab") == ("org@team/model", "0123456789ab")
-    for bad in ("", "no-digest", "name@", "@0123456789ab", "name@XYZ", "name@0123456789abc"):
+    assert parse_version("org@team/model@0123456789ab") == (
+        "org@team/model",
+        "0123456789ab",
+        "torch",
+    )
+    # another backend than torch is marked after the digest (torch, the default, never is)
+    for backend in ("onnx", "onnx-int8"):
+        v = format_version("m+x", "0123456789abcdef", backend)
+        assert v == f"m+x@0123456789ab+{backend}"
+        assert parse_version(v) == ("m+x", "0123456789ab", backend)
+    assert format_version("m", "0123456789ab", "torch") == "m@0123456789ab"
+    with pytest.raises(ValueError, match="unknown embedder backend"):
+        format_version("m", "0123456789ab", "tensorrt")
+    bad_ones = ("", "no-digest", "name@", "@0123456789ab", "name@XYZ", "name@0123456789abc")
+    markers = ("name@0123456789ab+torch", "name@0123456789ab+", "name@0123456789ab+int8")
+    for bad in (*bad_ones, *markers, "name@0123456789ab+onnx+onnx"):
         with pytest.raises(ValueError, match="not an embedder version"):
             parse_version(bad)
 
