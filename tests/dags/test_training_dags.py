@@ -141,8 +141,13 @@ def test_validate_train_register_ends_with_loadable_champion(airflow_db, semflow
         if yaml.safe_load(lock)["stages"].get(k) != v
     }
     assert changed == set(), changed
-    # ... and the data it was trained on is in the DVC remote
+    # ... and the data it was trained on is in the (local) DVC remote, from where the version
+    # is reproduced with the same metrics
     assert any(Path(s.dvc_remote).rglob("*")), "nothing was pushed to the DVC remote"
+    from semflow.training.reproduce import reproduce
+
+    again = reproduce(bundle.registry_version, settings=s, tolerance=0.0)
+    assert again["reproduced"], again["metrics"]
 
 
 def test_bad_data_fails_the_validate_task(airflow_db, semflow_home, tmp_path):

@@ -38,6 +38,24 @@ def _lineage_files(settings: Settings, run_id: str, dst: Path) -> Path:
     return Path(path)
 
 
+def params_as_trained(params_file: Path, lock_file: Path) -> bytes:
+    """params.yaml as each stage ran: the file logged at registration, overlaid with the values
+    dvc.lock recorded per stage. (The DAG that registers may run with other overrides than
+    the one that trained: the lock is what the stages really read.)"""
+    import yaml
+
+    from semflow.training.params import _set_dotted
+
+    params = yaml.safe_load(params_file.read_text())
+    stages = (yaml.safe_load(lock_file.read_text()) or {}).get("stages") or {}
+    for name in RETRAIN_STAGES:
+        for key, value in (
+            ((stages.get(name) or {}).get("params") or {}).get("params.yaml", {}).items()
+        ):
+            _set_dotted(params, key, value)
+    return yaml.safe_dump(params, sort_keys=False).encode()
+
+
 def reproduce(
     version: str,
     *,
@@ -69,7 +87,7 @@ def reproduce(
     )
     ws = Workspace(root, own)
     try:
-        ws.prepare_exact((files / "params.yaml").read_bytes())
+        ws.prepare_exact(params_as_trained(files / "params.yaml", files / "dvc.lock"))
         shutil.copyfile(files / "dvc.lock", root / "dvc.lock")
         ws.dvc("pull", "data/snapshot/documents.csv")
         got = _md5(root / "data" / "snapshot" / "documents.csv")
