@@ -3,6 +3,7 @@ retraining policy, counting the Asset events that would trigger the next DAG."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def _edit(csv: Path, rows: slice) -> None:
 
 
 def test_only_changes_over_the_threshold_trigger_training(
-    airflow_db, semflow_home, tmp_path, monkeypatch, capsys
+    airflow_db, semflow_home, tmp_path, monkeypatch, caplog
 ):
     from semflow import registry
 
@@ -115,9 +116,11 @@ def test_only_changes_over_the_threshold_trigger_training(
     assert _events(run, DOCUMENTS) == [
         {"source": "small", "generation": 2, "indexed": 5, "deleted": 0}
     ]
-    capsys.readouterr()
-    run = _validate(3)
-    assert "retraining policy: no retrain: 5 labelled documents changed" in capsys.readouterr().out
+    # From the log records: another test's configure_logging() may own stdout's handler.
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        run = _validate(3)
+    assert "retraining policy: no retrain: 5 labelled documents changed" in caplog.text
     states = _states(run)
     assert (states["decide"], states["announce"]) == ("success", "skipped")
     assert _events(run, VALIDATED) == []
