@@ -27,6 +27,9 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 sys.path.insert(0, str(REPO / "plugins"))
+# register_model's bento task imports `bentos.build` (the Airflow image and `make airflow`
+# put the repo root on PYTHONPATH for the same reason).
+sys.path.insert(0, str(REPO))
 
 PG_URL = os.environ.get("SEMFLOW_APP_DB_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 
