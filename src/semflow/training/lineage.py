@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from semflow.training.common import Paths
-from semflow.training.provenance import dvc_data_hash, git_commit
+from semflow.training.provenance import dvc_data_hash, git_commit, locked_md5
 
 PREFIX = "lineage."
 ARTIFACTS = "lineage"
@@ -29,17 +29,9 @@ def _sha256(path: Path) -> str | None:
 def snapshot_md5(paths: Paths) -> str:
     """The md5 of the snapshot the model was trained on: what dvc.lock says `prepare` read
     (a newer snapshot may have been taken since), else the snapshot's, else the file's."""
-    import yaml
-
-    lock = paths.root / "dvc.lock"
-    if lock.is_file():
-        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages") or {}
-        rel = paths.snapshot.relative_to(paths.root).as_posix()
-        for name, key in (("prepare", "deps"), ("snapshot", "outs")):
-            for entry in (stages.get(name) or {}).get(key) or []:
-                if entry.get("path") == rel and entry.get("md5"):
-                    return str(entry["md5"])
-    return dvc_data_hash(paths.snapshot)
+    rel = paths.snapshot.relative_to(paths.root).as_posix()
+    where = (("prepare", "deps"), ("snapshot", "outs"))
+    return locked_md5(paths.root / "dvc.lock", rel, where) or dvc_data_hash(paths.snapshot)
 
 
 def lineage_tags(

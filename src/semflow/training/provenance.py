@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +43,31 @@ def dvc_data_hash(path: Path) -> str:
         outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or []
         if outs and outs[0].get("md5"):
             return str(outs[0]["md5"])
-    lock = REPO_ROOT / "dvc.lock"
     resolved = path.resolve()
-    if lock.is_file() and resolved.is_relative_to(REPO_ROOT):
-        rel = str(resolved.relative_to(REPO_ROOT))
-        for stage in ((yaml.safe_load(lock.read_text()) or {}).get("stages") or {}).values():
-            for out in stage.get("outs") or []:
-                if out.get("path") == rel and out.get("md5"):
-                    return str(out["md5"])
+    if resolved.is_relative_to(REPO_ROOT):
+        rel = resolved.relative_to(REPO_ROOT).as_posix()
+        found = locked_md5(REPO_ROOT / "dvc.lock", rel)
+        if found:
+            return found
     return file_md5(path) if path.is_file() else "missing"
+
+
+def locked_md5(
+    lock: Path, rel: str, where: Sequence[tuple[str | None, str]] = ((None, "outs"),)
+) -> str | None:
+    """The md5 `lock` (a dvc.lock) records for the repo-relative path `rel`: the first match
+    among `where`, pairs of (stage, "outs" or "deps"); a stage of None means any stage."""
+    import yaml
+
+    if not lock.is_file():
+        return None
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages") or {}
+    for stage, key in where:
+        entries = [stages.get(stage) or {}] if stage else list(stages.values())
+        for entry in (e for s in entries for e in s.get(key) or []):
+            if entry.get("path") == rel and entry.get("md5"):
+                return str(entry["md5"])
+    return None
 
 
 def pipeline_key(data_hash: str, commit: str, params: Mapping[str, Any]) -> str:

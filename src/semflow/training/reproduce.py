@@ -14,6 +14,7 @@ from semflow.config import Settings, get_settings
 from semflow.errors import SemflowError
 from semflow.training.common import STAGES, Paths, flat_metrics
 from semflow.training.lineage import ARTIFACTS
+from semflow.training.provenance import file_md5, git_commit
 
 log = logging.getLogger("semflow.training")
 
@@ -90,7 +91,7 @@ def reproduce(
         ws.prepare_exact(params_as_trained(files / "params.yaml", files / "dvc.lock"))
         shutil.copyfile(files / "dvc.lock", root / "dvc.lock")
         ws.dvc("pull", "data/snapshot/documents.csv")
-        got = _md5(root / "data" / "snapshot" / "documents.csv")
+        got = file_md5(root / "data" / "snapshot" / "documents.csv")
         if got != lineage["snapshot_md5"]:
             raise ReproduceError(
                 f"the remote's snapshot has md5 {got}, the version was trained on "
@@ -115,21 +116,9 @@ def reproduce(
         "metrics": compared,
         "reproduced": not off,
         "outside_tolerance": off,
-        "code_commit_now": _commit_now(),
+        "code_commit_now": git_commit(),
     }
 
 
 def _diff(a: float, b: float | None) -> float | None:
     return None if b is None else round(abs(a - b), 6)
-
-
-def _md5(path: Path) -> str:
-    from semflow.training.provenance import file_md5
-
-    return file_md5(path)
-
-
-def _commit_now() -> str:
-    from semflow.training.provenance import git_commit
-
-    return git_commit()

@@ -62,9 +62,6 @@ class StageRun:
     result: dict[str, Any] | None
     output: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "ran": self.ran, "result": self.result}
-
 
 class Workspace:
     """A DVC workspace at `root`, fed from the code checkout `repo`."""
