@@ -225,21 +225,27 @@ class Semflow:
         top_k: int = 10,
         score_threshold: float | None = None,
         filters: dict[str, Any] | None = None,
+        mode: str | None = None,
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> dict[str, Any]:
-        """Nearest documents of one tenant in the live index generation."""
+        """Best documents of one tenant in the live index generation: dense, sparse or
+        hybrid search."""
         req = SearchRequest(
             query=query,
             tenant=tenant,
             top_k=top_k,
             score_threshold=score_threshold,
             filters=filters or {},
+            mode=mode,  # type: ignore[arg-type]  # the guard has validated it
         )
         principal = _principal(ctx.request.scope) if ctx else NOBODY
         try:
-            self.engine.check_search(req, principal)
-            # Queries of concurrent requests share one model call, as /embed does.
-            vector = (await self.engine.batcher.encode([req.query]))[0]
+            _, resolved = self.engine.check_search(req, principal)
+            # Queries of concurrent requests share one model call, as /embed does; a sparse
+            # search needs no embedding.
+            vector = (
+                None if resolved == "sparse" else (await self.engine.batcher.encode([req.query]))[0]
+            )
         except Exception as err:
             return _fail(err, ctx)
         body = lambda: self.engine.search(req, principal, vector)  # noqa: E731

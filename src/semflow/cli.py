@@ -72,6 +72,10 @@ def search(
         list[str] | None, typer.Option("--filter", help="field=value, e.g. type=support_query")
     ] = None,
     score_threshold: Annotated[float | None, typer.Option()] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(help="dense, sparse or hybrid; default: the search_mode setting."),
+    ] = None,
 ) -> None:
     """Search the live index generation."""
     from semflow.app import Services
@@ -87,13 +91,18 @@ def search(
         filters.setdefault(key, []).append(value)
     svc = Services.from_settings()
     with svc.store.open_live() as idx:
-        embedder = svc.embedder(idx.embedder_version)
-        check_embedder(embedder.version, idx.embedder_version, "the live index was built with")
-        hits = idx.search(embedder.encode([query])[0], tenant, top_k, filters, score_threshold)
+        mode = idx.search_mode(mode, svc.settings.search_mode)
+        vector = None
+        if mode != "sparse":
+            embedder = svc.embedder(idx.embedder_version)
+            check_embedder(embedder.version, idx.embedder_version, "the live index was built with")
+            vector = embedder.encode([query])[0]
+        hits = idx.search(vector, tenant, top_k, filters, score_threshold, mode=mode, text=query)
         _echo(
             {
                 "generation": idx.generation,
                 "embedder_version": idx.embedder_version,
+                "mode": mode,
                 "results": [
                     {
                         "id": h.id,

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     max_job_body_bytes: int = Field(default=64_000_000, ge=1024)
     max_top_k: int = Field(default=100, ge=1)
+    # What /search and `semflow search` run when the request names no mode; chosen by
+    # benchmarks/quality.py's search figures (see the README). A generation built without
+    # sparse vectors answers dense whatever this says.
+    search_mode: Literal["dense", "sparse", "hybrid"] = "hybrid"
     rank_weights: dict[str, float] = Field(
         default_factory=lambda: {"semantic": 0.7, "lexical": 0.3}
     )

@@ -32,5 +32,10 @@ class FilterError(SemflowError):
     """A search filter is not allowed or malformed."""
 
 
+class SearchModeError(SemflowError):
+    """A search mode the index generation cannot answer (sparse or hybrid on a generation
+    built without sparse vectors)."""
+
+
 class ModelMismatchError(SemflowError):
     """A query would be embedded with another model than the one that built the index."""

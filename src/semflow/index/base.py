@@ -13,12 +13,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from semflow.errors import FilterError, IndexError_
+from semflow.errors import FilterError, IndexError_, SearchModeError
 from semflow.index.lock import Reentrant
+
+if TYPE_CHECKING:
+    from semflow.sparse import LexicalEncoder, SparseTerms
 
 # Payload fields that get a keyword index and may be used in filters.
 INDEXED_FIELDS = ("tenant", "type", "source", "doc_id", "labels")
@@ -27,6 +30,18 @@ MAX_FILTER_VALUES = 1024
 MAX_FILTER_CHARS = 1024
 _INT64 = (-(2**63), 2**63 - 1)
 _META_KEY = re.compile(r"^metadata\.[A-Za-z0-9_\-]{1,64}$")
+# The name of the lexical (sparse) vector beside the unnamed dense one in each point.
+SPARSE_VECTOR = "lexical"
+SEARCH_MODES = ("dense", "sparse", "hybrid")
+# Reciprocal rank fusion's k: 60, the value of Cormack et al. (2009) that RRF is known by;
+# both backends are given it explicitly (their defaults differ).
+RRF_K = 60
+
+
+def hybrid_candidates(top_k: int) -> int:
+    """How many hits each of the dense and the sparse search hands to the fusion: a few
+    times `top_k`, so that a document ranked well by one list only can still rise."""
+    return max(3 * top_k, 30)
 
 
 def stored_embedder_version(meta: Mapping[str, Any]) -> str | None:
@@ -54,10 +69,12 @@ class GenerationInfo:
 class SearchQuery:
     """One validated search, as `VectorIndex.search` hands it to a backend's `_search`."""
 
-    vector: list[float]
+    vector: list[float] | None  # None in sparse mode
     filter: Any  # the backend's `_filter` of the tenant and the user filters
     top_k: int
-    score_threshold: float | None
+    score_threshold: float | None  # a bound on the dense cosine similarity
+    mode: str = "dense"
+    sparse: SparseTerms | None = None  # the query's lexical vector (sparse and hybrid modes)
 
 
 def normalize_filters(filters: Mapping[str, Any] | None) -> list[tuple[str, list[Any]]]:
@@ -119,11 +136,55 @@ def _filter_values(key: str, value: Any) -> list[Any]:
 class VectorIndex(ABC):
     """One open generation of the index."""
 
-    def __init__(self, generation: int, dimension: int, meta: Mapping[str, Any]) -> None:
-        """`meta`: the generation's stored metadata, which names its embedder version."""
+    def __init__(
+        self,
+        generation: int,
+        dimension: int,
+        meta: Mapping[str, Any],
+        lexical: LexicalEncoder | None = None,
+    ) -> None:
+        """`meta`: the generation's stored metadata, which names its embedder version and,
+        when its points carry sparse vectors, their encoder (`sparse_encoder`); `lexical`:
+        the encoder this process makes sparse vectors with (None: dense only)."""
         self.generation = generation
         self.dimension = dimension
         self.embedder_version = stored_embedder_version(meta)
+        self.sparse_encoder: str | None = meta.get("sparse_encoder")
+        self._lexical = lexical
+
+    @property
+    def has_sparse(self) -> bool:
+        """Whether this generation's points carry sparse vectors (built since hybrid search;
+        an older generation answers dense searches only until a full refresh)."""
+        return self.sparse_encoder is not None
+
+    def search_mode(self, requested: str | None, default: str) -> str:
+        """The mode a search runs in: the one asked for, else `default`, except that a
+        generation without sparse vectors answers an unasked-for mode with dense search (so
+        an index built before hybrid search keeps working until it is rebuilt)."""
+        if requested is not None:
+            return requested
+        return default if self.has_sparse else "dense"
+
+    def _encoder(self) -> LexicalEncoder:
+        """The encoder of this generation's sparse vectors; refused when this process's
+        encoder writes other vectors (another tokenizer, other BM25 constants)."""
+        lex = self._lexical
+        if lex is None or lex.version != self.sparse_encoder:
+            have = "none" if lex is None else lex.version
+            raise IndexError_(
+                f"generation {self.generation}'s sparse vectors were made by "
+                f"{self.sparse_encoder}, but this process's encoder is {have}; rebuild the "
+                "index with a full refresh"
+            )
+        return lex
+
+    def _sparse_of(self, payloads: Sequence[Mapping[str, Any]]) -> list[SparseTerms] | None:
+        """The sparse vectors of points with these payloads (from their `text`), or None
+        when this generation holds dense vectors only."""
+        if not self.has_sparse:
+            return None
+        return self._encoder().documents([str(p.get("text") or "") for p in payloads])
 
     @abstractmethod
     def upsert(
@@ -135,15 +196,45 @@ class VectorIndex(ABC):
 
     def search(
         self,
-        vector: Sequence[float],
+        vector: Sequence[float] | None,
         tenant: str,
         top_k: int = 10,
         filters: Mapping[str, Any] | None = None,
         score_threshold: float | None = None,
+        *,
+        mode: str = "dense",
+        text: str | None = None,
     ) -> list[Hit]:
-        """The `top_k` nearest points of `tenant` that match every filter."""
+        """The `top_k` best points of `tenant` that match every filter: nearest to `vector`
+        (mode dense), best BM25 match of `text` (sparse), or both fused by reciprocal rank
+        (hybrid). `score_threshold` bounds the dense cosine similarity (in hybrid mode, of
+        the dense candidates); sparse mode has no such bound.
+
+        Sparse and hybrid need a generation with sparse vectors (SearchModeError if not).
+        """
+        if mode not in SEARCH_MODES:
+            raise SearchModeError(f"unknown search mode {mode!r}; use one of {SEARCH_MODES}")
         flt = self._filter(filter_terms(tenant, extra=normalize_filters(filters)))
-        return self._search(SearchQuery([float(x) for x in vector], flt, top_k, score_threshold))
+        sparse = None
+        if mode != "dense":
+            if not self.has_sparse:
+                raise SearchModeError(
+                    f"index generation {self.generation} has no sparse vectors (it was built "
+                    f"before hybrid search), so it cannot answer mode {mode!r}; search with "
+                    "mode 'dense', or rebuild the index with a full refresh "
+                    "(`semflow sync --full-refresh`)"
+                )
+            if text is None:
+                raise ValueError(f"mode {mode!r} needs the query text")
+            if mode == "sparse" and score_threshold is not None:
+                raise SearchModeError(
+                    "score_threshold bounds the dense cosine similarity; mode 'sparse' has none"
+                )
+            sparse = self._encoder().query(text)
+        if vector is None and mode != "sparse":
+            raise ValueError(f"mode {mode!r} needs the query vector")
+        dense = None if vector is None or mode == "sparse" else [float(x) for x in vector]
+        return self._search(SearchQuery(dense, flt, top_k, score_threshold, mode, sparse))
 
     @abstractmethod
     def _search(self, query: SearchQuery) -> list[Hit]:

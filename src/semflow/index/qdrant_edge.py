@@ -19,20 +19,26 @@ import os
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from semflow.errors import IndexError_
 from semflow.index.base import (
     INDEXED_FIELDS,
+    RRF_K,
+    SPARSE_VECTOR,
     Hit,
     IndexStore,
     SearchQuery,
     VectorIndex,
+    hybrid_candidates,
     stored_embedder_version,
 )
 from semflow.index.lock import file_lock
+
+if TYPE_CHECKING:
+    from semflow.sparse import LexicalEncoder
 
 _GEN_PREFIX = "gen-"
 _UPSERT_CHUNK = 1024
@@ -59,8 +65,15 @@ def _atomic_write(path: Path, text: str) -> None:
 class EdgeIndex(VectorIndex):
     """One generation opened with qdrant-edge."""
 
-    def __init__(self, path: Path, meta: dict[str, Any], shard: Any, writable: bool) -> None:
-        super().__init__(int(meta["generation"]), int(meta["dimension"]), meta)
+    def __init__(
+        self,
+        path: Path,
+        meta: dict[str, Any],
+        shard: Any,
+        writable: bool,
+        lexical: LexicalEncoder | None = None,
+    ) -> None:
+        super().__init__(int(meta["generation"]), int(meta["dimension"]), meta, lexical)
         self.path = path
         self._shard = shard
         self._writable = writable
@@ -92,14 +105,19 @@ class EdgeIndex(VectorIndex):
         if len(ids) != len(vectors) or len(ids) != len(payloads):
             raise ValueError("ids, vectors and payloads must have the same length")
         vecs = self._vectors(ids, vectors)
+        sparse = self._sparse_of(payloads)
         for i in range(0, len(ids), _UPSERT_CHUNK):
+            dense = vecs[i : i + _UPSERT_CHUNK].tolist()
+            if sparse is not None:
+                # the dense vector keeps the default name "": older generations have only it
+                dense = [
+                    {"": d, SPARSE_VECTOR: q.SparseVector(t.indices, t.values)}
+                    for d, t in zip(dense, sparse[i : i + _UPSERT_CHUNK], strict=True)
+                ]
             pts = [
-                q.Point(id=pid, vector=vec.tolist(), payload=pl)
+                q.Point(id=pid, vector=vec, payload=pl)
                 for pid, vec, pl in zip(
-                    ids[i : i + _UPSERT_CHUNK],
-                    vecs[i : i + _UPSERT_CHUNK],
-                    payloads[i : i + _UPSERT_CHUNK],
-                    strict=True,
+                    ids[i : i + _UPSERT_CHUNK], dense, payloads[i : i + _UPSERT_CHUNK], strict=True
                 )
             ]
             self._shard.update(q.UpdateOperation.upsert_points(pts))
@@ -115,16 +133,41 @@ class EdgeIndex(VectorIndex):
     def _search(self, query: SearchQuery) -> list[Hit]:
         import qdrant_edge as q
 
-        res = self._shard.query(
-            q.QueryRequest(
+        if query.mode == "dense":
+            req = q.QueryRequest(
                 limit=query.top_k,
                 query=q.Query.Nearest(query.vector),
                 filter=query.filter,
                 with_payload=True,
                 score_threshold=query.score_threshold,
             )
+            return self._hits(self._shard.query(req))
+        assert query.sparse is not None
+        lexical = q.Query.Nearest(
+            q.SparseVector(query.sparse.indices, query.sparse.values), using=SPARSE_VECTOR
         )
-        return self._hits(res)
+        if query.mode == "sparse":
+            req = q.QueryRequest(
+                limit=query.top_k, query=lexical, filter=query.filter, with_payload=True
+            )
+            return self._hits(self._shard.query(req))
+        n = hybrid_candidates(query.top_k)
+        req = q.QueryRequest(
+            limit=query.top_k,
+            prefetches=[
+                q.Prefetch(
+                    limit=n,
+                    query=q.Query.Nearest(query.vector),
+                    filter=query.filter,
+                    score_threshold=query.score_threshold,
+                ),
+                q.Prefetch(limit=n, query=lexical, filter=query.filter),
+            ],
+            query=q.Fusion.Rrf(k=RRF_K),
+            filter=query.filter,
+            with_payload=True,
+        )
+        return self._hits(self._shard.query(req))
 
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
         recs = self._shard.retrieve(list(ids), with_payload=True, with_vector=with_vectors)
@@ -163,10 +206,19 @@ class EdgeIndex(VectorIndex):
 class EdgeStore(IndexStore):
     """Generations of one collection on local disk."""
 
-    def __init__(self, root: Path | str, lock_timeout_s: float = 120.0, keep: int = 3) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        lock_timeout_s: float = 120.0,
+        keep: int = 3,
+        lexical: LexicalEncoder | None = None,
+    ) -> None:
+        """`lexical`: the encoder of the sparse vectors a fresh generation gets beside the
+        dense ones (None: dense only)."""
         self.root = Path(root)
         self.lock_timeout_s = lock_timeout_s
         self.keep = keep
+        self.lexical = lexical
 
     # -- layout ------------------------------------------------------------
     def _gen_dir(self, gen: int) -> Path:
@@ -215,7 +267,7 @@ class EdgeStore(IndexStore):
             shard = q.EdgeShard.load(str(path))
         except Exception as err:  # the engine raises a bare Exception
             raise IndexError_(f"cannot open index generation {gen} at {path}: {err}") from err
-        return EdgeIndex(path, meta, shard, writable=False)
+        return EdgeIndex(path, meta, shard, writable=False, lexical=self.lexical)
 
     def _where(self) -> str:
         return f"at {self.root}"
@@ -253,14 +305,21 @@ class EdgeStore(IndexStore):
             "embedder_version": embedder_version,
             "dimension": dimension,
             "based_on": base,
+            "sparse_encoder": self._sparse_encoder(base),
         }
         if base is not None:
             shutil.copytree(self._gen_dir(base), path)
             (path / "meta.json").unlink()
             shard = q.EdgeShard.load(str(path))
         else:
+            sparse = (
+                {SPARSE_VECTOR: q.EdgeSparseVectorParams(modifier=q.Modifier.Idf)}
+                if meta["sparse_encoder"]
+                else None
+            )
             cfg = q.EdgeConfig(
                 vectors=q.EdgeVectorParams(size=dimension, distance=q.Distance.Cosine),
+                sparse_vectors=sparse,
                 wal_enabled=False,
             )
             shard = q.EdgeShard.create(str(path), cfg)
@@ -268,7 +327,7 @@ class EdgeStore(IndexStore):
                 shard.update(
                     q.UpdateOperation.create_field_index(name, q.PayloadSchemaType.Keyword)
                 )
-        index = EdgeIndex(path, meta, shard, writable=True)
+        index = EdgeIndex(path, meta, shard, writable=True, lexical=self.lexical)
         try:
             yield index
             index.optimize()
@@ -282,6 +341,13 @@ class EdgeStore(IndexStore):
             shutil.rmtree(path, ignore_errors=True)
             raise
         self.prune(self.keep)
+
+    def _sparse_encoder(self, base: int | None) -> str | None:
+        """The sparse encoder of a new generation: a copy keeps its base's vector layout
+        (sparse vectors only if the base had them), a fresh one gets this store's."""
+        if base is not None:
+            return self.meta(base).get("sparse_encoder")
+        return self.lexical.version if self.lexical is not None else None
 
     def _drop(self, generation: int) -> None:
         shutil.rmtree(self._gen_dir(generation), ignore_errors=True)

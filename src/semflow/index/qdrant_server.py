@@ -18,13 +18,25 @@ import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from semflow.errors import IndexError_
-from semflow.index.base import INDEXED_FIELDS, Hit, IndexStore, SearchQuery, VectorIndex
+from semflow.index.base import (
+    INDEXED_FIELDS,
+    RRF_K,
+    SPARSE_VECTOR,
+    Hit,
+    IndexStore,
+    SearchQuery,
+    VectorIndex,
+    hybrid_candidates,
+)
 from semflow.index.lock import file_lock, thread_lock
+
+if TYPE_CHECKING:
+    from semflow.sparse import LexicalEncoder
 
 _BATCH = 512
 # One lock per (client, collection): stores sharing an in-process client share its writers.
@@ -40,11 +52,18 @@ def _client_lock(client: Any, name: str) -> threading.Lock:
 
 
 class ServerIndex(VectorIndex):
-    def __init__(self, client: Any, collection: str, generation: int) -> None:
+    def __init__(
+        self,
+        client: Any,
+        collection: str,
+        generation: int,
+        lexical: LexicalEncoder | None = None,
+    ) -> None:
         info = client.get_collection(collection)
-        super().__init__(
-            generation, int(info.config.params.vectors.size), info.config.metadata or {}
-        )
+        meta = dict(info.config.metadata or {})
+        if SPARSE_VECTOR not in (info.config.params.sparse_vectors or {}):
+            meta.pop("sparse_encoder", None)  # only what the collection really holds counts
+        super().__init__(generation, int(info.config.params.vectors.size), meta, lexical)
         self.client = client
         self.collection = collection
 
@@ -67,12 +86,23 @@ class ServerIndex(VectorIndex):
         from qdrant_client import models as m
 
         vecs = self._vectors(ids, vectors)
+        sparse = self._sparse_of(payloads)
         for i in range(0, len(ids), _BATCH):
+            batch: Any = vecs[i : i + _BATCH].tolist()
+            if sparse is not None:
+                # the dense vector keeps the default name "": older collections have only it
+                batch = {
+                    "": batch,
+                    SPARSE_VECTOR: [
+                        m.SparseVector(indices=t.indices, values=t.values)
+                        for t in sparse[i : i + _BATCH]
+                    ],
+                }
             self.client.upsert(
                 self.collection,
                 points=m.Batch(
                     ids=list(ids[i : i + _BATCH]),
-                    vectors=vecs[i : i + _BATCH].tolist(),
+                    vectors=batch,
                     payloads=list(payloads[i : i + _BATCH]),
                 ),
                 wait=True,
@@ -87,15 +117,48 @@ class ServerIndex(VectorIndex):
             )
 
     def _search(self, query: SearchQuery) -> list[Hit]:
+        from qdrant_client import models as m
+
+        if query.mode == "dense":
+            res = self.client.query_points(
+                self.collection,
+                query=query.vector,
+                query_filter=query.filter,
+                limit=query.top_k,
+                with_payload=True,
+                score_threshold=query.score_threshold,
+            )
+            return self._hits(res.points)
+        assert query.sparse is not None
+        lexical = m.SparseVector(indices=query.sparse.indices, values=query.sparse.values)
+        if query.mode == "sparse":
+            res = self.client.query_points(
+                self.collection,
+                query=lexical,
+                using=SPARSE_VECTOR,
+                query_filter=query.filter,
+                limit=query.top_k,
+                with_payload=True,
+            )
+            return self._hits(res.points)
+        n = hybrid_candidates(query.top_k)
         res = self.client.query_points(
             self.collection,
-            query=query.vector,
+            prefetch=[
+                m.Prefetch(
+                    query=query.vector,
+                    filter=query.filter,
+                    limit=n,
+                    score_threshold=query.score_threshold,
+                ),
+                m.Prefetch(query=lexical, using=SPARSE_VECTOR, filter=query.filter, limit=n),
+            ],
+            query=m.RrfQuery(rrf=m.Rrf(k=RRF_K)),
             query_filter=query.filter,
             limit=query.top_k,
             with_payload=True,
-            score_threshold=query.score_threshold,
-        ).points
-        return self._hits(res)
+        )
+        return self._hits(res.points)
 
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
         recs = self.client.retrieve(
@@ -130,10 +193,14 @@ class ServerStore(IndexStore):
         client: Any = None,
         lock_dir: Path | str | None = None,
         lock_timeout_s: float = 120.0,
+        lexical: LexicalEncoder | None = None,
     ) -> None:
+        """`lexical`: the encoder of the sparse vectors a fresh generation gets beside the
+        dense ones (None: dense only)."""
         from qdrant_client import QdrantClient
 
         self.name = name
+        self.lexical = lexical
         self.lock_timeout_s = lock_timeout_s
         remote = url.startswith(("http://", "https://"))
         self._lock_path = (
@@ -170,7 +237,7 @@ class ServerStore(IndexStore):
     def open_generation(self, gen: int) -> ServerIndex:
         if gen not in self.generations():
             raise IndexError_(f"generation {gen} of {self.name!r} does not exist")
-        return ServerIndex(self.client, self._coll(gen), gen)
+        return ServerIndex(self.client, self._coll(gen), gen, self.lexical)
 
     def _where(self) -> str:
         return f"as {self.name!r}"
@@ -179,10 +246,16 @@ class ServerStore(IndexStore):
         from qdrant_client import models as m
 
         coll = self._coll(gen)
+        meta: dict[str, Any] = {"embedder_version": embedder_version, "generation": gen}
+        sparse = None
+        if self.lexical is not None:
+            meta["sparse_encoder"] = self.lexical.version
+            sparse = {SPARSE_VECTOR: m.SparseVectorParams(modifier=m.Modifier.IDF)}
         self.client.create_collection(
             coll,
             vectors_config=m.VectorParams(size=dimension, distance=m.Distance.COSINE),
-            metadata={"embedder_version": embedder_version, "generation": gen},
+            sparse_vectors_config=sparse,
+            metadata=meta,
         )
         with contextlib.suppress(Exception):  # local mode warns that indexes are no-ops
             for f in INDEXED_FIELDS:
@@ -211,14 +284,14 @@ class ServerStore(IndexStore):
         self, live: int | None, embedder_version: str, dimension: int, fresh: bool
     ) -> Iterator[ServerIndex]:
         if live is not None and not fresh:
-            index = ServerIndex(self.client, self._coll(live), live)
+            index = ServerIndex(self.client, self._coll(live), live, self.lexical)
             self._check_embedder(live, index.embedder_version, embedder_version)
             yield index
             return
         gen = self._next_generation(live)
         self._create(gen, embedder_version, dimension)
         try:
-            yield ServerIndex(self.client, self._coll(gen), gen)
+            yield ServerIndex(self.client, self._coll(gen), gen, self.lexical)
         except BaseException:
             self.client.delete_collection(self._coll(gen))
             raise

@@ -147,22 +147,38 @@ class Engine:
             )
         raise Unavailable("no index generation is published yet; run `semflow sync` first")
 
-    def check_search(self, req: SearchRequest, principal: Principal) -> Any:
+    def check_search(self, req: SearchRequest, principal: Principal) -> tuple[Any, str]:
         """Scope, limits and index/model agreement: everything that fails before embedding.
-        Returns the live index the query will run on."""
+        Returns the live index the query will run on and the mode it runs in."""
         principal.check_tenant(req.tenant)
         check_texts([req.query], self.settings)
         if req.top_k > self.settings.max_top_k:
             raise Unprocessable(f"top_k must be at most {self.settings.max_top_k}")
-        return self._index()
+        idx = self._index()
+        mode = idx.search_mode(req.mode, self.settings.search_mode)
+        if mode == "sparse" and req.score_threshold is not None:
+            raise Unprocessable(
+                "score_threshold bounds the dense cosine similarity; mode 'sparse' has none"
+            )
+        return idx, mode
 
     def search(
         self, req: SearchRequest, principal: Principal, vector: np.ndarray | None = None
     ) -> dict[str, Any]:
-        """`vector`: the query already embedded (the service batches queries across requests)."""
-        idx = self.check_search(req, principal)
-        vec = self.embed([req.query])[0] if vector is None else vector
-        hits = idx.search(vec, req.tenant, req.top_k, req.filters or None, req.score_threshold)
+        """`vector`: the query already embedded (the service batches queries across requests);
+        sparse search needs none."""
+        idx, mode = self.check_search(req, principal)
+        if vector is None and mode != "sparse":
+            vector = self.embed([req.query])[0]
+        hits = idx.search(
+            vector,
+            req.tenant,
+            req.top_k,
+            req.filters or None,
+            req.score_threshold,
+            mode=mode,
+            text=req.query,
+        )
         return {
             "results": [
                 {
@@ -176,6 +192,7 @@ class Engine:
             ],
             "generation": idx.generation,
             "model": self.embedder.version,
+            "mode": mode,
         }
 
     # -- classify / rank ----------------------------------------------------------

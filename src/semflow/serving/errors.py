@@ -7,6 +7,7 @@ from semflow.errors import (
     IndexError_,
     IndexLockedError,
     ModelMismatchError,
+    SearchModeError,
     SemflowError,
     SettingsError,
 )
@@ -61,7 +62,7 @@ def status_for(err: BaseException) -> int:
 
     if isinstance(err, ApiError):
         return err.status
-    if isinstance(err, ModelMismatchError):
+    if isinstance(err, (ModelMismatchError, SearchModeError)):
         return 409
     if isinstance(err, (FilterError, SettingsError)):
         return 422

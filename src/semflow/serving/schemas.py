@@ -42,8 +42,15 @@ class SearchRequest(BaseModel):
     query: Text
     tenant: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     top_k: int = Field(default=10, ge=1)
-    score_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    score_threshold: float | None = Field(
+        default=None, ge=-1.0, le=1.0, description="A bound on the dense cosine similarity."
+    )
     filters: dict[str, Any] = Field(default_factory=dict)
+    mode: Literal["dense", "sparse", "hybrid"] | None = Field(
+        default=None,
+        description="dense (embeddings), sparse (BM25 over the model's tokens) or hybrid "
+        "(both, fused by reciprocal rank); default: the server's search_mode.",
+    )
 
 
 class ClassifyRequest(BaseModel):

@@ -1,0 +1,119 @@
+"""Lexical (sparse) vectors: BM25 term weights over the embedder's own WordPiece tokens.
+
+A document's vector holds, for each distinct token, BM25's saturated term frequency
+`tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / AVG_LEN))`; a query's holds 1.0 per distinct
+token. The inverse document frequency is not in either: the index multiplies it in at query
+time (Qdrant's sparse `Modifier.IDF`), so it always reflects the points stored now and no
+corpus statistics have to be kept or refreshed here.
+
+The constants are part of the vectors' format, not tuning knobs: they are in the encoder's
+`version`, which a generation records, so a change needs a full refresh like a new embedder.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# BM25's usual constants (Robertson & Zaragoza, 2009).
+K1 = 1.2
+B = 0.75
+# The length a document is "typical" at, in tokens. Fixed rather than measured on a corpus,
+# so that incremental syncs keep writing vectors comparable to the ones already stored.
+AVG_LEN = 32.0
+
+
+@dataclass(frozen=True)
+class SparseTerms:
+    """One sparse vector: token ids (ascending) and their weights."""
+
+    indices: list[int]
+    values: list[float]
+
+
+class LexicalEncoder:
+    """BM25 sparse vectors of texts, tokenised by the WordPiece tokenizer in `model_dir`.
+
+    The tokenizer loads on first use. Special tokens and tokens without a letter or digit
+    (punctuation) carry no term weight and are dropped.
+    """
+
+    def __init__(self, model_dir: Path | str) -> None:
+        self.tokenizer_file = Path(model_dir) / "tokenizer.json"
+        if not self.tokenizer_file.is_file():
+            raise FileNotFoundError(f"no tokenizer.json in {model_dir}")
+        self._tokenizer: Any = None
+        self._keep: np.ndarray | None = None
+        self._version: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def version(self) -> str:
+        """`wordpiece-bm25@<12 hex>` of the vocabulary, normaliser and the BM25 constants:
+        equal exactly when two encoders write the same vectors (a fine-tuned copy of the
+        embedder keeps its tokenizer, so it keeps the version)."""
+        if self._version is None:
+            spec = json.loads(self.tokenizer_file.read_text(encoding="utf-8"))
+            h = hashlib.sha256()
+            for part in (spec.get("normalizer"), spec.get("pre_tokenizer"), spec.get("model")):
+                h.update(json.dumps(part, sort_keys=True).encode())
+            h.update(f"k1={K1} b={B} avg_len={AVG_LEN}".encode())
+            self._version = f"wordpiece-bm25@{h.hexdigest()[:12]}"
+        return self._version
+
+    def _load(self) -> tuple[Any, np.ndarray]:
+        if self._tokenizer is None or self._keep is None:
+            with self._lock:
+                if self._tokenizer is None:
+                    from tokenizers import Tokenizer
+
+                    tok = Tokenizer.from_file(str(self.tokenizer_file))
+                    # The whole text counts, not only the model's first 128 tokens.
+                    tok.no_truncation()
+                    tok.no_padding()
+                    keep = np.zeros(tok.get_vocab_size(with_added_tokens=True), dtype=bool)
+                    for token, i in tok.get_vocab(with_added_tokens=True).items():
+                        keep[i] = any(c.isalnum() for c in token.removeprefix("##"))
+                    for i in tok.get_added_tokens_decoder():
+                        keep[i] = False  # [CLS], [SEP], [PAD], [UNK], [MASK]
+                    self._keep, self._tokenizer = keep, tok
+        return self._tokenizer, self._keep  # type: ignore[return-value]
+
+    def _token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        tok, keep = self._load()
+        encodings = tok.encode_batch(list(texts), add_special_tokens=False)
+        return [[i for i in e.ids if keep[i]] for e in encodings]
+
+    def documents(self, texts: Sequence[str]) -> list[SparseTerms]:
+        """Document vectors: BM25-saturated term frequencies (see the module docstring)."""
+        out = []
+        for ids in self._token_ids(texts):
+            counts = Counter(ids)
+            norm = K1 * (1 - B + B * len(ids) / AVG_LEN)
+            keys = sorted(counts)
+            out.append(SparseTerms(keys, [counts[t] * (K1 + 1) / (counts[t] + norm) for t in keys]))
+        return out
+
+    def query(self, text: str) -> SparseTerms:
+        """A query vector: 1.0 for each distinct token (the index multiplies in the IDF)."""
+        keys = sorted(set(self._token_ids([text])[0]))
+        return SparseTerms(keys, [1.0] * len(keys))
+
+
+@functools.lru_cache(maxsize=8)
+def lexical_encoder(model_dir: Path | str) -> LexicalEncoder | None:
+    """The shared encoder of the tokenizer in `model_dir`; None when the model has no fast
+    tokenizer file (its index generations then hold dense vectors only)."""
+    try:
+        return LexicalEncoder(model_dir)
+    except FileNotFoundError:
+        return None
