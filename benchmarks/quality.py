@@ -1,6 +1,10 @@
 """Full Banking77 quality run: the training pipeline on the whole sample, JSON vs the baseline.
 
     .venv/bin/python benchmarks/quality.py [--workdir DIR] [-S key=value ...]
+    .venv/bin/python benchmarks/quality.py search [...]   # search modes only, minutes
+
+`search` runs benchmarks/search_quality.py instead: nDCG@10 / MRR@10 of dense, sparse and
+hybrid search on Banking77 and on the keyword-heavy set, and what sparse vectors cost sync.
 
 Runs every stage (sync into a fresh home, validate, prepare, fine-tune, embed, classifier,
 ranker, evaluate, register) in a temporary work dir, times each stage and prints the test
@@ -29,6 +33,12 @@ TARGETS = {"classifier.accuracy": 0.940, "search.ndcg@10": 0.930}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["search"]:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from benchmarks.search_quality import main as search_main
+
+        return search_main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("-S", dest="overrides", action="append", default=[], help="key=value")

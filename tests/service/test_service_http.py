@@ -117,6 +117,39 @@ def test_search_filters_and_threshold(server: str) -> None:
     assert all(h["score"] >= 0.5 for h in r.json()["results"])
 
 
+def test_search_modes(server: str) -> None:
+    from semflow.config import Settings
+
+    default = Settings.model_fields["search_mode"].default
+    r = post(server, "/search", {"query": "password", "tenant": "bank", "top_k": 2})
+    assert r.status_code == 200 and r.json()["mode"] == default, r.text
+    for mode in ("dense", "sparse", "hybrid"):
+        body = {"query": "reset password", "tenant": "bank", "top_k": 2, "mode": mode}
+        r = post(server, "/search", body)
+        assert r.status_code == 200, r.text
+        assert r.json()["mode"] == mode
+        assert r.json()["results"][0]["text"] == "How do I reset my online banking password"
+        assert all(h["payload"]["tenant"] == "bank" for h in r.json()["results"])
+    # a word no document of the tenant holds: lexical search finds nothing ("card" is
+    # only in the other tenant's documents, besides bank's "I lost my card yesterday")
+    body = {"query": "stolen bus", "tenant": "bank", "mode": "sparse"}
+    assert post(server, "/search", body).json()["results"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"mode": "fuzzy"}, "mode: Input should be 'dense', 'sparse' or 'hybrid'"),
+        ({"mode": 1}, "mode: Input should be 'dense', 'sparse' or 'hybrid'"),
+        ({"mode": "sparse", "score_threshold": 0.5}, "mode 'sparse' has none"),
+    ],
+)
+def test_bad_search_mode_is_422_with_a_sentence(server: str, body: dict, says: str) -> None:
+    r = post(server, "/search", {"query": "card", "tenant": "bank", **body})
+    assert r.status_code == 422, r.text
+    assert says in r.json()["error"]
+
+
 def test_tenant_cannot_be_widened_by_filters(server: str) -> None:
     r = post(server, "/search", {"query": "card", "tenant": "bank", "filters": {"tenant": "other"}})
     assert r.status_code == 422 and "tenant" in r.json()["error"]
@@ -308,6 +341,39 @@ def test_reindex_with_another_embedder_keeps_the_matching_generation(
     m = httpx.get(f"{server}/model", headers=ADMIN).json()
     assert m["index_generation"] == served and m["index_behind_live"] is True
     assert post(server, "/embed", {"texts": ["still works"]}).status_code == 200
+
+
+def test_a_generation_without_sparse_vectors_answers_dense(svc: tuple[str, Path], embedder) -> None:
+    """An index built before hybrid search: dense answers, a named sparse/hybrid mode is a
+    409 with a sentence, and a request naming no mode falls back to dense."""
+    from semflow.config import load_settings
+    from semflow.index.qdrant_edge import EdgeStore
+
+    server, home = svc
+    s = load_settings(home=home)
+    store = EdgeStore(s.index_dir / s.collection)  # no lexical encoder: dense only
+    docs = docs_for("bank", BANK_TEXTS)
+    with store.writer(embedder.version, embedder.dimension, fresh=True) as w:
+        w.upsert(
+            [d.point_id for d in docs],
+            embedder.encode([d.text for d in docs]),
+            [d.payload(embedder.version) for d in docs],
+        )
+    gen = store.live_generation()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if httpx.get(f"{server}/model", headers=ADMIN).json()["index_generation"] == gen:
+            break
+        time.sleep(0.1)
+    r = post(server, "/search", {"query": "password", "tenant": "bank", "top_k": 1})
+    assert r.status_code == 200, r.text
+    assert r.json()["generation"] == gen and r.json()["mode"] == "dense"
+    for mode in ("sparse", "hybrid"):
+        r = post(server, "/search", {"query": "password", "tenant": "bank", "mode": mode})
+        assert r.status_code == 409, r.text
+        assert "no sparse vectors" in r.json()["error"] and "full refresh" in r.json()["error"]
+    r = post(server, "/search", {"query": "password", "tenant": "bank", "mode": "dense"})
+    assert r.status_code == 200 and r.json()["results"]
 
 
 def test_no_generation_of_this_embedder_is_409(tmp_path: Path, embedder) -> None:

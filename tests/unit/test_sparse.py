@@ -1,0 +1,85 @@
+"""Lexical vectors: BM25 term weights over the embedder's own WordPiece tokens."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from semflow.config import get_settings
+from semflow.sparse import AVG_LEN, K1, B, LexicalEncoder, lexical_encoder
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    return get_settings().base_embedder_dir
+
+
+@pytest.fixture(scope="module")
+def enc(model_dir: Path) -> LexicalEncoder:
+    return LexicalEncoder(model_dir)
+
+
+def _weights(enc: LexicalEncoder, text: str) -> dict[str, float]:
+    tok, _ = enc._load()
+    terms = enc.documents([text])[0]
+    return {tok.id_to_token(i): v for i, v in zip(terms.indices, terms.values, strict=True)}
+
+
+def test_document_weights_are_bm25_saturated_term_frequencies(enc: LexicalEncoder) -> None:
+    w = _weights(enc, "Card card CARD, where is my card?!")
+    # lower-cased by the tokenizer's normaliser; punctuation and [CLS]/[SEP] carry no weight
+    assert set(w) == {"card", "where", "is", "my"}
+    n = 7  # tokens kept: card x4, where, is, my
+    norm = K1 * (1 - B + B * n / AVG_LEN)
+    assert w["card"] == pytest.approx(4 * (K1 + 1) / (4 + norm))
+    assert w["where"] == pytest.approx((K1 + 1) / (1 + norm))
+    # more occurrences weigh more, but never more than k1 + 1
+    assert w["where"] < w["card"] < K1 + 1
+    terms = enc.documents(["card where"])[0]
+    assert terms.indices == sorted(set(terms.indices))
+
+
+def test_longer_documents_weigh_a_term_less(enc: LexicalEncoder) -> None:
+    short = _weights(enc, "card please")["card"]
+    long = _weights(enc, "card " + "please " * 60)["card"]
+    assert long < short
+
+
+def test_the_whole_text_counts_not_only_the_models_window(enc: LexicalEncoder) -> None:
+    # the model reads 128 tokens; a term far past them is still in the lexical vector
+    w = _weights(enc, "please " * 300 + "london")
+    assert "london" in w
+
+
+def test_query_is_one_per_distinct_token_and_rare_words_split(enc: LexicalEncoder) -> None:
+    q = enc.query("Quorbel quorbel KX4-77Q9 ???")
+    tok, _ = enc._load()
+    assert q.values == [1.0] * len(q.indices) and q.indices == sorted(set(q.indices))
+    tokens = {tok.id_to_token(i) for i in q.indices}
+    # an unknown name or code becomes WordPiece pieces, which is what it is matched by
+    assert {"quo", "##rb", "##el", "77"} <= tokens and "-" not in tokens
+    assert enc.query("?!").indices == []
+
+
+def test_version_names_the_vocabulary_not_the_file(enc: LexicalEncoder, tmp_path: Path) -> None:
+    """A fine-tuned copy saves its tokenizer again (other truncation settings): same version;
+    another vocabulary: another version."""
+    src = json.loads(enc.tokenizer_file.read_text())
+    src["truncation"] = {"max_length": 256, "strategy": "LongestFirst", "stride": 0}
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "tokenizer.json").write_text(json.dumps(src))
+    assert LexicalEncoder(tmp_path / "copy").version == enc.version
+    assert enc.version.startswith("wordpiece-bm25@") and len(enc.version) == 27
+    src["model"]["vocab"]["semflowtoken"] = len(src["model"]["vocab"])
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "tokenizer.json").write_text(json.dumps(src))
+    assert LexicalEncoder(tmp_path / "other").version != enc.version
+
+
+def test_a_model_without_a_fast_tokenizer_has_no_encoder(model_dir: Path, tmp_path: Path) -> None:
+    shutil.copy(model_dir / "vocab.txt", tmp_path / "vocab.txt")
+    assert lexical_encoder(tmp_path) is None
+    assert lexical_encoder(model_dir) is lexical_encoder(model_dir)  # shared
