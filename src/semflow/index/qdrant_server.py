@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from semflow.documents import PARENT_FIELD
 from semflow.errors import IndexError_
 from semflow.index.base import INDEXED_FIELDS, Hit, IndexStore, SearchQuery, VectorIndex
 from semflow.index.lock import file_lock, thread_lock
@@ -42,11 +43,13 @@ def _client_lock(client: Any, name: str) -> threading.Lock:
 class ServerIndex(VectorIndex):
     def __init__(self, client: Any, collection: str, generation: int) -> None:
         info = client.get_collection(collection)
-        super().__init__(
-            generation, int(info.config.params.vectors.size), info.config.metadata or {}
-        )
+        meta = info.config.metadata or {}
+        super().__init__(generation, int(info.config.params.vectors.size), meta)
         self.client = client
         self.collection = collection
+        # Collections created before chunking have points without the field: grouped by
+        # over-fetching instead (their points are one per document anyway).
+        self._group_by = meta.get("group_by")
 
     @staticmethod
     def _filter(terms: list[tuple[str, list[Any]]]) -> Any:
@@ -73,7 +76,13 @@ class ServerIndex(VectorIndex):
                 points=m.Batch(
                     ids=list(ids[i : i + _BATCH]),
                     vectors=vecs[i : i + _BATCH].tolist(),
-                    payloads=list(payloads[i : i + _BATCH]),
+                    # a point without a parent is its own document (one group of its own)
+                    payloads=[
+                        {**p, PARENT_FIELD: p.get(PARENT_FIELD) or pid}
+                        for pid, p in zip(
+                            ids[i : i + _BATCH], payloads[i : i + _BATCH], strict=True
+                        )
+                    ],
                 ),
                 wait=True,
             )
@@ -96,6 +105,21 @@ class ServerIndex(VectorIndex):
             score_threshold=query.score_threshold,
         ).points
         return self._hits(res)
+
+    def _search_documents(self, query: SearchQuery) -> list[Hit]:
+        if not self._group_by:
+            return super()._search_documents(query)
+        groups = self.client.query_points_groups(
+            self.collection,
+            group_by=self._group_by,
+            query=query.vector,
+            query_filter=query.filter,
+            limit=query.top_k,
+            group_size=1,
+            with_payload=True,
+            score_threshold=query.score_threshold,
+        ).groups
+        return self._hits(g.hits[0] for g in groups)
 
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
         recs = self.client.retrieve(
@@ -182,10 +206,14 @@ class ServerStore(IndexStore):
         self.client.create_collection(
             coll,
             vectors_config=m.VectorParams(size=dimension, distance=m.Distance.COSINE),
-            metadata={"embedder_version": embedder_version, "generation": gen},
+            metadata={
+                "embedder_version": embedder_version,
+                "generation": gen,
+                "group_by": PARENT_FIELD,  # search groups a document's chunks by it
+            },
         )
         with contextlib.suppress(Exception):  # local mode warns that indexes are no-ops
-            for f in INDEXED_FIELDS:
+            for f in (*INDEXED_FIELDS, PARENT_FIELD):
                 self.client.create_payload_index(coll, f, m.PayloadSchemaType.KEYWORD)
 
     def _switch(self, gen: int) -> None:
