@@ -52,3 +52,38 @@ class PrivateRedis:
             self.proc.kill()
             self.proc.wait(10)
             self.proc = None
+
+
+# -- long documents (semflow.chunking) ------------------------------------------------------
+FACT = "The access code for the Nightingale vault is 7419."
+FACT_QUERY = "What is the access code of the Nightingale vault?"
+_PLANTS = ["tomatoes", "roses", "tulips", "basil", "carrots", "lavender", "beans", "mint"]
+_PLACES = ["the old fence", "the south wall", "the pond", "the shed", "the orchard"]
+
+
+def garden_prose(sentences: int, start: int = 0) -> str:
+    """Plain prose about a garden, nothing like FACT: filler for long documents."""
+    return " ".join(
+        f"In week {i} the gardener planted {_PLANTS[i % 8]} near {_PLACES[i % 5]} and "
+        f"watered them {i % 3 + 1} times before the evening rain."
+        for i in range(start, start + sentences)
+    )
+
+
+def long_text(chars: int) -> str:
+    """About `chars` characters of garden prose whose last sentence, only, is FACT."""
+    text = ""
+    n = 10
+    while len(text) < chars - len(FACT):
+        text = garden_prose(n)
+        n += 10
+    return f"{text[: chars - len(FACT) - 1].rsplit('.', 1)[0]}. {FACT}"
+
+
+def text_of_chunks(chunker, chunks: int) -> str:
+    """Garden prose that `chunker` splits into exactly `chunks` chunks."""
+    n = 1
+    while len(chunker.split(garden_prose(n))) < chunks:
+        n += 1
+    assert len(chunker.split(garden_prose(n))) == chunks
+    return garden_prose(n)

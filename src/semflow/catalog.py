@@ -32,6 +32,9 @@ documents = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("last_error", sa.Text),
     sa.Column("truncated", sa.Boolean, nullable=False, default=False),
+    # Points the document has in the index (its chunks); 0 once deleted, NULL when unknown
+    # (dead letters, rows written before chunking).
+    sa.Column("chunks", sa.Integer),
     sa.Column("source_updated_at", sa.DateTime(timezone=True)),
     sa.Column("run_id", sa.Integer),
     sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
@@ -301,6 +304,7 @@ def _create_tables(engine: sa.Engine, attempts: int = 3) -> None:
         try:
             metadata.create_all(engine)
             _rename_legacy_columns(engine)
+            _add_new_columns(engine)
             return
         except sa.exc.DBAPIError:
             if attempt == attempts - 1:
@@ -319,6 +323,28 @@ def _rename_legacy_columns(engine: sa.Engine) -> None:
             if old in cols and new not in cols:
                 with engine.begin() as conn:
                     conn.execute(sa.text(f"ALTER TABLE {table} RENAME COLUMN {old} TO {new}"))
+
+
+# Columns added since the first release: catalogs written before get them on open (NULL in
+# their existing rows), in place, like the renames above.
+_ADDED_COLUMNS = {documents.name: ["chunks"]}
+
+
+def _add_new_columns(engine: sa.Engine) -> None:
+    for table, names in _ADDED_COLUMNS.items():
+        for name in names:
+            if name in {c["name"] for c in sa.inspect(engine).get_columns(table)}:
+                continue
+            ddl = metadata.tables[table].c[name].type.compile(engine.dialect)
+            # PostgreSQL serialises concurrent ALTERs and skips a column another opener just
+            # added; SQLite has no IF NOT EXISTS here, so its loser fails and looks again.
+            guard = "IF NOT EXISTS " if engine.dialect.name == "postgresql" else ""
+            try:
+                with engine.begin() as conn:
+                    conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {guard}{name} {ddl}"))
+            except sa.exc.DBAPIError:
+                if name not in {c["name"] for c in sa.inspect(engine).get_columns(table)}:
+                    raise
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

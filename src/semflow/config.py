@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from semflow.errors import SettingsError
@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     embed_batch_size: int = Field(default=64, ge=1, le=4096)
     max_text_chars: int = Field(default=4000, ge=16)
     sync_partition_size: int = Field(default=2000, ge=1)
+    # Long documents (semflow.chunking): overlapping windows of the embedder's tokens, each
+    # one point. Capped at the model's window (256 tokens for MiniLM, special tokens included).
+    chunk_tokens: int = Field(
+        default=256, ge=16, description="Tokens per chunk, [CLS]/[SEP] included."
+    )
+    chunk_overlap_tokens: int = Field(default=32, ge=0, description="Tokens two chunks share.")
     writer_lock_timeout_s: float = Field(default=120.0, ge=0)
     redis_url: str | None = None
     cache_size: int = Field(default=10000, ge=0)
@@ -109,6 +115,15 @@ class Settings(BaseSettings):
 
         for raw in v:
             parse_key_entry(raw)
+        return v
+
+    @field_validator("chunk_overlap_tokens")
+    @classmethod
+    def _overlap_below_half(cls, v: int, info: ValidationInfo) -> int:
+        # under half, so each chunk moves the window on by more than it repeats
+        size = info.data.get("chunk_tokens")
+        if size is not None and v >= size // 2:
+            raise ValueError(f"must be less than half of SEMFLOW_CHUNK_TOKENS ({size})")
         return v
 
     @field_validator("qdrant_url")

@@ -1,4 +1,4 @@
-"""The Document model, its content hash and its deterministic point id."""
+"""The Document model, its content hash and its deterministic point ids (one per chunk)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,21 @@ from typing import Any
 
 # Fixed namespace so ids are stable across machines and versions.
 NAMESPACE = uuid.UUID("6f1c2a8e-5b0d-4c1e-9a55-3c2f7e9d0b41")
+# Chunks after the first get their own namespace: "s/a/1" must never name both chunk 1 of
+# document "a" and chunk 0 of a document "a/1".
+CHUNK_NAMESPACE = uuid.uuid5(NAMESPACE, "chunk")
+# The payload field every chunk of a document shares: the document's own point id (its
+# chunk 0's). The server backend groups search hits by it.
+PARENT_FIELD = "parent_id"
 
 
-def point_id(source: str, doc_id: str) -> str:
-    """Deterministic point id: uuid5(NAMESPACE, "source/doc_id")."""
-    return str(uuid.uuid5(NAMESPACE, f"{source}/{doc_id}"))
+def point_id(source: str, doc_id: str, chunk_no: int = 0) -> str:
+    """Deterministic point id of a document's chunk: uuid5(NAMESPACE, "source/doc_id") for
+    chunk 0, the id the document had before chunking (so an older index stays valid), and
+    uuid5(CHUNK_NAMESPACE, "source/doc_id/chunk_no") for the others."""
+    if chunk_no == 0:
+        return str(uuid.uuid5(NAMESPACE, f"{source}/{doc_id}"))
+    return str(uuid.uuid5(CHUNK_NAMESPACE, f"{source}/{doc_id}/{chunk_no}"))
 
 
 def to_utc(value: Any) -> datetime | None:
@@ -61,8 +71,11 @@ class Document:
         )
         return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
 
-    def payload(self, embedder_version: str, truncated: bool = False) -> dict[str, Any]:
-        """The point payload stored in the index (its keys: PAYLOAD_FIELDS)."""
+    def payload(
+        self, embedder_version: str, truncated: bool = False, chunk_no: int = 0, chunks: int = 1
+    ) -> dict[str, Any]:
+        """The point payload stored in the index (its keys: PAYLOAD_FIELDS); for a chunk of a
+        long document, `text` is the chunk's and `chunk_no` / `chunks` place it."""
         return {
             "source": self.source,
             "doc_id": self.doc_id,
@@ -76,6 +89,9 @@ class Document:
             "content_hash": self.content_hash,
             "embedder_version": embedder_version,
             "truncated": truncated,
+            "chunk_no": chunk_no,
+            "chunks": chunks,
+            PARENT_FIELD: self.point_id,
         }
 
     def to_json(self) -> dict[str, Any]:

@@ -109,6 +109,15 @@ def _legacy_upgrade(url: str) -> None:
     assert out == ["ok"] * 4
     cols = {c["name"] for c in sa.inspect(engine).get_columns("sf_documents")}
     assert "embedder_version" in cols and "model_version" not in cols
+    # ... and the chunk count column was added once, NULL (unknown) in the old row
+    assert "chunks" in cols
+    cat = Catalog(url)
+    assert cat.rows("notes")[0]["chunks"] is None
+    row = {"source": "notes", "doc_id": "a", "point_id": "p", "tenant": "bank", "status": "indexed"}
+    with cat.transaction() as conn:
+        cat.record([{**row, "chunks": 3}], conn)
+    assert cat.rows("notes")[0]["chunks"] == 3
+    cat.engine.dispose()
     engine.dispose()
 
 

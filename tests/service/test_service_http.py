@@ -315,6 +315,38 @@ def test_hot_swap_without_failed_requests(svc: tuple[str, Path], embedder) -> No
     assert top["results"][0]["text"] == "How do I order a gold card"
 
 
+def test_search_finds_a_long_documents_last_chunk_once(
+    svc: tuple[str, Path], embedder, tmp_path: Path
+) -> None:
+    """A 20k-character document synced into the served index: `/search` finds the fact in
+    its last chunk and returns the document once, the chunk as its text."""
+    import json
+
+    from semflow.app import Services
+    from semflow.config import load_settings
+    from semflow.sources import FieldMapping, FileSource
+    from semflow.sync import run_sync
+    from tests.helpers import FACT, FACT_QUERY, long_text
+
+    server, home = svc
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"id": "long", "text": long_text(20_000), "tenant": "bank"}))
+    s = load_settings(home=home, max_text_chars=30_000)
+    src = FileSource("long", path, FieldMapping(updated_at=None, tenant="tenant"))
+    gen = run_sync(src, Services.from_settings(s, embedder=embedder)).generation
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        r = post(server, "/search", {"query": FACT_QUERY, "tenant": "bank", "top_k": 10})
+        if r.json()["generation"] == gen:
+            break
+        time.sleep(0.1)
+    results = r.json()["results"]
+    assert r.json()["generation"] == gen
+    assert results[0]["payload"]["doc_id"] == "long" and FACT in results[0]["text"]
+    assert results[0]["payload"]["chunk_no"] == results[0]["payload"]["chunks"] - 1 > 5
+    assert [x["payload"]["doc_id"] for x in results].count("long") == 1
+
+
 def test_reindex_with_another_embedder_keeps_the_matching_generation(
     svc: tuple[str, Path], embedder
 ) -> None:

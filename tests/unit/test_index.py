@@ -231,3 +231,31 @@ def test_a_generation_written_before_the_rename_keeps_its_embedder_version(tmp_p
         assert idx.embedder_version == MV
     with pytest.raises(IndexError_, match="full refresh"), fresh.writer("other@1", DIM):
         pass
+
+
+def test_search_returns_each_document_once_with_its_best_chunk(store):
+    """30 chunks of one document crowd the nearest points: search still returns top_k
+    documents (edge: over-fetching rounds; server: Qdrant's group-by)."""
+    from semflow.documents import PARENT_FIELD
+
+    rng = np.random.default_rng(7)
+    q = rng.normal(size=DIM).astype(np.float32)
+    q /= np.linalg.norm(q)
+    near = q + rng.normal(scale=0.01, size=(30, DIM)).astype(np.float32)
+    far = rng.normal(size=(5, DIM)).astype(np.float32)
+    vecs = np.vstack([near, far])
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = [f"00000000-0000-0000-0000-{i:012d}" for i in range(35)]
+    payloads = [
+        {"tenant": "t1", "source": "s", "doc_id": "long", "chunk_no": i, PARENT_FIELD: ids[0]}
+        for i in range(30)
+    ] + [{"tenant": "t1", "source": "s", "doc_id": f"d{i}"} for i in range(5)]
+    with store.writer(MV, DIM) as w:
+        w.upsert(ids, vecs, payloads)
+    best = int(np.argmax(vecs[:30] @ q))
+    with store.open_live() as idx:
+        hits = idx.search(q, "t1", top_k=3)
+        assert hits[0].payload["doc_id"] == "long"
+        assert hits[0].id == ids[best]  # the document's best chunk
+        assert len({h.payload["doc_id"] for h in hits}) == 3
+        assert len(idx.search(q, "t1", top_k=10)) == 6  # every document, once

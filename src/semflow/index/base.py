@@ -12,11 +12,12 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from semflow.documents import PARENT_FIELD
 from semflow.errors import FilterError, IndexError_, SearchModeError
 from semflow.index.lock import Reentrant
 
@@ -42,6 +43,14 @@ def hybrid_candidates(top_k: int) -> int:
     """How many hits each of the dense and the sparse search hands to the fusion: a few
     times `top_k`, so that a document ranked well by one list only can still rise."""
     return max(3 * top_k, 30)
+
+
+# Grouping search hits by document without the engine's group-by (qdrant-edge 0.9's Python
+# API has none): fetch OVERFETCH x top_k points, keep each document's best; while that leaves
+# fewer than top_k documents and the engine had more points, fetch OVERFETCH times more, at
+# most GROUP_ROUNDS times (64 x top_k points: documents of many chunks crowding the top).
+OVERFETCH = 4
+GROUP_ROUNDS = 3
 
 
 def stored_embedder_version(meta: Mapping[str, Any]) -> str | None:
@@ -92,6 +101,21 @@ def normalize_filters(filters: Mapping[str, Any] | None) -> list[tuple[str, list
                 f"unknown filter field {key!r}; allowed: {', '.join(FILTERABLE)}, metadata.<name>"
             )
         out.append((key, _filter_values(key, value)))
+    return out
+
+
+def best_per_document(hits: Iterable[Hit], top_k: int) -> list[Hit]:
+    """The first (best) hit of each document, in order, at most `top_k` of them. A point
+    without a parent (written before chunking, or not by a sync) is its own document."""
+    seen: set[str] = set()
+    out: list[Hit] = []
+    for h in hits:
+        doc = h.payload.get(PARENT_FIELD) or h.id
+        if doc not in seen:
+            seen.add(doc)
+            out.append(h)
+            if len(out) == top_k:
+                break
     return out
 
 
@@ -205,7 +229,8 @@ class VectorIndex(ABC):
         mode: str = "dense",
         text: str | None = None,
     ) -> list[Hit]:
-        """The `top_k` best points of `tenant` that match every filter: nearest to `vector`
+        """The `top_k` best documents of `tenant` that match every filter, one hit per
+        document (its best chunk: a long document is one point per chunk): nearest to `vector`
         (mode dense), best BM25 match of `text` (sparse), or both fused by reciprocal rank
         (hybrid). `score_threshold` bounds the dense cosine similarity (in hybrid mode, of
         the dense candidates); sparse mode has no such bound.
@@ -234,11 +259,23 @@ class VectorIndex(ABC):
         if vector is None and mode != "sparse":
             raise ValueError(f"mode {mode!r} needs the query vector")
         dense = None if vector is None or mode == "sparse" else [float(x) for x in vector]
-        return self._search(SearchQuery(dense, flt, top_k, score_threshold, mode, sparse))
+        return self._search_documents(SearchQuery(dense, flt, top_k, score_threshold, mode, sparse))
+
+    def _search_documents(self, query: SearchQuery) -> list[Hit]:
+        """The best chunk of each of the `top_k` best documents, by over-fetching points (see
+        OVERFETCH); a backend whose engine groups by itself overrides this."""
+        limit = query.top_k * OVERFETCH
+        for _ in range(GROUP_ROUNDS):
+            hits = self._search(replace(query, top_k=limit))
+            best = best_per_document(hits, query.top_k)
+            if len(best) == query.top_k or len(hits) < limit:
+                break
+            limit *= OVERFETCH
+        return best
 
     @abstractmethod
     def _search(self, query: SearchQuery) -> list[Hit]:
-        """Run one validated search on the engine."""
+        """Run one validated search on the engine: the `top_k` nearest points."""
 
     @abstractmethod
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]: ...

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from semflow.documents import PARENT_FIELD
 from semflow.errors import IndexError_
 from semflow.index.base import (
     INDEXED_FIELDS,
@@ -66,6 +67,9 @@ class ServerIndex(VectorIndex):
         super().__init__(generation, int(info.config.params.vectors.size), meta, lexical)
         self.client = client
         self.collection = collection
+        # Collections created before chunking have points without the field: grouped by
+        # over-fetching instead (their points are one per document anyway).
+        self._group_by = meta.get("group_by")
 
     @staticmethod
     def _filter(terms: list[tuple[str, list[Any]]]) -> Any:
@@ -103,7 +107,13 @@ class ServerIndex(VectorIndex):
                 points=m.Batch(
                     ids=list(ids[i : i + _BATCH]),
                     vectors=batch,
-                    payloads=list(payloads[i : i + _BATCH]),
+                    # a point without a parent is its own document (one group of its own)
+                    payloads=[
+                        {**p, PARENT_FIELD: p.get(PARENT_FIELD) or pid}
+                        for pid, p in zip(
+                            ids[i : i + _BATCH], payloads[i : i + _BATCH], strict=True
+                        )
+                    ],
                 ),
                 wait=True,
             )
@@ -116,49 +126,40 @@ class ServerIndex(VectorIndex):
                 self.collection, points_selector=m.PointIdsList(points=list(ids)), wait=True
             )
 
-    def _search(self, query: SearchQuery) -> list[Hit]:
+    def _query(self, query: SearchQuery) -> dict[str, Any]:
+        """The arguments of one Qdrant query API call for `query`'s mode (both the plain
+        and the grouped call take them)."""
         from qdrant_client import models as m
 
+        common = {"query_filter": query.filter, "limit": query.top_k, "with_payload": True}
         if query.mode == "dense":
-            res = self.client.query_points(
-                self.collection,
-                query=query.vector,
-                query_filter=query.filter,
-                limit=query.top_k,
-                with_payload=True,
-                score_threshold=query.score_threshold,
-            )
-            return self._hits(res.points)
+            return {**common, "query": query.vector, "score_threshold": query.score_threshold}
         assert query.sparse is not None
         lexical = m.SparseVector(indices=query.sparse.indices, values=query.sparse.values)
         if query.mode == "sparse":
-            res = self.client.query_points(
-                self.collection,
-                query=lexical,
-                using=SPARSE_VECTOR,
-                query_filter=query.filter,
-                limit=query.top_k,
-                with_payload=True,
-            )
-            return self._hits(res.points)
+            return {**common, "query": lexical, "using": SPARSE_VECTOR}
         n = hybrid_candidates(query.top_k)
-        res = self.client.query_points(
-            self.collection,
-            prefetch=[
-                m.Prefetch(
-                    query=query.vector,
-                    filter=query.filter,
-                    limit=n,
-                    score_threshold=query.score_threshold,
-                ),
-                m.Prefetch(query=lexical, using=SPARSE_VECTOR, filter=query.filter, limit=n),
-            ],
-            query=m.RrfQuery(rrf=m.Rrf(k=RRF_K)),
-            query_filter=query.filter,
-            limit=query.top_k,
-            with_payload=True,
-        )
-        return self._hits(res.points)
+        prefetch = [
+            m.Prefetch(
+                query=query.vector,
+                filter=query.filter,
+                limit=n,
+                score_threshold=query.score_threshold,
+            ),
+            m.Prefetch(query=lexical, using=SPARSE_VECTOR, filter=query.filter, limit=n),
+        ]
+        return {**common, "prefetch": prefetch, "query": m.RrfQuery(rrf=m.Rrf(k=RRF_K))}
+
+    def _search(self, query: SearchQuery) -> list[Hit]:
+        return self._hits(self.client.query_points(self.collection, **self._query(query)).points)
+
+    def _search_documents(self, query: SearchQuery) -> list[Hit]:
+        if not self._group_by:
+            return super()._search_documents(query)
+        groups = self.client.query_points_groups(
+            self.collection, group_by=self._group_by, group_size=1, **self._query(query)
+        ).groups
+        return self._hits(g.hits[0] for g in groups)
 
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
         recs = self.client.retrieve(
@@ -255,10 +256,10 @@ class ServerStore(IndexStore):
             coll,
             vectors_config=m.VectorParams(size=dimension, distance=m.Distance.COSINE),
             sparse_vectors_config=sparse,
-            metadata=meta,
+            metadata={**meta, "group_by": PARENT_FIELD},  # search groups a document's chunks
         )
         with contextlib.suppress(Exception):  # local mode warns that indexes are no-ops
-            for f in INDEXED_FIELDS:
+            for f in (*INDEXED_FIELDS, PARENT_FIELD):
                 self.client.create_payload_index(coll, f, m.PayloadSchemaType.KEYWORD)
 
     def _switch(self, gen: int) -> None:

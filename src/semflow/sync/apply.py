@@ -23,7 +23,15 @@ from semflow.index import IndexStore, VectorIndex
 from semflow.sync.embed import vectors_path
 from semflow.sync.plan import SyncPlan, read_lines
 from semflow.sync.reconcile import carry_over, failed_rows, gone_ids, orphan_ids, outdated_rows
-from semflow.sync.rows import deleted_row, is_older, known_versions, record, row
+from semflow.sync.rows import (
+    deleted_row,
+    held_point_ids,
+    is_older,
+    known_versions,
+    record,
+    row,
+    surplus_point_ids,
+)
 
 log = logging.getLogger("semflow.sync")
 
@@ -100,12 +108,15 @@ def _apply_locked(
             plan, catalog, idx, ref, vectors, outdated_by, run_id, stale, counts
         )
         tombstones = _delete_tombstones(plan, catalog, idx, ref, stale)
-        rows += [row(d, DELETED, plan.embedder_version, generation, run_id) for d in tombstones]
+        rows += [
+            {**row(d, DELETED, plan.embedder_version, generation, run_id), "chunks": 0}
+            for d in tombstones
+        ]
 
         orphans: list[str] = []
         if plan.reconcile:
             orphans = orphan_ids(catalog, idx, plan, tombstones, changed)
-            idx.delete([point_id(plan.source, i) for i in orphans])
+            idx.delete(held_point_ids(idx, plan.source, orphans))
         rows += failed_rows(catalog, ref, plan, failed, generation, run_id, stale)
         if full:
             counts["carried"] = carry_over(plan, idx, ref, stale, changed, rows, generation, run_id)
@@ -182,19 +193,16 @@ def _upsert_partitions(
     rows: list[dict[str, Any]] = []
     indexed = 0
     for k, part in enumerate(plan.partitions):
-        docs = read_lines(Path(part))
-        known = known_versions(catalog, ref, plan.source, [d["doc_id"] for d in docs])
-        keep = []
-        for i, d in enumerate(docs):
-            if is_older(Document.from_json(d), known):
-                stale.append(d["doc_id"])
-            else:
-                keep.append(i)
+        docs = read_lines(Path(part))  # one row per chunk, a document's chunks together
+        heads = [d for d in docs if d["chunk_no"] == 0]
+        known = known_versions(catalog, ref, plan.source, [d["doc_id"] for d in heads])
+        older = {d["doc_id"] for d in heads if is_older(Document.from_json(d), known)}
+        stale += [d["doc_id"] for d in heads if d["doc_id"] in older]
+        keep = [i for i, d in enumerate(docs) if d["doc_id"] not in older]
+        heads = [d for d in heads if d["doc_id"] not in older]
         if outdated_by is not None:
-            rows += outdated_rows(
-                plan, [docs[i] for i in keep], outdated_by, idx.generation, run_id
-            )
-            counts["outdated"] = counts.get("outdated", 0) + len(keep)
+            rows += outdated_rows(plan, heads, outdated_by, idx.generation, run_id)
+            counts["outdated"] = counts.get("outdated", 0) + len(heads)
             continue
         vec_path = Path(vectors[k]) if vectors else vectors_path(plan, docs)
         if not vec_path.exists():
@@ -204,15 +212,18 @@ def _upsert_partitions(
         for i in keep:
             d = docs[i]
             doc = Document.from_json({**d, "text": d["index_text"]})
-            payload = doc.payload(plan.embedder_version, truncated=d["truncated"])
-            payload["content_hash"] = Document.from_json(d).content_hash
-            ids.append(doc.point_id)
+            payload = doc.payload(plan.embedder_version, d["truncated"], d["chunk_no"], d["chunks"])
+            payload["content_hash"] = d["content_hash"]
+            ids.append(point_id(plan.source, doc.doc_id, d["chunk_no"]))
             payloads.append(payload)
+        for d in heads:
             r = row(Document.from_json(d), INDEXED, plan.embedder_version, idx.generation, run_id)
-            r.update(content_hash=payload["content_hash"], truncated=bool(d["truncated"]))
-            rows.append(r)
+            r.update(content_hash=d["content_hash"], truncated=bool(d["truncated"]))
+            rows.append({**r, "chunks": d["chunks"]})
+        # An update that shrank a document leaves its earlier version's last chunks behind.
+        idx.delete(surplus_point_ids(idx, plan.source, {d["doc_id"]: d["chunks"] for d in heads}))
         idx.upsert(ids, vecs[keep], payloads)
-        indexed += len(ids)
+        indexed += len(heads)
         log.info("upserted partition %d/%d (%d points)", k + 1, len(plan.partitions), len(ids))
     counts["indexed"] = indexed
     return rows
@@ -231,5 +242,5 @@ def _delete_tombstones(
     known = known_versions(catalog, ref, plan.source, [d.doc_id for d in tombstones])
     stale += [d.doc_id for d in tombstones if is_older(d, known)]
     tombstones = [d for d in tombstones if not is_older(d, known)]
-    idx.delete([d.point_id for d in tombstones])
+    idx.delete(held_point_ids(idx, plan.source, [d.doc_id for d in tombstones]))
     return tombstones

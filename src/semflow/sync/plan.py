@@ -1,9 +1,10 @@
 """Step 1, plan: read the source, diff it against the catalog, write the plan to staging.
 
 A plan is a folder under `<staging>/<source>/plan-<id>/`: `plan.json` (the `SyncPlan`),
-`part-NNNNN.jsonl` (documents to embed, one partition per worker), `failed.jsonl` (documents
-that failed their checks), `deletes.jsonl` (tombstones), and for a reconcile or a full refresh
-`live_ids.json` / `all_ids.json` (the source's ids when it was read).
+`part-NNNNN.jsonl` (documents to embed, one row per chunk, one partition per worker),
+`failed.jsonl` (documents that failed their checks), `deletes.jsonl` (tombstones), and for a
+reconcile or a full refresh `live_ids.json` / `all_ids.json` (the source's ids when it was
+read).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from semflow.catalog import DELETED, INDEXED, Catalog
+from semflow.chunking import Chunker, chunker_for
 from semflow.config import Settings, get_settings
 from semflow.documents import Document
 from semflow.index import IndexStore
@@ -141,7 +143,7 @@ def plan_sync(
     live_ids = sorted(set(source.live_ids())) if (reconcile and not full_refresh) else None
 
     states = catalog.states(source.name, docs)
-    to_embed: list[dict[str, Any]] = []
+    checked: list[tuple[Document, str, bool]] = []
     failed: list[dict[str, Any]] = []
     deletes: list[dict[str, Any]] = []
     skipped = truncated = 0
@@ -165,15 +167,15 @@ def plan_sync(
             failed.append({**doc.to_json(), "error": error})
             continue
         truncated += cut
-        to_embed.append({**doc.to_json(), "index_text": text, "truncated": cut})
+        checked.append((doc, text, cut))
+    to_embed = chunk_rows(checked, chunker_for(s, embedder_version))
 
     plan_dir = s.staging_dir / source.name / f"plan-{uuid.uuid4().hex[:12]}"
     plan_dir.mkdir(parents=True, exist_ok=True)
     parts = []
-    size = s.sync_partition_size
-    for k in range(0, len(to_embed), size):
-        path = plan_dir / f"part-{k // size:05d}.jsonl"
-        write_lines(path, to_embed[k : k + size])
+    for k, rows in enumerate(_partitions(to_embed, s.sync_partition_size)):
+        path = plan_dir / f"part-{k:05d}.jsonl"
+        write_lines(path, rows)
         parts.append(str(path))
     write_lines(plan_dir / "failed.jsonl", failed)
     write_lines(plan_dir / "deletes.jsonl", deletes)
@@ -194,6 +196,7 @@ def plan_sync(
             "extracted": extracted,
             "retried": len(retry_ids),
             "to_embed": len(to_embed),
+            "chunks": sum(len(rows) for rows in to_embed),
             "skipped": skipped,
             "failed": len(failed),
             "tombstones": len(deletes),
@@ -203,6 +206,44 @@ def plan_sync(
     atomic_json(plan_dir / "plan.json", plan.to_dict())
     log.info("planned sync of %s: %s", source.name, json.dumps(plan.counts))
     return plan
+
+
+def chunk_rows(
+    checked: list[tuple[Document, str, bool]], chunker: Chunker
+) -> list[list[dict[str, Any]]]:
+    """The partition rows of each (document, text to index, truncated?): one row per chunk.
+
+    Every row carries the document's fields, `content_hash`, `index_text` (the chunk), and
+    `chunk_no` / `chunks`; only chunk 0's keeps the whole `text` (the others would repeat it).
+    """
+    out = []
+    for (doc, _, cut), chunks in zip(
+        checked, chunker.split_many([text for _, text, _ in checked]), strict=True
+    ):
+        head = {**doc.to_json(), "content_hash": doc.content_hash, "truncated": cut}
+        out.append(
+            [
+                {**head, **({"text": ""} if k else {}), "index_text": c}
+                | {"chunk_no": k, "chunks": len(chunks)}
+                for k, c in enumerate(chunks)
+            ]
+        )
+    return out
+
+
+def _partitions(docs: list[list[dict[str, Any]]], size: int) -> list[list[dict[str, Any]]]:
+    """Chunk rows in partitions of about `size` rows; a document's chunks stay together (apply
+    writes and counts each document whole)."""
+    parts: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    for rows in docs:
+        if current and len(current) + len(rows) > size:
+            parts.append(current)
+            current = []
+        current.extend(rows)
+    if current:
+        parts.append(current)
+    return parts
 
 
 def _extract(source: Source, start: datetime | None, end: datetime | None) -> dict[str, Document]:

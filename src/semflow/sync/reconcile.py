@@ -9,10 +9,16 @@ from typing import Any
 import numpy as np
 
 from semflow.catalog import FAILED, INDEXED, Catalog
-from semflow.documents import Document, point_id, to_utc
+from semflow.documents import Document, to_utc
 from semflow.index import VectorIndex
 from semflow.sync.plan import SyncPlan, read_ids
-from semflow.sync.rows import dead_letter, document_dead_letter, is_older, known_versions
+from semflow.sync.rows import (
+    dead_letter,
+    document_dead_letter,
+    held_point_ids,
+    is_older,
+    known_versions,
+)
 
 log = logging.getLogger("semflow.sync")
 
@@ -99,7 +105,8 @@ def carry_over(
 ) -> int:
     """A full refresh fills its fresh generation from the plan's snapshot of the source; what
     other syncs published after that snapshot (newer versions, new documents) is carried over
-    from the live generation instead of lost. Returns how many points were copied.
+    from the live generation instead of lost, every chunk of it. Returns how many points were
+    copied.
 
     Points of another model cannot be copied: those documents become dead letters (appended
     to `rows`) that the next run fetches and embeds again.
@@ -108,13 +115,15 @@ def carry_over(
     wanted = set(stale) | ({i for i, r in changed.items() if r["status"] == INDEXED} - all_ids)
     if ref is None or not wanted:
         return 0
-    hits = ref.retrieve([point_id(plan.source, i) for i in sorted(wanted)], with_vectors=True)
+    hits = ref.retrieve(held_point_ids(ref, plan.source, sorted(wanted)), with_vectors=True)
     if ref.embedder_version == plan.embedder_version:
         vecs = np.asarray([h.payload.pop("_vector") for h in hits], dtype=np.float32)
         idx.upsert([h.id for h in hits], vecs.reshape(len(hits), -1), [h.payload for h in hits])
         return len(hits)
     for h in hits:
         p = h.payload
+        if p.get("chunk_no"):
+            continue  # one dead letter per document: its chunk 0's
         rows.append(
             dead_letter(
                 plan.source,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +42,27 @@ def known_versions(
             if ts is not None and (i not in known or ts > known[i]):
                 known[i] = ts
     return known
+
+
+# -- chunks ------------------------------------------------------------------------------
+def held_chunks(index: VectorIndex, source: str, doc_ids: Sequence[str]) -> dict[str, int]:
+    """How many chunk points `index` holds for each of these documents that it has: chunk 0's
+    payload counts them (a point written before chunking is the one chunk of its document)."""
+    hits = index.retrieve([point_id(source, i) for i in doc_ids]) if doc_ids else []
+    return {str(h.payload.get("doc_id")): int(h.payload.get("chunks") or 1) for h in hits}
+
+
+def held_point_ids(index: VectorIndex, source: str, doc_ids: Sequence[str]) -> list[str]:
+    """Every point `index` holds for these documents: all their chunks."""
+    held = held_chunks(index, source, doc_ids)
+    return [point_id(source, i, n) for i, count in held.items() for n in range(count)]
+
+
+def surplus_point_ids(index: VectorIndex, source: str, chunks: Mapping[str, int]) -> list[str]:
+    """The chunks `index` holds beyond each document's new chunk count (`chunks`): what is
+    left of a longer earlier version once the new one is upserted."""
+    held = held_chunks(index, source, list(chunks))
+    return [point_id(source, i, n) for i, count in held.items() for n in range(chunks[i], count)]
 
 
 # -- rows ----------------------------------------------------------------------------------
@@ -122,6 +144,7 @@ def deleted_row(
     return {
         **key(source, doc_id),
         "status": DELETED,
+        "chunks": 0,
         "generation": generation,
         "run_id": run_id,
         "tenant": catalog.tenant_of(source, doc_id) or "default",

@@ -53,7 +53,9 @@ def snapshot(
         run_sync(source or banking77_source("train", tenant=params.base.tenant), svc)
     rows = []
     with store.open_live() as index:
-        for _, p in index.iter_payloads(fields=params.snapshot.fields):
+        for _, p in index.iter_payloads(fields=[*params.snapshot.fields, "chunk_no"]):
+            if p.get("chunk_no"):
+                continue  # a long document is one row: its first chunk, what a model reads
             labels = p.get("labels") or []
             rows.append(
                 {
