@@ -6,18 +6,28 @@ Layout under `root` (e.g. var/index/semflow/):
   gen-000007/     an edge shard + meta.json
 
 Published generations are immutable, so their shards are created with the WAL off: any
-number of readers (service workers, the CLI) can open them at once. A writer copies the
-live generation into N+1, updates the copy and publishes it; a crashed writer leaves an
+number of readers (service workers, the CLI) can open them at once. A writer clones the
+live generation into N+1, updates the clone and publishes it; a crashed writer leaves an
 unpublished directory that the next writer removes.
+
+The clone costs what changes, not the index (`clone_generation`): the big files of sealed
+(non-appendable) segments, which qdrant-edge never writes again (vectors, HNSW links, id
+mappings, payload pages, keyword-index maps), are hard-linked; everything else (the
+appendable segment, deletion flags, versions, trackers) is copied, holes kept. Readers of N
+keep their files: the writer of N+1 only ever writes copies or new files, and the engine
+replaces its small metadata files by rename. The writer checks that no linked file changed
+before it publishes (`IndexError_` otherwise; `tests/unit/test_index_clone.py` proves it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import shutil
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +52,123 @@ if TYPE_CHECKING:
 
 _GEN_PREFIX = "gen-"
 _UPSERT_CHUNK = 1024
+
+
+# Files of a sealed segment that qdrant-edge writes once, when the optimizer builds the
+# segment, and never again (a delete only flips flags in the other files): safe to share
+# between generations by hard link. Paths relative to the segment directory.
+_SEALED_IMMUTABLE = (
+    "vector_storage*/matrix.dat",
+    "vector_index*/links*.bin",
+    "vector_index*/graph.bin",
+    "id_tracker.mappings",
+    "payload_storage/page_*.dat",
+    "payload_index/*-map/point_to_values.bin",
+    "payload_index/*-map/values_to_points.bin",
+)
+# Vector storages of sealed segments; an appendable segment stores its vectors in chunks.
+_SEALED_STORAGE = {"Mmap", "InRamMmap"}
+
+
+@dataclass
+class CloneStats:
+    """What cloning a generation cost: files hard-linked (shared, nothing written) and files
+    copied; bytes are those on disk (holes of sparse files do not count)."""
+
+    linked_files: int = 0
+    linked_bytes: int = 0
+    copied_files: int = 0
+    copied_bytes: int = 0
+    # (path in the clone, inode, size, mtime_ns) of every linked file, checked before publish
+    linked: list[tuple[str, int, int, int]] = field(default_factory=list, repr=False)
+
+    def to_meta(self) -> dict[str, int]:
+        return {k: v for k, v in asdict(self).items() if k != "linked"}
+
+
+def _sealed(segment: Path) -> bool:
+    """A segment the optimizer wrote in one go (all vector storages sealed): only then are
+    its `_SEALED_IMMUTABLE` files never written again. Unknown layouts count as appendable."""
+    try:
+        cfg = json.loads((segment / "segment.json").read_text())["config"]
+        storages = [v.get("storage_type") for v in cfg.get("vector_data", {}).values()]
+    except (OSError, ValueError, KeyError, AttributeError):
+        return False
+    return bool(storages) and all(st in _SEALED_STORAGE for st in storages)
+
+
+def _copy_sparse(src: Path, dst: Path) -> int:
+    """Copy `src` to `dst` keeping holes (appendable segments preallocate mostly-empty
+    pages); returns the data bytes copied."""
+    copied = 0
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fin.fileno(), pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
+            off = start
+            while off < end:
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), end - off, off, off)
+                if n == 0:
+                    break
+                off += n
+            copied += off - start
+            pos = end
+        fout.truncate(size)
+    shutil.copystat(src, dst)
+    return copied
+
+
+def clone_generation(src: Path, dst: Path) -> CloneStats:
+    """`dst` as a writable clone of the published shard `src` (without its meta.json): the
+    immutable files of sealed segments hard-linked, everything else copied."""
+    stats = CloneStats()
+    for dirpath, _, files in os.walk(src):
+        here = Path(dirpath)
+        rel_dir = here.relative_to(src)
+        (dst / rel_dir).mkdir(parents=True, exist_ok=True)
+        seg = _segment_of(rel_dir)
+        sealed = seg is not None and _sealed(src / seg)
+        for name in files:
+            if rel_dir == Path(".") and name == "meta.json":
+                continue
+            s, d = here / name, dst / rel_dir / name
+            in_seg = str((rel_dir / name).relative_to(seg)) if seg is not None else ""
+            if sealed and any(fnmatch.fnmatch(in_seg, pat) for pat in _SEALED_IMMUTABLE):
+                os.link(s, d)
+                st = d.stat()
+                stats.linked_files += 1
+                stats.linked_bytes += st.st_blocks * 512  # allocated: pages may be sparse
+                stats.linked.append((str(d), st.st_ino, st.st_size, st.st_mtime_ns))
+            else:
+                stats.copied_bytes += _copy_sparse(s, d)
+                stats.copied_files += 1
+    return stats
+
+
+def _segment_of(rel_dir: Path) -> Path | None:
+    """The segment directory (`segments/<uuid>`, relative) that `rel_dir` lies in, if any."""
+    parts = rel_dir.parts
+    return Path(*parts[:2]) if len(parts) >= 2 and parts[0] == "segments" else None
+
+
+def _check_linked_untouched(stats: CloneStats, base: int) -> None:
+    """Refuse to publish when the engine wrote to a file shared with generation `base`: the
+    sharing rests on those files being immutable, so such an engine must not be used."""
+    for path, ino, size, mtime in stats.linked:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:  # the optimizer replaced the segment: the link is gone
+            continue
+        if st.st_ino == ino and (st.st_size, st.st_mtime_ns) != (size, mtime):
+            raise IndexError_(
+                f"qdrant-edge wrote to {path}, a file shared with generation {base}; "
+                "this engine version cannot share files between generations"
+            )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -212,13 +339,17 @@ class EdgeStore(IndexStore):
         lock_timeout_s: float = 120.0,
         keep: int = 3,
         lexical: LexicalEncoder | None = None,
+        indexing_threshold_kb: int | None = None,
     ) -> None:
         """`lexical`: the encoder of the sparse vectors a fresh generation gets beside the
-        dense ones (None: dense only)."""
+        dense ones (None: dense only). `indexing_threshold_kb`: the engine's, for shards this
+        store creates (None: the engine's default); tests lower it to get sealed segments from
+        a few points."""
         self.root = Path(root)
         self.lock_timeout_s = lock_timeout_s
         self.keep = keep
         self.lexical = lexical
+        self.indexing_threshold_kb = indexing_threshold_kb
 
     # -- layout ------------------------------------------------------------
     def _gen_dir(self, gen: int) -> Path:
@@ -307,9 +438,10 @@ class EdgeStore(IndexStore):
             "based_on": base,
             "sparse_encoder": self._sparse_encoder(base),
         }
+        clone = None
         if base is not None:
-            shutil.copytree(self._gen_dir(base), path)
-            (path / "meta.json").unlink()
+            clone = clone_generation(self._gen_dir(base), path)
+            meta["clone"] = clone.to_meta()
             shard = q.EdgeShard.load(str(path))
         else:
             sparse = (
@@ -317,9 +449,13 @@ class EdgeStore(IndexStore):
                 if meta["sparse_encoder"]
                 else None
             )
+            optimizers = None
+            if self.indexing_threshold_kb is not None:
+                optimizers = q.EdgeOptimizersConfig(indexing_threshold=self.indexing_threshold_kb)
             cfg = q.EdgeConfig(
                 vectors=q.EdgeVectorParams(size=dimension, distance=q.Distance.Cosine),
                 sparse_vectors=sparse,
+                optimizers=optimizers,
                 wal_enabled=False,
             )
             shard = q.EdgeShard.create(str(path), cfg)
@@ -333,6 +469,8 @@ class EdgeStore(IndexStore):
             index.optimize()
             meta["points"] = index.count()
             index.close()
+            if clone is not None:
+                _check_linked_untouched(clone, base)
             _atomic_write(path / "meta.json", json.dumps(meta, indent=1))
             _atomic_write(self.root / "LIVE", str(gen))
         except BaseException:
