@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -49,6 +51,7 @@ OPEN_PATHS = frozenset(
 )
 LIMITED_OPEN_PATHS = frozenset({"/health"})
 PRINCIPAL = "semflow.principal"
+WORKER_HEADER = b"x-semflow-worker"
 log = logging.getLogger(__name__)
 
 
@@ -90,6 +93,7 @@ class GuardMiddleware:
         self.settings = settings or get_settings()
         self.keys = KeyRing(self.settings.api_keys, required=self.settings.auth_required)
         self._open_inflight = 0
+        self.worker = f"{socket.gethostname()}/{os.getpid()}".encode("latin-1", "replace")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -119,7 +123,18 @@ class GuardMiddleware:
                 raise
             log.info("rejected %s %s: %s %s", scope.get("method"), path, status, err)
             return await send_json(send, status, {"error": str(err)})
-        await self.app(scope, receive if body is None else _replay(body, receive), send)
+        await self.app(scope, receive if body is None else _replay(body, receive), self._tag(send))
+
+    def _tag(self, send: Send) -> Send:
+        """`send` adding `x-semflow-worker: <host>/<pid>` to the answer: which worker process
+        (and replica) answered, behind BentoML's workers or a load balancer."""
+
+        async def tagged(msg: Message) -> None:
+            if msg["type"] == "http.response.start":
+                msg = {**msg, "headers": [*msg.get("headers", []), (WORKER_HEADER, self.worker)]}
+            await send(msg)
+
+        return tagged
 
     async def _check_body(
         self,
