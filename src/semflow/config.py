@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from semflow.errors import SettingsError
@@ -103,6 +103,13 @@ class Settings(BaseSettings):
     job_workers: int = Field(default=1, ge=1)  # threads of the long-job pool
     max_jobs: int = Field(default=8, ge=1)  # jobs kept (queued, running or finished)
     job_ttl_s: float = Field(default=3600.0, gt=0)  # a finished job's result is kept this long
+    # Processes of the Bento. Each loads the model and follows the LIVE generation (edge) or
+    # the alias (server) on its own; published edge generations are read-only, so any number
+    # of processes can open them. Past one machine: replicas behind a load balancer.
+    workers: int = Field(default=1, ge=1, le=64, description="Bento worker processes.")
+    # Compute threads of each worker's model (torch intra-op / onnxruntime intra-op);
+    # default: this machine's cores shared out between the workers (`threads_per_worker`).
+    model_threads: int | None = Field(default=None, ge=1, le=256)
     index_poll_s: float = Field(default=1.0, gt=0)
     index_warm_queries: int = Field(default=200, ge=0)  # searches run before a swap-in
     registered_model: str = "semflow"
@@ -132,6 +139,31 @@ class Settings(BaseSettings):
         if v and not (v == ":memory:" or v.startswith(("http://", "https://", "/", "./"))):
             raise ValueError("must be http(s)://host:port, ':memory:' or a local path")
         return v
+
+    @model_validator(mode="after")
+    def _workers_share_the_index(self) -> Settings:
+        url = self.qdrant_url
+        if (
+            self.workers > 1
+            and self.index_backend == "server"
+            and not (url or "").startswith(("http://", "https://"))
+        ):
+            raise ValueError(
+                f"SEMFLOW_WORKERS={self.workers} needs an index every process can open: "
+                "SEMFLOW_INDEX_BACKEND=edge, or a Qdrant server (SEMFLOW_QDRANT_URL=http(s)://"
+                f"...); qdrant-client's local mode ({url or 'no URL'}) is opened by one process"
+            )
+        return self
+
+    @property
+    def threads_per_worker(self) -> int:
+        """Model compute threads of one Bento worker: `model_threads`, else the cores this
+        process may use divided between the workers (at least one). More threads than cores
+        only makes the workers' pools preempt each other."""
+        if self.model_threads is not None:
+            return self.model_threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        return max(1, (cores or os.cpu_count() or 1) // self.workers)
 
     # Paths: one place for each.
     @property
@@ -233,6 +265,9 @@ def masked_settings(settings: Settings) -> dict[str, Any]:
 def _explain(err: ValidationError, prefix: str) -> str:
     parts = []
     for e in err.errors():
+        if not e["loc"]:  # a check across settings: its sentence names the variables
+            parts.append(str(e["msg"]).removeprefix("Value error, "))
+            continue
         name = prefix + "_".join(str(p) for p in e["loc"]).upper()
         parts.append(f"{name}: {e['msg']} (got {mask_secrets(e.get('input'), name)!r})")
     return "invalid setting: " + "; ".join(parts)

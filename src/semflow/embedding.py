@@ -116,6 +116,17 @@ class Embedder:
         self._model: Any = None
         self._onnx: Any = None
         self._lock = threading.Lock()
+        self.threads: int | None = None  # compute threads; None: the backend's default
+
+    def use_threads(self, n: int) -> None:
+        """Run the model on `n` compute threads. torch's count is process-wide (a server
+        worker owns its process); an ONNX session reads it when it is created, so call this
+        before the first encode."""
+        self.threads = n
+        if self.backend == "torch":
+            import torch
+
+            torch.set_num_threads(n)
 
     @property
     def model(self) -> Any:
@@ -142,7 +153,9 @@ class Embedder:
 
                         self._home = get_settings().home
                     weights = weights_version(self.version)
-                    self._onnx = load_runner(self.model_dir, weights, self.backend, self._home)
+                    self._onnx = load_runner(
+                        self.model_dir, weights, self.backend, self._home, self.threads
+                    )
         return self._onnx
 
     @property

@@ -315,6 +315,10 @@ def pool(tokens: np.ndarray, attention_mask: np.ndarray, modes: Sequence[str]) -
     return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
 
 
-def load_runner(model_dir: Path, weights_version: str, backend: str, home: Path) -> OnnxRunner:
-    """An OnnxRunner for `backend`, exporting `model_dir` first if it has not been."""
-    return OnnxRunner(ensure_export(model_dir, weights_version, backend, home), model_dir)
+def load_runner(
+    model_dir: Path, weights_version: str, backend: str, home: Path, threads: int | None = None
+) -> OnnxRunner:
+    """An OnnxRunner for `backend` on `threads` (default `default_threads()`), exporting
+    `model_dir` first if it has not been."""
+    export = ensure_export(model_dir, weights_version, backend, home)
+    return OnnxRunner(export, model_dir, threads=threads)

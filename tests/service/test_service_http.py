@@ -63,6 +63,24 @@ def test_embed_returns_normalised_vectors(server: str, embedder) -> None:
     assert raw.status_code == 200 and len(raw.json()["embeddings"][0]) == 384
 
 
+def test_embed_base64_and_float_bodies_carry_the_same_vectors(server: str) -> None:
+    """/embed writes its vectors with orjson (float32 exactly) or, asked, as OpenAI's base64."""
+    import base64
+
+    import numpy as np
+
+    texts = ["I lost my card", "hello", "where is my refund"]
+    flt = post(server, "/embed", {"texts": texts})
+    b64 = post(server, "/embed", {"texts": texts, "encoding_format": "base64"})
+    assert flt.status_code == 200 and b64.status_code == 200, (flt.text, b64.text)
+    vec = np.array(flt.json()["embeddings"], dtype=np.float32)
+    rows = b64.json()["embeddings"]
+    dec = np.stack([np.frombuffer(base64.b64decode(r), dtype="<f4") for r in rows])
+    assert dec.shape == (3, 384) and np.array_equal(dec, vec)  # both from the LRU cache
+    assert b64.json()["dimension"] == 384
+    assert post(server, "/embed", {"texts": ["x"], "encoding_format": "int8"}).status_code == 422
+
+
 def test_encode_batchable_endpoint(server: str) -> None:
     r = post(server, "/encode", {"texts": ["a", "b", "c"]})
     assert r.status_code == 200, r.text

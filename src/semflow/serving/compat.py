@@ -24,7 +24,6 @@ tokenizer, special tokens included, cut at its window (`max_seq_length`) as the 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import re
@@ -33,10 +32,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-import numpy as np
-
 from semflow.serving.errors import ApiError, NotFound, status_for
-from semflow.serving.http import ASGIApp, Message, Receive, Scope, Send
+from semflow.serving.http import ASGIApp, Message, Receive, Scope, Send, encode_vectors
 from semflow.serving.schemas import (
     Candidate,
     OpenAIEmbeddingsRequest,
@@ -260,14 +257,7 @@ class CompatAPI:
         vectors, tokens = await asyncio.gather(
             self.engine.batcher.encode(texts), asyncio.to_thread(self.tokens.count, texts)
         )
-        if req.encoding_format == "base64":
-            # OpenAI's base64: the little-endian float32 bytes of each vector
-            rows: list[Any] = [
-                base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode("ascii")
-                for v in vectors
-            ]
-        else:
-            rows = self.engine.embed_response(vectors)["embeddings"]
+        rows = encode_vectors(vectors, req.encoding_format)  # render with `json_bytes`
         return {
             "object": "list",
             "data": [

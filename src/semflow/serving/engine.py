@@ -24,6 +24,7 @@ from semflow.models.ranker import score_candidates, validate_weights
 from semflow.serving.auth import Principal
 from semflow.serving.batching import MicroBatcher
 from semflow.serving.errors import Unavailable, Unprocessable
+from semflow.serving.http import encode_vectors
 from semflow.serving.jobs import JobRunner
 from semflow.serving.schemas import (
     ClassifyJobRequest,
@@ -77,6 +78,9 @@ class Engine:
             self.embedder = self.bundle.make_embedder(s, cache=self.cache)
         else:
             self.embedder = self.services.embedder(cache=self.cache)
+        # Before the first encode (an ONNX session fixes its threads when it is created):
+        # the workers of one machine share its cores instead of each taking all of them.
+        self.embedder.use_threads(s.threads_per_worker)
         self.embedder.encode(["warm up"])  # load weights now, not on the first request
         self.dimension = self.embedder.dimension
         seq = self.embedder.max_seq_length
@@ -117,11 +121,14 @@ class Engine:
         """
         return self.batcher.submit(texts).result()
 
-    def embed_response(self, vectors: np.ndarray) -> dict[str, Any]:
+    def embed_response(self, vectors: np.ndarray, encoding_format: str = "float") -> dict[str, Any]:
+        """The /embed body; render it with `serving.http.FastJSON` (the vectors stay a float32
+        array: orjson writes each number as the shortest text that reads back to the same
+        float32, ~20x faster than Python floats through `json`)."""
         return {
             "model": self.embedder.version,
             "dimension": self.dimension,
-            "embeddings": np.round(vectors, 7).tolist(),
+            "embeddings": encode_vectors(vectors, encoding_format),
         }
 
     def similarity(self, pairs: list[tuple[str, str]]) -> dict[str, Any]:

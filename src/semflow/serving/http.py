@@ -1,4 +1,5 @@
-"""A pure ASGI guard in front of the service: auth, body size, JSON and schema checks.
+"""A pure ASGI guard in front of the service: auth, body size, JSON and schema checks;
+and the encoding of response bodies (`json_bytes`, `encode_vectors`).
 
 It answers 401/403/413/422 with `{"error": sentence}` before any endpoint code runs, then
 replays the body it read to the app. Probes, metrics and the OpenAPI page stay open; the
@@ -8,11 +9,16 @@ open `/health` has a concurrency limit of its own (BentoML's limit skips it). Th
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import numpy as np
+import orjson
 from pydantic import BaseModel
 
 from semflow.config import Settings, get_settings
@@ -45,6 +51,7 @@ OPEN_PATHS = frozenset(
 )
 LIMITED_OPEN_PATHS = frozenset({"/health"})
 PRINCIPAL = "semflow.principal"
+WORKER_HEADER = b"x-semflow-worker"
 log = logging.getLogger(__name__)
 
 
@@ -63,12 +70,30 @@ async def send_json(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
+def json_bytes(body: Any) -> bytes:
+    """`body` as JSON, numpy arrays included, without a Python object per number: orjson
+    writes a float32 as the shortest text that reads back to the same float32 (32 x 384
+    floats: ~1 ms, against ~21 ms for `np.round(v, 7).tolist()` through `json`)."""
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def encode_vectors(vectors: np.ndarray, encoding_format: str = "float") -> Any:
+    """Vectors for a response body: a float32 array (`json_bytes` writes it), or for
+    "base64", as OpenAI's API does, one string per vector of its little-endian float32
+    bytes (a third of the size again, and the client decodes without parsing numbers)."""
+    arr = np.ascontiguousarray(vectors, dtype="<f4")
+    if encoding_format == "base64":
+        return [base64.b64encode(row.tobytes()).decode("ascii") for row in arr]
+    return arr
+
+
 class GuardMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings | None = None) -> None:
         self.app = app
         self.settings = settings or get_settings()
         self.keys = KeyRing(self.settings.api_keys, required=self.settings.auth_required)
         self._open_inflight = 0
+        self.worker = f"{socket.gethostname()}/{os.getpid()}".encode("latin-1", "replace")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -98,7 +123,18 @@ class GuardMiddleware:
                 raise
             log.info("rejected %s %s: %s %s", scope.get("method"), path, status, err)
             return await send_json(send, status, {"error": str(err)})
-        await self.app(scope, receive if body is None else _replay(body, receive), send)
+        await self.app(scope, receive if body is None else _replay(body, receive), self._tag(send))
+
+    def _tag(self, send: Send) -> Send:
+        """`send` adding `x-semflow-worker: <host>/<pid>` to the answer: which worker process
+        (and replica) answered, behind BentoML's workers or a load balancer."""
+
+        async def tagged(msg: Message) -> None:
+            if msg["type"] == "http.response.start":
+                msg = {**msg, "headers": [*msg.get("headers", []), (WORKER_HEADER, self.worker)]}
+            await send(msg)
+
+        return tagged
 
     async def _check_body(
         self,

@@ -30,6 +30,10 @@ class EmbedRequest(BaseModel):
     model_config = _STRICT
     texts: list[Text] = Field(min_length=1, description="Texts to embed.")
     normalize: bool = Field(default=True, description="L2-normalise each vector.")
+    encoding_format: Literal["float", "base64"] = Field(
+        default="float",
+        description="float: JSON numbers; base64: each vector's little-endian float32 bytes.",
+    )
 
 
 class SimilarityRequest(BaseModel):
