@@ -30,22 +30,8 @@ def _texts(n: int = 50) -> list[str]:
     return rows[:: len(rows) // n][:n]
 
 
-@pytest.fixture(scope="module")
-def onnx_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("onnx-home")
-
-
 def _settings(home: Path, backend: str) -> Settings:
     return load_settings(home=home, backend=backend)
-
-
-@pytest.fixture(scope="module")
-def onnx_embedders(onnx_home: Path) -> dict[str, Embedder]:
-    """One export per backend for the whole module (built by the first encode)."""
-    out = {b: resolve_embedder(_settings(onnx_home, b)) for b in ("onnx", "onnx-int8")}
-    for emb in out.values():
-        emb.encode(["warm up"])
-    return out
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -53,8 +53,10 @@ def compare_backends(
     from semflow.training.stages.embed import embedder_for
 
     s = settings or get_settings()
-    other = FALLBACK if s.backend == GUARDED else GUARDED
-    emb = embedder_for(paths, s.model_copy(update={"backend": other}))
+    # what embedded the features (SEMFLOW_BACKEND, or onnx if int8 was refused for the weights)
+    ran = embedder_for(paths, s).backend
+    other = FALLBACK if ran == GUARDED else GUARDED
+    emb = embedder_for(paths, s, backend=other)
     t0 = time.perf_counter()
     ox = {
         "test": emb.encode_all(test["text"].tolist(), f"embed test ({other})"),
@@ -62,7 +64,7 @@ def compare_backends(
     }
     seconds = time.perf_counter() - t0
     y, labels = test["label"].tolist(), corpus["label"].tolist()
-    ran = backend_metrics(clf, x["test"], y, x["train"], labels, k)
+    measured = backend_metrics(clf, x["test"], y, x["train"], labels, k)
     again = backend_metrics(clf, ox["test"], y, ox["train"], labels, k)
     log.info(
         "backend check: %d texts embedded with %s in %.1f s",
@@ -70,10 +72,10 @@ def compare_backends(
         other,
         seconds,
     )
-    int8, fp32 = (ran, again) if s.backend == GUARDED else (again, ran)
+    int8, fp32 = (measured, again) if ran == GUARDED else (again, measured)
     return {
-        "pipeline": s.backend,
-        "fp32_backend": FALLBACK if s.backend == GUARDED else s.backend,
+        "pipeline": ran,
+        "fp32_backend": FALLBACK if ran == GUARDED else ran,
         REFERENCE: fp32,
         GUARDED: int8,
     }
