@@ -52,6 +52,26 @@ def embedder():
 
 
 @pytest.fixture(scope="session")
+def onnx_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home whose `onnx/` caches the packaged MiniLM's exports for the whole session."""
+    return tmp_path_factory.mktemp("onnx-home")
+
+
+@pytest.fixture(scope="session")
+def onnx_embedders(onnx_home: Path):
+    """The packaged MiniLM on fp32 and int8 ONNX, exported once (by the first encode)."""
+    from semflow.config import load_settings
+    from semflow.embedding import resolve_embedder
+
+    out = {
+        b: resolve_embedder(load_settings(home=onnx_home, backend=b)) for b in ("onnx", "onnx-int8")
+    }
+    for emb in out.values():
+        emb.encode(["warm up"])
+    return out
+
+
+@pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """An initialised Airflow metadata DB (SQLite) under the session's AIRFLOW_HOME."""
     home = Path(os.environ["AIRFLOW_HOME"])

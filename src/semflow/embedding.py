@@ -5,12 +5,16 @@ An embedder version is `name@<12 hex of the weights' sha256>`, followed by `+onn
 is never queried with another backend's); `format_version` and
 `parse_version` are the only code that builds or splits one, `resolve_embedder` the only code
 that decides which weights embed for an index generation or a bundle, and `check_embedder`
-the only comparison of what was wanted against what was loaded.
+the only comparison of what was wanted against what was loaded. A bundle's int8 quality
+guard verdict (semflow.models.backend_guard) is recorded beside its installed weights
+(`record_guard`), so every embedder of those weights, the sync's included, falls back to fp32
+ONNX as the service does.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -24,6 +28,7 @@ import numpy as np
 from semflow.cache import text_key
 from semflow.config import Settings
 from semflow.errors import ModelMismatchError
+from semflow.models.backend_guard import serving_backend
 from semflow.onnx_backend import BACKENDS
 
 # Nothing may reach a model hub: weights come from a local directory only.
@@ -247,6 +252,33 @@ def install_embedder(settings: Settings, model_dir: Path, version: str) -> Path:
     return dest
 
 
+def _guard_file(settings: Settings, version: str) -> Path:
+    return settings.home / "embedders" / f"{weights_version(version).replace('/', '_')}.guard.json"
+
+
+def record_guard(settings: Settings, version: str, verdict: dict[str, Any]) -> None:
+    """Record the int8 guard's verdict on the weights of `version` (atomically)."""
+    path = _guard_file(settings, version)
+    text = json.dumps(verdict, sort_keys=True)
+    try:
+        if path.is_file() and path.read_text() == text:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.rename(path)
+    except OSError as err:  # a read-only home: the bundle's own verdict still applies
+        log.warning("could not record the int8 guard's verdict in %s: %s", path, err)
+
+
+def recorded_guard(settings: Settings, version: str) -> dict[str, Any] | None:
+    """The int8 guard's verdict recorded on the weights of `version`, if any."""
+    try:
+        return dict(json.loads(_guard_file(settings, version).read_text()))
+    except (OSError, ValueError):
+        return None
+
+
 def resolve_embedder(
     settings: Settings,
     version: str | None = None,
@@ -256,6 +288,7 @@ def resolve_embedder(
     required_by: str | None = None,
     batch_size: int | None = None,
     cache: Any | None = None,
+    backend: str | None = None,
 ) -> Embedder:
     """The one way to pick an embedder's weights.
 
@@ -266,6 +299,9 @@ def resolve_embedder(
     installed copy an hourly sync would embed with the base model and undo the reindex that
     followed a promotion. `required_by` (e.g. "the bundle was trained with"): the weights
     found must be `version`, else ModelMismatchError; without it callers compare versions.
+
+    `backend` runs them (default `SEMFLOW_BACKEND`, or fp32 ONNX when the int8 guard refused
+    these weights' int8 export, see `record_guard`).
     """
     if model_dir is None and version:
         model_dir = installed_embedder_dir(settings, version)
@@ -274,7 +310,16 @@ def resolve_embedder(
     elif name is None:
         name = parse_version(version)[0] if version else settings.embedder_name
     batch = batch_size or settings.embed_batch_size
-    emb = Embedder(model_dir, name, settings.device, batch, cache, settings.backend, settings.home)
+    run = backend or settings.backend
+    emb = Embedder(model_dir, name, settings.device, batch, cache, run, settings.home)
+    fallback = run if backend else serving_backend(run, recorded_guard(settings, emb.version))
+    if fallback != run:
+        log.warning(
+            "the int8 export of %s was refused by the quality guard: running %s",
+            weights_version(emb.version),
+            fallback,
+        )
+        emb = Embedder(model_dir, name, settings.device, batch, cache, fallback, settings.home)
     if required_by and version:
         check_embedder(emb.version, version, required_by)
     return emb

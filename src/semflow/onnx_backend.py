@@ -5,7 +5,9 @@ The sentence-transformers model's transformer is exported once with torch's ONNX
 rules out) and, for `onnx-int8`, quantised with onnxruntime's dynamic quantization. The
 files live in `$SEMFLOW_HOME/onnx/<weights' embedder version>/<backend>/`: built once,
 renamed into place whole (a reader never sees half an export), reused by every later
-Embedder. New weights are a new version and so a new directory.
+Embedder. New weights are a new version and so a new directory. A model directory may carry
+its own exports in `onnx/<backend>/` (a registered bundle ships them, `ship_exports`): those
+are used as they are, nothing is built where the Bento runs.
 
 At run time only onnxruntime and the model's fast tokenizer are needed: texts are tokenised
 with the sentence-transformers model's max_seq_length and truncation, the token embeddings
@@ -41,6 +43,8 @@ RECIPE = 1
 QUANT_OPTIONS: dict[str, Any] = {"per_channel": True, "extra_options": {"MatMulConstBOnly": True}}
 MODEL_FILE = "model.onnx"
 META_FILE = "meta.json"
+# Where a model directory carries its own exports (a bundle's embedder/onnx/<backend>/).
+SHIPPED_DIR = "onnx"
 _POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens")
 # Legacy boolean keys of a Pooling config, in sentence-transformers' order of concatenation.
 _LEGACY_POOLING = {
@@ -102,10 +106,21 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
     return meta if ok else None
 
 
+def shipped_export(model_dir: Path, weights_version: str, backend: str) -> Path | None:
+    """`model_dir`'s own `backend` export when it carries one of these weights and recipe."""
+    path = model_dir / SHIPPED_DIR / backend
+    meta = _read_meta(path)
+    return path if meta is not None and meta.get("embedder_version") == weights_version else None
+
+
 def ensure_export(model_dir: Path, weights_version: str, backend: str, home: Path) -> Path:
-    """The directory of the `backend` export of `model_dir`, built now if missing or stale."""
+    """The directory of the `backend` export of `model_dir`: the one it ships, else the one
+    under `home`, built now if missing or stale."""
     if backend not in ONNX_BACKENDS:
         raise ValueError(f"{backend!r} is not an ONNX backend ({', '.join(ONNX_BACKENDS)})")
+    shipped = shipped_export(model_dir, weights_version, backend)
+    if shipped is not None:
+        return shipped
     final = export_dir(home, weights_version, backend)
     if _read_meta(final) is not None:
         return final
@@ -313,6 +328,21 @@ def pool(tokens: np.ndarray, attention_mask: np.ndarray, modes: Sequence[str]) -
             total = (tokens * mask).sum(axis=1)
             parts.append(total / (count if mode == "mean" else np.sqrt(count)))
     return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
+
+
+def ship_exports(model_dir: Path, weights_version: str, home: Path, dest: Path) -> list[str]:
+    """Copy every ONNX export of `model_dir` (built under `home` if missing) into
+    `dest/onnx/<backend>/`: a bundle's embedder then runs on any backend without exporting."""
+    shipped = []
+    for backend in ONNX_BACKENDS:
+        src = ensure_export(model_dir, weights_version, backend, home)
+        target = dest / SHIPPED_DIR / backend
+        if src.resolve() != target.resolve():
+            shutil.rmtree(target, ignore_errors=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(src, target)
+        shipped.append(backend)
+    return shipped
 
 
 def load_runner(

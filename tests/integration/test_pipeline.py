@@ -98,6 +98,17 @@ def test_full_pipeline_registers_a_champion_then_rejects_a_weak_one(pipeline, tm
     ]:
         assert 0.0 <= ev[section][key] <= 1.0, (section, key)
     assert ev["classifier"]["accuracy"] > 0.7
+    # The int8 guard: the test split measured again with the int8 export's vectors, judged.
+    backends = ev["backends"]
+    assert backends["pipeline"] == backends["fp32_backend"] == "torch"
+    assert backends["fp32"]["classifier"]["accuracy"] == ev["classifier"]["accuracy"]
+    assert backends["fp32"]["search"]["ndcg@10"] == ev["search"]["ndcg@10"]
+    int8 = backends["onnx-int8"]
+    assert abs(int8["classifier"]["accuracy"] - ev["classifier"]["accuracy"]) < 0.05
+    assert abs(int8["search"]["ndcg@10"] - ev["search"]["ndcg@10"]) < 0.05
+    verdict = out["register"]["int8"]
+    assert verdict["tolerance"] == params.register_.int8_tolerance
+    assert verdict["passed"] is all(d <= 0.005 + 1e-9 for d in verdict["drops"].values())
     # The params' vote ships the training embeddings: train + val rows of the subset.
     clf_info = json.loads((paths.metrics / "classifier.json").read_text())
     assert clf_info["memory"] == len(pd.read_csv(paths.prepared / "train.csv")) + len(
@@ -111,6 +122,9 @@ def test_full_pipeline_registers_a_champion_then_rejects_a_weak_one(pipeline, tm
 
     champ = registry.load_champion(s.tracking_uri, s.registered_model)
     assert champ is not None and champ.embedder_dir is not None  # fine-tuned embedder shipped
+    for backend in ("onnx", "onnx-int8"):  # with its ONNX exports
+        assert (champ.embedder_dir / "onnx" / backend / "model.onnx").is_file()
+    assert champ.backend_guard == verdict
     from semflow.embedding import Embedder
 
     emb = Embedder(champ.embedder_dir, "ft")
@@ -169,6 +183,7 @@ def test_full_pipeline_registers_a_champion_then_rejects_a_weak_one(pipeline, tm
     )
     mv = c.get_model_version("semflow", gate["version"])
     assert mv.tags["gate.result"] == "rejected" and mv.tags["gate.reason"]
+    assert mv.tags["gate.int8"] == ("accepted" if gate["int8"]["passed"] else "refused")
 
 
 def test_nulls_and_unknown_labels_stop_training(pipeline) -> None:

@@ -20,6 +20,7 @@ from semflow.training.workspace import dag_stage
             "lowers the floor on classifier.accuracy from 0.9 to 0.1",
         ),
         ({"register.tolerance": 1.0}, "raises the tolerance from 0.01 to 1.0"),
+        ({"register.int8_tolerance": 0.05}, "raises the int8 tolerance from 0.005 to 0.05"),
         ({"register.compare": []}, "stops comparing classifier.accuracy with the champion"),
     ],
 )

@@ -30,22 +30,8 @@ def _texts(n: int = 50) -> list[str]:
     return rows[:: len(rows) // n][:n]
 
 
-@pytest.fixture(scope="module")
-def onnx_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("onnx-home")
-
-
 def _settings(home: Path, backend: str) -> Settings:
     return load_settings(home=home, backend=backend)
-
-
-@pytest.fixture(scope="module")
-def onnx_embedders(onnx_home: Path) -> dict[str, Embedder]:
-    """One export per backend for the whole module (built by the first encode)."""
-    out = {b: resolve_embedder(_settings(onnx_home, b)) for b in ("onnx", "onnx-int8")}
-    for emb in out.values():
-        emb.encode(["warm up"])
-    return out
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -171,3 +157,62 @@ def test_pooling_spec_reads_both_config_styles_and_refuses_other_models(tmp_path
     (tmp_path / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(ValueError, match="Transformer -> Pooling -> Dense"):
         pooling_spec(tmp_path)
+
+
+def test_a_bundle_ships_its_exports_and_the_engine_runs_them_or_falls_back(
+    tmp_path, onnx_home, onnx_embedders, embedder
+):
+    """A bundle with its own embedder carries the fp32 and int8 exports (under its digest);
+    an engine under SEMFLOW_BACKEND=onnx-int8 runs the shipped int8 export, exporting nothing,
+    and the fp32 one when the bundle's verdict refused int8."""
+    from sklearn.linear_model import LogisticRegression
+
+    from semflow.app import Services
+    from semflow.models.bundle import Bundle, bundle_digest
+    from semflow.serving.engine import Engine
+
+    texts = _texts(12)
+    clf = LogisticRegression().fit(embedder.encode(texts), ["card", "loan", "topup"] * 4)
+    accepted = {"backend": "onnx-int8", "passed": True, "reasons": []}
+    # the base weights as the bundle's own embedder: their exports are in onnx_home already
+    bundle = Bundle(
+        embedder.model_dir,
+        embedder.version,
+        list(clf.classes_),
+        0.3,
+        {"semantic": 1.0},
+        clf,
+        backend_guard=accepted,
+    )
+    path = bundle.save(tmp_path / "bundle", onnx_home=onnx_home)
+    for backend in ("onnx", "onnx-int8"):
+        assert (path / "embedder" / "onnx" / backend / MODEL_FILE).is_file()
+    digest = json.loads((path / "bundle.json").read_text())["sha256"]
+    assert digest == bundle_digest(path)
+    (path / "embedder" / "onnx" / "onnx-int8" / MODEL_FILE).write_bytes(b"tampered")
+    assert bundle_digest(path) != digest  # the exports are part of what the digest covers
+    path = bundle.save(tmp_path / "bundle", onnx_home=onnx_home)
+
+    def engine(pinned: Path, home: Path) -> Engine:
+        s = load_settings(home=home, backend="onnx-int8", redis_url=None)
+        return Engine(Services.from_settings(s), watch=False, pinned=pinned)
+
+    served = engine(path, tmp_path / "bento-home")
+    try:
+        assert served.embedder.version == f"{embedder.version}+onnx-int8"
+        got = served.encode(texts)
+        assert np.allclose(got, onnx_embedders["onnx-int8"].encode(texts), atol=1e-5)
+        assert not (tmp_path / "bento-home" / "onnx").exists()  # nothing exported there
+    finally:
+        served.close()
+
+    refused = Bundle.load(path)
+    refused.backend_guard = {"backend": "onnx-int8", "passed": False, "reasons": ["-0.6 pt"]}
+    fallback = engine(refused.save(tmp_path / "refused", onnx_home=onnx_home), tmp_path / "h2")
+    try:
+        assert fallback.embedder.version == f"{embedder.version}+onnx"
+        got = fallback.encode(texts)
+        assert _cosines(got, embedder.encode(texts)).min() >= 0.9999  # fp32 vectors
+        assert not (tmp_path / "h2" / "onnx").exists()
+    finally:
+        fallback.close()

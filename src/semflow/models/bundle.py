@@ -2,7 +2,11 @@
 
 Layout: `bundle.json` (labels, threshold, ranker weights, versions, tags, checksum),
 `classifier.joblib` (sklearn estimator on L2-normalised embeddings) and, when the
-embedder was fine-tuned, an `embedder/` sentence-transformers directory.
+embedder was fine-tuned, an `embedder/` sentence-transformers directory with its ONNX
+exports in `embedder/onnx/<backend>/` (built at registration, so a Bento never exports).
+
+`backend_guard` is the int8 quality guard's verdict (semflow.models.backend_guard): when it
+refused the int8 export, an embedder made for `SEMFLOW_BACKEND=onnx-int8` runs on fp32 ONNX.
 
 Integrity: `bundle_digest` is a sha256 over every file and the manifest's content fields.
 `save` records it in `bundle.json` and the registry records it as the model version's tag
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,8 @@ import numpy as np
 
 from semflow.config import Settings
 from semflow.errors import ModelMismatchError, SemflowError
+
+log = logging.getLogger(__name__)
 
 BUNDLE_FILE = "bundle.json"
 CLASSIFIER_FILE = "classifier.joblib"
@@ -108,6 +115,8 @@ class Bundle:
     tags: dict[str, str] = field(default_factory=dict)
     # What the registered version was trained from (semflow.training.lineage), when known.
     lineage: dict[str, str] = field(default_factory=dict)
+    # The int8 quality guard's verdict ({}: registered before the guard, int8 not refused).
+    backend_guard: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.threshold) <= 1.0:
@@ -120,21 +129,40 @@ class Bundle:
     def make_embedder(
         self, settings: Settings, cache: Any | None = None, batch_size: int | None = None
     ) -> Any:
-        """An Embedder whose `.version` is `embedder_version` (BundleError when the weights
-        found are another model's); the configured base model when not fine-tuned."""
-        from semflow.embedding import resolve_embedder
+        """An Embedder of the weights `embedder_version` names (BundleError when the weights
+        found are another model's; the configured base model when not fine-tuned), run by
+        `SEMFLOW_BACKEND`, or fp32 ONNX when the guard refused this bundle's int8 export."""
+        from semflow.embedding import format_version, parse_version, record_guard, resolve_embedder
+        from semflow.models.backend_guard import serving_backend
 
-        try:
-            return resolve_embedder(
-                settings,
+        backend = serving_backend(settings.backend, self.backend_guard)
+        if backend != settings.backend:
+            log.warning(
+                "the int8 export of %s was refused by the quality guard (%s): serving %s",
                 self.embedder_version,
+                "; ".join(self.backend_guard.get("reasons") or []),
+                backend,
+            )
+        try:
+            name, digest, _ = parse_version(self.embedder_version)
+        except ValueError as err:
+            raise BundleError(f"the bundle's embedder: {err}") from None
+        try:
+            emb = resolve_embedder(
+                settings,
+                format_version(name, digest, backend),
                 model_dir=self.embedder_dir,
                 required_by="the bundle was trained with",
                 batch_size=batch_size,
                 cache=cache,
+                backend=backend,
             )
         except ModelMismatchError as err:
             raise BundleError(str(err)) from None
+        if self.backend_guard:
+            # the sync embeds for the index this model serves: same weights, same backend
+            record_guard(settings, emb.version, self.backend_guard)
+        return emb
 
     # -- inference ---------------------------------------------------------------
     def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
@@ -184,11 +212,13 @@ class Bundle:
             "alias": self.alias,
             "tags": dict(self.tags),
             "lineage": dict(self.lineage),
+            "backend_guard": dict(self.backend_guard),
         }
 
-    def save(self, path: Path | str) -> Path:
-        """Write the bundle directory (copying a fine-tuned embedder into `embedder/`) with
-        its digest in `bundle.json`."""
+    def save(self, path: Path | str, onnx_home: Path | None = None) -> Path:
+        """Write the bundle directory (copying a fine-tuned embedder into `embedder/`, with
+        its ONNX exports when `onnx_home` holds or may build them) with its digest in
+        `bundle.json`."""
         import shutil
 
         import joblib
@@ -204,6 +234,11 @@ class Bundle:
                 if target.exists():
                     shutil.rmtree(target)
                 shutil.copytree(src, target)
+            if onnx_home is not None:
+                from semflow.embedding import weights_version
+                from semflow.onnx_backend import ship_exports
+
+                ship_exports(target, weights_version(self.embedder_version), onnx_home, target)
         manifest = self.manifest()
         (dest / BUNDLE_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         manifest[DIGEST_KEY] = bundle_digest(dest)
@@ -245,4 +280,5 @@ class Bundle:
             alias=m.get("alias"),
             tags=dict(m.get("tags") or {}),
             lineage=dict(m.get("lineage") or {}),
+            backend_guard=dict(m.get("backend_guard") or {}),
         )

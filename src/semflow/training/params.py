@@ -105,6 +105,8 @@ class RegisterParams(_P):
     floors: dict[str, float]
     compare: list[str]
     tolerance: float = Field(ge=0, le=1)
+    # most an int8 export may lose on a guarded metric (semflow.models.backend_guard)
+    int8_tolerance: float = Field(ge=0, le=1)
 
 
 class RetrainParams(_P):
@@ -189,6 +191,8 @@ def gate_weakenings(base: RegisterParams, new: RegisterParams) -> list[str]:
             out.append(f"lowers the floor on {metric} from {floor} to {new.floors[metric]}")
     if new.tolerance > base.tolerance:
         out.append(f"raises the tolerance from {base.tolerance} to {new.tolerance}")
+    if new.int8_tolerance > base.int8_tolerance:
+        out.append(f"raises the int8 tolerance from {base.int8_tolerance} to {new.int8_tolerance}")
     for metric in base.compare:
         if metric not in new.compare:
             out.append(f"stops comparing {metric} with the champion")

@@ -77,7 +77,9 @@ def reindex_if_changed(
     live_version = store.live_embedder_version()
     if live_version is None:
         return {"reindexed": False, "reason": "no live index generation"}
-    if live_version == champ.embedder_version:
+    # as served: the bundle's weights on this host's backend (fp32 ONNX if int8 was refused)
+    new_emb = champ.make_embedder(s, batch_size=128)
+    if live_version == new_emb.version:
         return {"reindexed": False, "reason": "the index already uses the model's embedder"}
     if golden is None:
         try:
@@ -88,7 +90,6 @@ def reindex_if_changed(
             log.warning("rebuilding the index without golden-query scores: %s", err)
     if golden is not None:
         golden = golden.head(max_golden)
-    new_emb = champ.make_embedder(s, batch_size=128)
     from semflow.embedding import resolve_embedder
 
     base = resolve_embedder(s)

@@ -12,8 +12,9 @@ from semflow.training.common import Paths, read_split
 from semflow.training.params import PipelineParams
 
 
-def embedder_for(paths: Paths, settings: Settings | None = None) -> Any:
-    """The pipeline's embedder: the fine-tuned model when there is one, else the base."""
+def embedder_for(paths: Paths, settings: Settings | None = None, backend: str | None = None) -> Any:
+    """The pipeline's embedder: the fine-tuned model when there is one, else the base; run
+    by `backend` exactly when given (the int8 guard measures that one, never a fallback)."""
     from semflow.embedding import FINETUNED_SUFFIX, resolve_embedder
 
     s = settings or get_settings()
@@ -22,9 +23,13 @@ def embedder_for(paths: Paths, settings: Settings | None = None) -> Any:
     if meta.get("finetuned"):
         tuned = paths.embedder / "model"
         return resolve_embedder(
-            s, model_dir=tuned, name=s.embedder_name + FINETUNED_SUFFIX, batch_size=128
+            s,
+            model_dir=tuned,
+            name=s.embedder_name + FINETUNED_SUFFIX,
+            batch_size=128,
+            backend=backend,
         )
-    return resolve_embedder(s, batch_size=128)
+    return resolve_embedder(s, batch_size=128, backend=backend)
 
 
 def embed(paths: Paths, params: PipelineParams, settings: Settings | None = None) -> dict[str, Any]:

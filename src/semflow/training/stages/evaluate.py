@@ -71,6 +71,10 @@ def evaluate(
         },
         "test_size": len(y),
     }
+    from semflow.training.backend_check import compare_backends
+
+    # the int8 quality guard's measurements (register judges them)
+    metrics["backends"] = compare_backends(paths, settings, clf, x, test, train, k)
     write_json(paths.metrics / "evaluate.json", metrics)
     paths.plots.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"actual": y, "predicted": pred}).to_csv(

@@ -1,4 +1,4 @@
-"""Stage `register`: bundle, MLflow model version and promotion gate."""
+"""Stage `register`: bundle, MLflow model version and promotion gate (with the int8 guard)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,11 @@ from semflow.training.params import PipelineParams
 from semflow.training.stages.embed import embedder_for
 
 
-def build_bundle(paths: Paths, settings: Settings | None = None) -> Path:
+def build_bundle(
+    paths: Paths, settings: Settings | None = None, backend_guard: dict[str, Any] | None = None
+) -> Path:
+    """The bundle directory: a fine-tuned embedder ships with its ONNX exports (fp32, int8,
+    built under `$SEMFLOW_HOME/onnx` unless evaluate already did) and the int8 verdict."""
     from semflow.models.bundle import Bundle
 
     s = settings or get_settings()
@@ -38,10 +42,11 @@ def build_bundle(paths: Paths, settings: Settings | None = None) -> Path:
         classifier=clf,
         registered_model=s.registered_model,
         tags={"embedder_finetuned": str(bool(meta.get("finetuned")))},
+        backend_guard=dict(backend_guard or {}),
     )
     if paths.bundle.exists():
         shutil.rmtree(paths.bundle)
-    return bundle.save(paths.bundle)
+    return bundle.save(paths.bundle, onnx_home=s.home)
 
 
 def register(
@@ -53,6 +58,7 @@ def register(
     """Bundle -> MLflow model version -> promotion gate; writes `metrics/register.json`.
     `forced` (who, why, what changed) marks a gate an operator weakened on purpose."""
     from semflow import registry
+    from semflow.models.backend_guard import int8_verdict
 
     s = settings or get_settings()
     p = params.register_
@@ -61,7 +67,9 @@ def register(
         raise SemflowError(f"{metrics_path} does not exist; run the evaluate stage first")
     metrics = json.loads(metrics_path.read_text())
     flat = flat_metrics(metrics)
-    bundle_dir = build_bundle(paths, s)
+    # The gate's verdict on the int8 export travels in the bundle: the service reads it there.
+    int8 = int8_verdict(flat, p.int8_tolerance)
+    bundle_dir = build_bundle(paths, s, int8)
     examples = read_split(paths, "test")["text"].head(3).tolist()
 
     def _do(run: Any) -> dict[str, Any]:
@@ -84,6 +92,8 @@ def register(
             ],
             dvc_remote=s.dvc_remote,
         )
+        tags["gate.int8"] = "accepted" if int8["passed"] else "refused"
+        tags["gate.int8_reason"] = ("; ".join(int8["reasons"]) or "within tolerance")[:4000]
         registry.set_version_tags(s.tracking_uri, s.registered_model, version, tags)
         gate = registry.promote(
             s.tracking_uri,
@@ -95,7 +105,7 @@ def register(
             run_id=run.info.run_id,
             forced=forced,
         )
-        return gate.to_dict()
+        return {**gate.to_dict(), "int8": int8}
 
     result = Tracker(paths, params, s, "register").run(_do)
     write_json(paths.metrics / "register.json", {k: v for k, v in result.items() if k != "version"})
