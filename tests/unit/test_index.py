@@ -259,3 +259,31 @@ def test_search_returns_each_document_once_with_its_best_chunk(store):
         assert hits[0].id == ids[best]  # the document's best chunk
         assert len({h.payload["doc_id"] for h in hits}) == 3
         assert len(idx.search(q, "t1", top_k=10)) == 6  # every document, once
+
+
+def test_a_server_collection_from_before_chunking_still_returns_documents_once():
+    """Its metadata names no group-by field and its points have no parent: search groups by
+    over-fetching, also once a sync adds a chunked document in place."""
+    from qdrant_client import models as m
+
+    from semflow.documents import PARENT_FIELD
+
+    store = ServerStore(":memory:", f"old{time.monotonic_ns()}")
+    coll = f"{store.name}_g1"
+    store.client.create_collection(
+        coll,
+        vectors_config=m.VectorParams(size=DIM, distance=m.Distance.COSINE),
+        metadata={"embedder_version": MV, "generation": 1},
+    )
+    store._switch(1)
+    ids, vecs, payloads = _points(5)
+    store.client.upsert(coll, m.Batch(ids=ids, vectors=vecs.tolist(), payloads=payloads))
+    chunk_ids, chunk_vecs, _ = _points(3, start=100)
+    parent = {"tenant": "t1", "source": "s", "doc_id": "long", PARENT_FIELD: chunk_ids[0]}
+    with store.writer(MV, DIM) as w:
+        assert w.generation == 1  # written in place
+        w.upsert(chunk_ids, chunk_vecs, [{**parent, "chunk_no": i} for i in range(3)])
+    with store.open_live() as idx:
+        hits = idx.search(chunk_vecs[1], "t1", top_k=10)
+    assert sorted(h.payload["doc_id"] for h in hits) == ["0", "1", "2", "3", "4", "long"]
+    assert hits[0].id == chunk_ids[1]

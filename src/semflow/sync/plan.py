@@ -168,7 +168,8 @@ def plan_sync(
             continue
         truncated += cut
         checked.append((doc, text, cut))
-    to_embed = chunk_rows(checked, chunker_for(s, embedder_version))
+    # the tokenizer is loaded only when there is something to split
+    to_embed = chunk_rows(checked, chunker_for(s, embedder_version)) if checked else []
 
     plan_dir = s.staging_dir / source.name / f"plan-{uuid.uuid4().hex[:12]}"
     plan_dir.mkdir(parents=True, exist_ok=True)
