@@ -1,9 +1,18 @@
-"""Serving benchmark: model floor, HTTP floor (`floor_service.py`), /embed under 32 clients,
-batch throughput, /search on a large index and RSS growth. Prints one JSON object.
+"""Serving benchmark: semflow against the peer (infinity-emb, torch engine, same model) under
+the same load generator in the same run, worker scaling, and the model floor, HTTP floor
+(`floor_service.py`), /search on a large index and RSS growth. Prints one JSON object.
 
-    .venv/bin/python benchmarks/serve.py [--quick]
+    .venv/bin/python benchmarks/serve.py [--quick] [--backend onnx-int8] [--workers 1,2]
+                                         [--repeat 2] [--compare-only]
 
-The load generator runs on the same machine as the server (as the issue asks), so on a
+The peer is started by `shared/bench/peer_infinity.sh` (found above the checkout, or
+SEMFLOW_PEER_SCRIPT); it installs itself into its own venv on first use. Both servers run
+side by side and the phases alternate (semflow, peer, semflow, peer ...; the median of
+`--repeat` is kept), so a busy neighbour slows both alike: quote the ratios. Issue 18's goals
+with onnx-int8: 32 single-text clients >= 1.5x the peer's rps with p99 <= the peer's; 8
+clients x 32 texts >= 0.9x in-process torch texts/s (batch 32); no errors.
+
+The load generator runs on the same machine as the servers (as the issue asks), so on a
 small box it competes with the model for CPU.
 """
 
@@ -13,9 +22,13 @@ import argparse
 import asyncio
 import json
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +66,13 @@ async def load(url: str, path: str, bodies: list, clients: int) -> dict:
         async def worker() -> None:
             for body in it:
                 t = time.perf_counter()
-                r = await c.post(f"{url}{path}", json=body)
+                try:
+                    status = str((await c.post(f"{url}{path}", json=body)).status_code)
+                except httpx.HTTPError as err:  # a timeout or a dropped connection
+                    status = type(err).__name__
                 lat.append(time.perf_counter() - t)
-                if r.status_code != 200:
-                    errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+                if status != "200":
+                    errors[status] = errors.get(status, 0) + 1
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
@@ -91,61 +107,209 @@ def build_random_index(home: Path, version: str, n: int) -> None:
             w.upsert([d.point_id for d in docs], v, [d.payload(version) for d in docs])
 
 
+GOAL_SINGLE_RPS = 1.5  # semflow rps / peer rps, 32 single-text clients (p99 <= the peer's)
+GOAL_BATCH = 0.9  # semflow texts/s, 8 clients x 32 texts / in-process torch texts/s
+
+
+def peer_script() -> Path | None:
+    """`shared/bench/peer_infinity.sh` above this checkout (main or a worktree), or
+    SEMFLOW_PEER_SCRIPT."""
+    env = os.environ.get("SEMFLOW_PEER_SCRIPT")
+    if env:
+        return Path(env)
+    for up in REPO.parents:
+        cand = up / "shared" / "bench" / "peer_infinity.sh"
+        if cand.is_file():
+            return cand
+    return None
+
+
+@contextmanager
+def peer(tmp: Path, timeout_s: float = 900) -> Iterator[tuple[str, str] | None]:
+    """The peer serving on a free port: yields (base URL, model id), or None without it."""
+    import httpx
+
+    from tests.helpers import free_port
+
+    script = peer_script()
+    if script is None:
+        yield None
+        return
+    port = free_port()
+    log = (tmp / "peer.log").open("w")
+    proc = subprocess.Popen(
+        ["bash", str(script), str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s  # the first start installs the peer
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the peer exited: {(tmp / 'peer.log').read_text()[-2000:]}")
+            with suppress(httpx.HTTPError):
+                r = httpx.get(f"{url}/models", timeout=2)
+                if r.status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the peer did not start in time")
+            time.sleep(1)
+        yield url, r.json()["data"][0]["id"]
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def single_bodies(texts: list[str], n: int, start: int) -> list[list[str]]:
+    return [[texts[(start + i) % len(texts)]] for i in range(n)]
+
+
+def batch_bodies(texts: list[str], n: int) -> list[list[str]]:
+    starts = [(5000 + 32 * i) % (len(texts) - 32) for i in range(n)]
+    return [texts[s : s + 32] for s in starts]  # always 32 texts
+
+
+def compare(
+    ours: str, theirs: tuple[str, str] | None, batches: list[list[str]], clients: int, repeat: int
+) -> dict:
+    """semflow's /embed and the peer's /embeddings under the same load, phases alternating;
+    the median repeat of each (by rps) and semflow/peer ratios."""
+    runs: dict[str, list[dict]] = {"semflow": [], "peer": []}
+    warm = batches[:16]
+    targets = [("semflow", ours, "/embed", lambda b: {"texts": b})]
+    if theirs is not None:
+        url, model = theirs
+        targets.append(("peer", url, "/embeddings", lambda b: {"input": b, "model": model}))
+    for _name, url, path, shape in targets:
+        asyncio.run(load(url, path, [shape(b) for b in warm], min(clients, 8)))
+    for _ in range(repeat):
+        for name, url, path, shape in targets:
+            r = asyncio.run(load(url, path, [shape(b) for b in batches], clients))
+            r["texts_per_s"] = r["rps"] * len(batches[0])
+            runs[name].append(r)
+    out = {k: sorted(v, key=lambda r: r["rps"])[len(v) // 2] for k, v in runs.items() if v}
+    if "peer" in out:
+        s, p = out["semflow"], out["peer"]
+        out["rps_ratio"] = s["rps"] / p["rps"]
+        out["p99_ratio"] = s["p99_ms"] / p["p99_ms"]
+    out["repeats"] = {k: [round(r["rps"], 1) for r in v] for k, v in runs.items() if v}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="smaller sizes (about 1 minute)")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes)")
+    ap.add_argument("--backend", default="onnx-int8", choices=("torch", "onnx", "onnx-int8"))
+    ap.add_argument("--workers", default=f"1,2,{os.cpu_count()}", help="worker counts to run")
+    ap.add_argument("--repeat", type=int, default=2, help="alternating runs of each phase")
+    ap.add_argument("--compare-only", action="store_true", help="skip the floors, /search and RSS")
     args = ap.parse_args()
     q = args.quick
-    n_embed = 640 if q else 3200
-    n_batch = 40 if q else 160
+    n_embed = 640 if q else 1600
+    n_batch = 40 if q else 100
     n_points = 10_000 if q else 100_000
     n_rss = 2_000 if q else 10_000
+    workers = sorted({int(w) for w in args.workers.split(",")})
 
     from semflow.config import load_settings
     from semflow.embedding import resolve_embedder
     from tests.service.serve_helpers import serve
 
     texts = banking77_texts()
-    s = load_settings()
-    emb = resolve_embedder(s)
-    out: dict = {"quick": q, "cpus": os.cpu_count()}
-    out["encode_per_s"] = encode_per_s(emb, texts, 1024 if q else 3200)
-
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         home = tmp / "home"
+        s = load_settings(home=home, backend=args.backend)
+        torch_emb = resolve_embedder(load_settings(home=home, backend="torch"))
+        emb = resolve_embedder(s)  # an ONNX backend exports into `home` here, once
+        out: dict = {"quick": q, "cpus": os.cpu_count(), "backend": args.backend}
+        out["load_before"] = os.getloadavg()
+        # the goal's reference: in-process torch (sentence-transformers), batch 32
+        out["torch_encode_per_s"] = encode_per_s(torch_emb, texts, 1024 if q else 3200)
+        out["encode_per_s"] = encode_per_s(emb, texts, 1024 if q else 3200)
         t0 = time.perf_counter()
         build_random_index(home, emb.version, n_points)
         out["index_build_s"] = time.perf_counter() - t0
-        procs: list = []
-        env = {"SEMFLOW_CACHE_SIZE": "0", "SEMFLOW_MAX_CONCURRENCY": "1024"}
-        # The HTTP floor: a trivial API behind the same guard, served on its own (no model).
-        with serve(home, tmp, target=FLOOR, **env) as url:
-            asyncio.run(load(url, "/echo", [{"text": "x"}] * 100, 8))  # warm up
-            echo = asyncio.run(load(url, "/echo", [{"text": t} for t in texts[:n_embed]], 32))
-        out["echo_rps"] = echo["rps"]
-        out["limit_rps"] = 1 / (1 / out["encode_per_s"] + 1 / echo["rps"])
-        with serve(home, tmp, procs, **env) as url:
-            bodies = [{"texts": [t]} for t in texts[1000 : 1000 + n_embed]]
-            e = asyncio.run(load(url, "/embed", bodies, 32))
-            e["ratio"] = e["rps"] / out["limit_rps"]
-            out["embed_32_clients"] = e
-            starts = [(5000 + 32 * i) % (len(texts) - 32) for i in range(n_batch)]
-            batches = [{"texts": texts[s : s + 32]} for s in starts]  # always 32 texts
-            b = asyncio.run(load(url, "/embed", batches, 8))
-            b["texts_per_s"] = b["rps"] * 32
-            out["embed_8x32"] = b
-            out["batch_ratio"] = b["texts_per_s"] / out["encode_per_s"]
-            sq = [{"query": texts[i % len(texts)], "tenant": f"t{i % 10}"} for i in range(n_rss)]
-            asyncio.run(load(url, "/search", sq[:200], 8))  # warm up (and fill the query cache)
-            rss0 = rss_mb(procs[0])
-            srch = asyncio.run(load(url, "/search", sq, 32))
-            rss1 = rss_mb(procs[0])
-            srch["points"] = n_points
-            out["search"] = srch
-            out["rss_mb_before"], out["rss_mb_after"] = rss0, rss1
-            out["rss_growth"] = (rss1 - rss0) / rss0
+        env = {
+            "SEMFLOW_CACHE_SIZE": "0",
+            "SEMFLOW_MAX_CONCURRENCY": "1024",
+            "SEMFLOW_BACKEND": args.backend,
+        }
+        if not args.compare_only:
+            # The HTTP floor: a trivial API behind the same guard, served on its own (no model).
+            with serve(home, tmp, target=FLOOR, **env) as url:
+                asyncio.run(load(url, "/echo", [{"text": "x"}] * 100, 8))  # warm up
+                bodies = [{"text": t} for t in texts[:n_embed]]
+                echo = asyncio.run(load(url, "/echo", bodies, 32))
+            out["echo_rps"] = echo["rps"]
+            out["limit_rps"] = 1 / (1 / out["encode_per_s"] + 1 / echo["rps"])
+        singles = single_bodies(texts, n_embed, 1000)
+        batches = batch_bodies(texts, n_batch)
+        with peer(tmp) as theirs:
+            out["peer"] = None if theirs is None else {"engine": "infinity-emb torch"}
+            out["workers"] = {}
+            for w in workers:
+                procs: list = []
+                with serve(home, tmp, procs, SEMFLOW_WORKERS=str(w), **env) as url:
+                    row: dict = {"threads_per_worker": load_settings(workers=w).threads_per_worker}
+                    row["single_32_clients"] = compare(url, theirs, singles, 32, args.repeat)
+                    if w == workers[0]:
+                        b = compare(url, theirs, batches, 8, args.repeat)
+                        b["vs_torch_in_process"] = (
+                            b["semflow"]["texts_per_s"] / out["torch_encode_per_s"]
+                        )
+                        row["batch_8x32"] = b
+                        if not args.compare_only:
+                            row.update(search_and_rss(url, procs[0], texts, n_points, n_rss))
+                    out["workers"][str(w)] = row
+        out["load_after"] = os.getloadavg()
+    first = out["workers"][str(workers[0])]
+    single, batch = first["single_32_clients"], first["batch_8x32"]
+    errors = sum(
+        sum(r["errors"].values())
+        for row in out["workers"].values()
+        for part in ("single_32_clients", "batch_8x32")
+        if part in row
+        for r in (row[part].get("semflow"), row[part].get("peer"))
+        if r
+    )
+    out["goals"] = {
+        "single_rps_vs_peer": single.get("rps_ratio"),
+        "single_rps_goal": GOAL_SINGLE_RPS,
+        "single_p99_le_peer": single.get("p99_ratio", 99) <= 1.0,
+        "batch_vs_torch_in_process": batch["vs_torch_in_process"],
+        "batch_goal": GOAL_BATCH,
+        "errors": errors,
+        "met": single.get("rps_ratio", 0) >= GOAL_SINGLE_RPS
+        and single.get("p99_ratio", 99) <= 1.0
+        and batch["vs_torch_in_process"] >= GOAL_BATCH
+        and errors == 0,
+    }
     print(json.dumps(out, indent=2))
+
+
+def search_and_rss(url: str, proc, texts: list[str], n_points: int, n_rss: int) -> dict:
+    """/search under 32 clients on the large index, and the server's RSS growth over it."""
+    sq = [{"query": texts[i % len(texts)], "tenant": f"t{i % 10}"} for i in range(n_rss)]
+    asyncio.run(load(url, "/search", sq[:200], 8))  # warm up (and fill the query cache)
+    rss0 = rss_mb(proc)
+    srch = asyncio.run(load(url, "/search", sq, 32))
+    rss1 = rss_mb(proc)
+    srch["points"] = n_points
+    return {
+        "search": srch,
+        "rss_mb_before": rss0,
+        "rss_mb_after": rss1,
+        "rss_growth": (rss1 - rss0) / rss0,
+    }
 
 
 if __name__ == "__main__":

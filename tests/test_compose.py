@@ -31,6 +31,7 @@ REQUIRED = {
     "minio-init": None,
     "mlflow": None,
     "bento": None,
+    "bento-lb": None,
     "prometheus": None,
     "grafana": None,
 }
@@ -197,9 +198,10 @@ def test_prometheus_scrapes_the_bento(services):
     jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
     job = jobs["semflow-bento"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
-    host, port = job["static_configs"][0]["targets"][0].split(":")
-    assert host == "bento"
-    assert any(str(p).endswith(f":{port}") for p in services["bento"]["ports"])
+    # every replica is scraped (each resolves under the service name), not the balancer
+    sd = job["dns_sd_configs"][0]
+    assert sd["names"] == ["bento"] and sd["type"] == "A"
+    assert str(sd["port"]) in [str(p) for p in services["bento"]["expose"]]
 
 
 def test_grafana_dashboard_uses_bento_metrics():
@@ -269,3 +271,35 @@ def test_the_airflow_image_holds_the_pipeline_the_workspace_is_fed_from(services
     assert "SEMFLOW_REPO=/opt/semflow" in dockerfile.read_text()
     env = services["airflow-worker"].get("environment") or {}
     assert str(env.get("SEMFLOW_DVC_REMOTE_URL", "")).startswith("s3://")
+
+
+def test_bento_replicas_behind_a_load_balancer(services):
+    """Several Bento replicas (each of SEMFLOW_WORKERS processes) on the Qdrant server
+    backend, reached only through bento-lb, which finds every replica through Docker's DNS
+    and sends traffic to the ready ones."""
+    bento, lb = services["bento"], services["bento-lb"]
+    env = bento["environment"]
+    assert env["SEMFLOW_INDEX_BACKEND"] == "server"
+    assert env["SEMFLOW_QDRANT_URL"].startswith("http://")  # one index every process opens
+    assert env["SEMFLOW_WORKERS"] == "${SEMFLOW_WORKERS}"
+    assert bento["deploy"]["replicas"] == "${SEMFLOW_BENTO_REPLICAS}"
+    example = _env_example()
+    assert int(example["SEMFLOW_BENTO_REPLICAS"]) >= 2 and int(example["SEMFLOW_WORKERS"]) >= 1
+    # replicas cannot share a host port or a container name: only the balancer publishes
+    assert "ports" not in bento and "container_name" not in bento
+    assert [str(p) for p in bento["expose"]] == ["3000"]
+    assert any(str(p).endswith(":3000") for p in lb["ports"])
+    assert lb["depends_on"]["bento"]["condition"] == "service_healthy"
+    mounts = dict(v.split(":")[:2] for v in lb["volumes"])
+    cfg_src = next(src for src, dst in mounts.items() if dst.endswith("haproxy.cfg"))
+    cfg = (REPO / cfg_src).read_text()
+    assert "nameserver dns 127.0.0.11:53" in cfg  # Docker's DNS lists every replica
+    templates = re.findall(r"^\s*server-template \S+ (\d+) (\S+)", cfg, re.M)
+    assert templates and all(host == "bento:3000" for _, host in templates)
+    assert "option httpchk GET /readyz" in cfg  # only ready replicas get traffic
+    assert re.search(r"^\s*bind :3000$", cfg, re.M)
+    # the balancer waits longer than the Bento's own request timeout
+    timeout = int(re.search(r"timeout server (\d+)s", cfg).group(1))
+    from semflow.config import Settings
+
+    assert timeout > Settings().request_timeout_s
