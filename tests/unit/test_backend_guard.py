@@ -10,7 +10,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from semflow.config import load_settings
-from semflow.embedding import embedder_version, recorded_guard, resolve_embedder
+from semflow.embedding import check_embedder, embedder_version, recorded_guard, resolve_embedder
+from semflow.errors import ModelMismatchError
 from semflow.models.backend_guard import int8_verdict, measured_key, serving_backend
 from semflow.models.bundle import Bundle
 from semflow.training.params import load_pipeline_params
@@ -89,5 +90,12 @@ def test_a_bundle_whose_int8_export_was_refused_embeds_with_fp32_onnx(tmp_path: 
     assert saved.make_embedder(s).version == f"{torch_v}+onnx"
     assert recorded_guard(s, torch_v) == refused.backend_guard
     assert resolve_embedder(s, f"{torch_v}+onnx").version == f"{torch_v}+onnx"  # the sync
+    # without the verdict (another host) the int8 embedder's queries are refused by an index
+    # built on fp32 ONNX, never mixed into it
+    elsewhere = load_settings(home=tmp_path / "other-home", backend="onnx-int8")
+    int8 = resolve_embedder(elsewhere, f"{torch_v}+onnx")
+    assert int8.version == f"{torch_v}+onnx-int8"
+    with pytest.raises(ModelMismatchError, match=r"\+onnx, but the embedder is .*\+onnx-int8"):
+        check_embedder(int8.version, f"{torch_v}+onnx", "the live index was built with")
     # other backends are not touched by the int8 verdict
     assert saved.make_embedder(load_settings(home=s.home, backend="torch")).version == torch_v
