@@ -207,3 +207,48 @@ def test_a_clone_with_sparse_vectors_keeps_both_generations_answering(tmp_path):
         assert [h.id for h in hits][:1] == ids
     with store.open_generation(1) as old:
         assert old.search(None, "t1", 3, mode="sparse", text="zorvath") == []
+
+
+def test_sealed_sparse_vectors_are_shared_and_never_written(tmp_path):
+    """Engine level, with the sparse vectors a hybrid index adds: the clone shares the
+    sealed segment's inverted index and sparse pages, and changing the clone (rewrites,
+    deletes, new points, the optimizer) leaves every file of the source as it was."""
+    import uuid
+
+    import qdrant_edge as q
+
+    from semflow.index.qdrant_edge import clone_generation
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    cfg = q.EdgeConfig(
+        vectors=q.EdgeVectorParams(size=DIM, distance=q.Distance.Cosine),
+        sparse_vectors={"sparse": q.EdgeSparseVectorParams()},
+        optimizers=q.EdgeOptimizersConfig(indexing_threshold=THRESHOLD_KB),
+        wal_enabled=False,
+    )
+    rng = np.random.default_rng(0)
+
+    def point(i: int) -> q.Point:
+        idx = sorted({int(x) for x in rng.integers(0, 5000, 12)})
+        vec = {"": rng.normal(size=DIM).tolist(), "sparse": q.SparseVector(idx, [1.0] * len(idx))}
+        return q.Point(id=str(uuid.UUID(int=i + 1)), vector=vec, payload={"doc_id": str(i)})
+
+    shard = q.EdgeShard.create(str(src), cfg)
+    shard.update(q.UpdateOperation.upsert_points([point(i) for i in range(1000)]))
+    shard.optimize()
+    shard.close()
+    q.EdgeShard.load(str(src)).close()  # a reader's open rewrites edge_config.json
+    before = _hashes(src)
+    stats = clone_generation(src, dst)
+    linked = {Path(p).relative_to(dst).as_posix() for p, *_ in stats.linked}
+    assert any(p.endswith("inverted_index.dat") for p in linked)
+    assert any("vector_storage-sparse/store/page_" in p for p in linked)
+    shard = q.EdgeShard.load(str(dst))
+    shard.update(q.UpdateOperation.upsert_points([point(i) for i in range(0, 300, 10)]))
+    shard.update(q.UpdateOperation.upsert_points([point(10**6 + i) for i in range(30)]))
+    shard.update(
+        q.UpdateOperation.delete_points([str(uuid.UUID(int=i + 2)) for i in range(0, 300, 7)])
+    )
+    shard.optimize()
+    shard.close()
+    assert _hashes(src) == before

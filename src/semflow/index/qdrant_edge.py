@@ -65,6 +65,9 @@ _SEALED_IMMUTABLE = (
     "payload_storage/page_*.dat",
     "payload_index/*-map/point_to_values.bin",
     "payload_index/*-map/values_to_points.bin",
+    # sparse vectors: the immutable inverted index and the stored vectors' pages
+    "vector_index-*/inverted_index.dat",
+    "vector_storage-*/store/page_*.dat",
 )
 # Vector storages of sealed segments; an appendable segment stores its vectors in chunks.
 _SEALED_STORAGE = {"Mmap", "InRamMmap"}
@@ -92,9 +95,14 @@ def _sealed(segment: Path) -> bool:
     try:
         cfg = json.loads((segment / "segment.json").read_text())["config"]
         storages = [v.get("storage_type") for v in cfg.get("vector_data", {}).values()]
-    except (OSError, ValueError, KeyError, AttributeError):
+        sparse = [v["index"]["index_type"] for v in cfg.get("sparse_vector_data", {}).values()]
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
         return False
-    return bool(storages) and all(st in _SEALED_STORAGE for st in storages)
+    return (
+        bool(storages)
+        and all(st in _SEALED_STORAGE for st in storages)
+        and all(ix != "MutableRam" for ix in sparse)
+    )
 
 
 def _copy_sparse(src: Path, dst: Path) -> int:
