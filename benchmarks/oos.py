@@ -4,8 +4,9 @@ issue 15, with the frozen base embedder and with one fine-tuned on the in-scope 
     .venv/bin/python benchmarks/oos.py [--epochs N] [--base-embeddings FILE.npz] [--workdir DIR]
 
 The split is the pipeline's (params.yaml): train/val from data/banking77/train.csv (stratified,
-`prepare.val_size`, `base.seed`), test = data/banking77/test.csv, and `evaluate.open_set.holdout`
-labels drawn with `base.seed` held out of training (semflow.models.openset.open_set_split).
+`prepare.val_size`, `base.seed`), test = data/banking77/test.csv, and
+`evaluate.open_set.holdout_ratio` of the labels (27 of 77), drawn with `base.seed`, held out
+of training (semflow.models.openset.open_set_split).
 Every variant trains the classifier stage's recipe (params.yaml `classifier`) on the in-scope
 texts and is scored on the whole test split. Variants:
 
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ytr = tr["category"].to_numpy()
     y = {"train": ytr[i_tr], "val": ytr[i_va], "test": te["category"].to_numpy()}
-    held = open_set_split(sorted(set(ytr)), params.evaluate.open_set.holdout, seed)
+    held = open_set_split(sorted(set(ytr)), params.evaluate.open_set.holdout_ratio, seed)
     seconds: dict[str, float] = {}
 
     def embed_all(emb: Any) -> dict[str, np.ndarray]:

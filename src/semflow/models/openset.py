@@ -14,16 +14,17 @@ from semflow.errors import SettingsError
 from semflow.models.oos import oos_rows
 
 
-def open_set_split(labels: Sequence[str], holdout: int, seed: int) -> list[str]:
-    """The `holdout` labels treated as out-of-scope (seeded; sorted)."""
+def open_set_split(labels: Sequence[str], ratio: float, seed: int) -> list[str]:
+    """The labels treated as out-of-scope: `ratio` of them (at least one, and two stay in
+    scope), drawn with `seed`; sorted. Zhang et al. hold out 27 of Banking77's 77 (0.35)."""
     uniq = sorted(set(labels))
-    if not 0 < holdout <= len(uniq) - 2:
+    if len(uniq) < 3:
         raise SettingsError(
-            f"evaluate.open_set.holdout must be between 1 and {len(uniq) - 2} "
-            f"(the data has {len(uniq)} labels), got {holdout}"
+            f"the open-set evaluation needs at least 3 labels (the data has {len(uniq)})"
         )
+    n = min(max(1, round(ratio * len(uniq))), len(uniq) - 2)
     rng = np.random.default_rng(seed)
-    return sorted(str(v) for v in rng.choice(uniq, holdout, replace=False))
+    return sorted(str(v) for v in rng.choice(uniq, n, replace=False))
 
 
 def open_set_metrics(

@@ -103,7 +103,7 @@ class RankerParams(_P):
 
 
 class OpenSetParams(_P):
-    holdout: int = Field(ge=1)  # labels held out as out-of-scope in the open-set evaluation
+    holdout_ratio: float = Field(gt=0, lt=1)  # share of labels held out as out-of-scope
 
 
 class EvaluateParams(_P):

@@ -100,7 +100,8 @@ def evaluate(
 
 def write_open_set(paths: Paths, params: PipelineParams) -> dict[str, Any]:
     """The open-set metrics (the classifier stage's recipe on the base embedder's vectors,
-    `evaluate.open_set.holdout` labels held out), the trade-off curve as a plot and image."""
+    `evaluate.open_set.holdout_ratio` of the labels held out), the trade-off curve as a plot
+    and an image."""
     from semflow.models.openset import evaluate_open_set, open_set_split, plot_tradeoff
     from semflow.training.stages.classifier import recipe
     from semflow.training.stages.embed import base_features_path
@@ -110,7 +111,7 @@ def write_open_set(paths: Paths, params: PipelineParams) -> dict[str, Any]:
     y = {n: read_split(paths, n)["label"].to_numpy() for n in ("train", "val", "test")}
     oos_label = params.classifier.oos_label
     labels = sorted(set(y["train"]) - {oos_label})
-    held = open_set_split(labels, params.evaluate.open_set.holdout, params.base.seed)
+    held = open_set_split(labels, params.evaluate.open_set.holdout_ratio, params.base.seed)
     metrics, curve = evaluate_open_set(base, y, held, recipe(params), oos_label)
     paths.plots.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(curve).to_csv(paths.plots / "oos_tradeoff.csv", index=False)
