@@ -500,3 +500,27 @@ def test_bundle_says_unknown_above_the_oos_threshold(tmp_path: Path) -> None:
     assert len(known) >= 0.85 * len(xt)
     assert all(o["oos_score"] <= res.threshold for o in known)
     assert np.mean([o["label"] == t for o, t in zip(out[2:], yt, strict=True)]) > 0.85
+
+
+def test_open_set_split_and_metrics() -> None:
+    from semflow.models.openset import open_set_metrics, open_set_split, tradeoff_curve
+
+    labels = [f"l{i:02d}" for i in range(77)] * 2
+    held = open_set_split(labels, 0.35, 13)
+    assert len(held) == 27 and held == sorted(held) == open_set_split(labels, 0.35, 13)
+    assert held != open_set_split(labels, 0.35, 14)
+    assert len(open_set_split(labels[:8], 0.35, 13)) == 3  # CI's 8 labels: 3 held out
+    with pytest.raises(SettingsError, match="at least 3 labels"):
+        open_set_split(["a", "b"], 0.35, 13)
+    # 4 in-scope texts (3 labelled right), 2 OOS ones; unknown = score above 0.5
+    s_in, ok = np.array([0.1, 0.2, 0.3, 0.9]), np.array([True, True, False, True])
+    s_oos = np.array([0.6, 0.25])
+    m = open_set_metrics(s_in, ok, s_oos, 0.5)
+    assert m["in_scope_accuracy"] == 0.5  # 0.1 and 0.2: accepted and right
+    assert m["in_scope_coverage"] == 0.75 and m["closed_set_accuracy"] == 0.75
+    assert m["oos_recall"] == 0.5 and m["oos_precision"] == 0.5  # 0.6 and 0.9 rejected
+    assert m["auroc"] == pytest.approx(5 / 8)  # OOS above in-scope in 5 of 8 pairs
+    assert m["fpr@95tpr"] == 1.0  # accepting 95% of in-scope (<= 0.9) accepts every OOS
+    curve = tradeoff_curve(s_in, ok, s_oos)
+    assert curve[0]["oos_recall"] >= curve[-1]["oos_recall"] == 0.0
+    assert curve[-1]["in_scope_accuracy"] == 0.75
