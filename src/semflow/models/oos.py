@@ -44,12 +44,12 @@ class OosRule:
 
 
 def _raw_parts(
-    clf: Any, x: np.ndarray, k: int, proba: np.ndarray | None = None
+    clf: Any, x: np.ndarray, kind: OosScore, k: int, proba: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
-    """The raw in-scope scores of `x` under `clf` (a CalibratedClassifier with a memory)."""
+    """The raw in-scope scores `kind` needs of `x` under `clf` (a CalibratedClassifier)."""
     p = clf.predict_proba(x) if proba is None else proba
     parts = {"probability": np.asarray(p).max(axis=1)}
-    if clf.memory is not None:
+    if kind != "probability":  # the memory search only where the score reads it
         _, sims = topk_similar(np.asarray(x, dtype=np.float32), clf.memory, k)
         parts["knn"] = sims.astype(np.float64).mean(axis=1)
     return parts
@@ -67,7 +67,7 @@ class OosDetector:
 
     def raw(self, clf: Any, x: np.ndarray, proba: np.ndarray | None = None) -> np.ndarray:
         """The raw in-scope score (higher = more in-scope); `proba`: already computed."""
-        parts = _raw_parts(clf, x, self.k, proba)
+        parts = _raw_parts(clf, x, self.kind, self.k, proba)
         if self.kind != "combined":
             return parts[self.kind]
         return np.sum([(parts[n] - m) / s for n, (m, s) in self.stats.items()], axis=0)
@@ -96,7 +96,7 @@ def fit_detector(
         )
     if len(x_val) < 2:
         raise SettingsError("the OOS score needs at least two in-scope validation texts")
-    parts = _raw_parts(clf, x_val, k, proba)
+    parts = _raw_parts(clf, x_val, kind, k, proba)
     stats = {}
     if kind == "combined":
         stats = {n: (float(v.mean()), float(v.std()) or 1.0) for n, v in parts.items()}
@@ -121,8 +121,10 @@ def choose_oos_threshold(
     s = np.sort(np.asarray(in_scope, dtype=np.float64))
     if len(s) == 0:
         raise SettingsError("the OOS threshold needs in-scope validation scores")
-    # the smallest t with mean(s <= t) >= min_coverage
-    t_cov = float(s[int(np.ceil(min_coverage * len(s))) - 1])
+    # the smallest t with mean(s <= t) >= min_coverage (1e-9: a product like 0.1 * 30 is
+    # 3.0000000000000004 in floating point, and must not count as 4 texts)
+    n_cov = max(int(np.ceil(min_coverage * len(s) - 1e-9)), 1)
+    t_cov = float(s[n_cov - 1])
     if oos is None or len(oos) == 0 or oos_recall is None:
         return t_cov
     o = np.sort(np.asarray(oos, dtype=np.float64))
