@@ -272,7 +272,8 @@ class Semflow:
         tenant: str = "",
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> dict[str, Any]:
-        """Label each text with the registered classifier ("unknown" below its threshold)."""
+        """Label each text with the registered classifier ("unknown" when its OOS score is
+        above the threshold)."""
         principal = _principal(ctx.request.scope) if ctx else NOBODY
         return _answer(lambda: self.engine.classify(texts, principal, top_k, tenant), ctx)
 

@@ -117,6 +117,14 @@ def test_full_pipeline_registers_a_champion_then_rejects_a_weak_one(pipeline, tm
     assert ev["ranker"]["ndcg@10"] >= ev["ranker"]["baseline_ndcg@10"] - 0.02
     assert set(pd.read_csv(paths.plots / "confusion.csv").columns) == {"actual", "predicted"}
     assert len(pd.read_csv(paths.plots / "per_class_f1.csv")) == N_LABELS
+    # Unknown detection on held-out labels (3 of the 8): metrics, trade-off curve and image.
+    ops = ev["open_set"]
+    assert ops["held_out"] == 3 and ops["oos_test"] > 0 and ops["in_scope_test"] > 0
+    for key in ("in_scope_accuracy", "oos_recall", "oos_precision", "auroc", "fpr@95tpr"):
+        assert 0.0 <= ops[key] <= 1.0, key
+    curve = pd.read_csv(paths.plots / "oos_tradeoff.csv")
+    assert set(curve.columns) == {"threshold", "in_scope_accuracy", "oos_recall"}
+    assert (paths.plots / "oos_tradeoff.png").read_bytes()[:4] == b"\x89PNG"
     assert (paths.reports / "data_docs" / "index.html").is_file()
     assert out["register"]["promoted"] is True
 
@@ -125,6 +133,9 @@ def test_full_pipeline_registers_a_champion_then_rejects_a_weak_one(pipeline, tm
     for backend in ("onnx", "onnx-int8"):  # with its ONNX exports
         assert (champ.embedder_dir / "onnx" / backend / "model.onnx").is_file()
     assert champ.backend_guard == verdict
+    # what /labels reports: the threshold's operating point as evaluated
+    assert champ.operating_point["open_set_oos_recall"] == ops["oos_recall"]
+    assert champ.operating_point["threshold"] == champ.threshold
     from semflow.embedding import Embedder
 
     emb = Embedder(champ.embedder_dir, "ft")

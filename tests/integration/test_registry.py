@@ -106,6 +106,33 @@ def test_weak_candidate_stays_challenger(uri: str, tmp_path: Path) -> None:
     assert not res.promoted and "below the floor" in res.reasons[0]
 
 
+def test_a_candidate_that_stops_recognising_unknown_inputs_is_not_promoted(
+    uri: str, tmp_path: Path
+) -> None:
+    """params.yaml's gate compares the open-set metrics: OOS recall falling by more than the
+    tolerance (same accuracy) leaves the candidate a challenger, with the reason."""
+    from semflow.training.params import load_pipeline_params
+
+    gate = load_pipeline_params().register_
+    kw = {"floors": {}, "tolerance": gate.tolerance, "compare": gate.compare, "name": NAME}
+    good = {"classifier.accuracy": 0.94, "open_set.oos_recall": 0.60, "open_set.auroc": 0.92}
+    v1 = _register(uri, _bundle(tmp_path / "b1"), good)
+    assert registry.promote(uri, v1, **kw).promoted
+    worse = {**good, "open_set.oos_recall": 0.60 - 2 * gate.tolerance}
+    v2 = _register(uri, _bundle(tmp_path / "b2"), worse)
+    res = registry.promote(uri, v2, **kw)
+    assert not res.promoted and res.alias == "challenger"
+    assert res.reasons == [
+        f"open_set.oos_recall {worse['open_set.oos_recall']:.4f} regresses more than "
+        f"{gate.tolerance} against the champion's 0.6000"
+    ]
+    # one that no longer measures it is not promoted silently either
+    v3 = _register(uri, _bundle(tmp_path / "b3"), {"classifier.accuracy": 0.95})
+    res = registry.promote(uri, v3, **kw)
+    assert not res.promoted
+    assert "open_set.oos_recall is missing from the candidate's metrics" in res.reasons
+
+
 def test_check_gate_missing_metric() -> None:
     assert registry.check_gate({}, None, {"acc": 0.5}, 0.0, []) == [
         "acc is missing from the candidate's metrics"

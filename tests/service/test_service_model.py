@@ -31,25 +31,45 @@ TRAIN = {
 WEIGHTS = {"semantic": 0.5, "lexical": 0.2, "diligence": 0.3}
 
 
+# In-scope validation texts: the OOS score is calibrated on them (semflow.models.oos).
+VAL = {
+    "card_lost": ["I can't find my card anywhere", "someone took my card"],
+    "password": ["I need a new password", "my password does not work"],
+    "refund": ["can I get a refund", "please refund me"],
+}
+OUT_OF_DOMAIN = [
+    "will it rain in Paris tomorrow afternoon",
+    "how long should I bake banana bread",
+]
+THRESHOLD: dict[str, float] = {}
+
+
 def _register(home: Path, embedder) -> str:
     import mlflow
-    from sklearn.linear_model import LogisticRegression
 
     from semflow import registry
     from semflow.config import load_settings
     from semflow.models.bundle import Bundle
+    from semflow.training.params import load_pipeline_params
+    from semflow.training.stages.classifier import recipe
 
-    texts = [t for ts in TRAIN.values() for t in ts]
-    y = [label for label, ts in TRAIN.items() for _ in ts]
-    clf = LogisticRegression(C=20.0, max_iter=1000).fit(embedder.encode(texts), y)
+    def texts_labels(d: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+        return [t for ts in d.values() for t in ts], [k for k, ts in d.items() for _ in ts]
+
+    (xt, yt), (xv, yv) = texts_labels(TRAIN), texts_labels(VAL)
+    # The champion is trained as the pipeline's classifier stage trains it (params.yaml).
+    res = recipe(load_pipeline_params())(embedder.encode(xt), yt, embedder.encode(xv), yv)
+    clf = res.model
+    THRESHOLD["value"] = res.threshold
     bundle = Bundle(
         None,
         embedder.version,
         [str(c) for c in clf.classes_],
-        0.5,
+        res.threshold,
         WEIGHTS,
         clf,
         tags={"git_commit": "abc123"},
+        operating_point={"threshold": res.threshold, "open_set_oos_recall": 0.5},
     )
     bdir = bundle.save(home / "bundle-src")
     uri = f"sqlite:///{home / 'mlflow.db'}"
@@ -82,22 +102,26 @@ def post(url: str, path: str, body: object) -> httpx.Response:
 def test_classify_and_prediction_log(svc) -> None:
     url, home, version = svc
     texts = ["I have lost my card", "I forgot my password", "zebra quantum violin"]
-    r = post(url, "/classify", {"texts": texts, "top_k": 2, "tenant": "bank"})
+    r = post(url, "/classify", {"texts": texts + OUT_OF_DOMAIN, "top_k": 2, "tenant": "bank"})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == f"semflow/{version}"
     preds = body["predictions"]
     assert [p["label"] for p in preds[:2]] == ["card_lost", "password"]
+    # weather and recipes: nothing a bank's labels cover
+    assert [p["label"] for p in preds[2:]] == ["unknown"] * 3
     for p in preds:
         assert len(p["alternatives"]) == 2
         assert p["alternatives"][0]["score"] == pytest.approx(p["score"])
-        # "unknown" exactly when the best score is below the registered threshold
-        assert (p["label"] == "unknown") == (p["score"] < 0.5)
+        # "unknown" exactly when the OOS score is above the registered threshold
+        assert (p["label"] == "unknown") == (p["oos_score"] > THRESHOLD["value"])
         if p["label"] != "unknown":
             assert p["label"] == p["alternatives"][0]["label"]
     from semflow.predictions import read_day
 
-    logged = [x for x in read_day(home, datetime.now(UTC).date()) if x.text in texts]
+    logged = [
+        x for x in read_day(home, datetime.now(UTC).date()) if x.text in texts + OUT_OF_DOMAIN
+    ]
     assert [x.label for x in logged] == [p["label"] for p in preds]
     assert {x.tenant for x in logged} == {"bank"}
     assert {x.model for x in logged} == {f"semflow/{version}"}
@@ -106,7 +130,8 @@ def test_classify_and_prediction_log(svc) -> None:
 def test_labels_model_and_health(svc) -> None:
     url, _, version = svc
     labels = httpx.get(f"{url}/labels", headers=ADMIN).json()
-    assert labels["labels"] == sorted(TRAIN) and labels["threshold"] == 0.5
+    assert labels["labels"] == sorted(TRAIN) and labels["threshold"] == THRESHOLD["value"]
+    assert labels["operating_point"]["open_set_oos_recall"] == 0.5
     m = httpx.get(f"{url}/model", headers=ADMIN).json()
     assert (m["name"], m["version"], m["alias"]) == ("semflow", version, "champion")
     assert m["tags"]["git_commit"] == "abc123" and m["points"] == 1

@@ -11,6 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from semflow.errors import SettingsError
 from semflow.models.bundle import Bundle, BundleError
 from semflow.models.metrics import ndcg_at_k
+from semflow.models.oos import OosRule
 from semflow.models.ranker import (
     RankGroup,
     cosine_only,
@@ -20,6 +21,8 @@ from semflow.models.ranker import (
     score_candidates,
     validate_weights,
 )
+
+RULE = OosRule("probability", 5, 0.95, None)
 
 
 def _blobs(n_per: int = 30, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +55,8 @@ def test_classify_top_label_and_alternatives(bundle: Bundle) -> None:
     acc = np.mean([o["label"] == t for o, t in zip(out, y, strict=True)])
     assert acc > 0.9
     first = out[0]
-    assert set(first) == {"label", "score", "alternatives"}
+    assert set(first) == {"label", "score", "oos_score", "alternatives"}
+    assert first["oos_score"] is None  # a classifier without an OOS score
     assert len(first["alternatives"]) == 3
     scores = [a["score"] for a in first["alternatives"]]
     assert scores == sorted(scores, reverse=True)
@@ -211,17 +215,68 @@ def test_pairs_share_a_label_and_batches_are_label_distinct() -> None:
 
 
 # -- classifier calibration ---------------------------------------------------------
-def test_threshold_meets_target_precision() -> None:
-    from semflow.models.classifier import choose_threshold
+def test_threshold_rule_on_scores_of_known_overlap() -> None:
+    """In-scope OOS scores ~ N(0, 1), OOS ones ~ N(2, 1): the rule's threshold and what it
+    does on fresh draws are the normal quantiles'."""
+    from scipy.stats import norm
 
-    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
-    correct = np.array([True, True, True, False, False])
-    assert choose_threshold(scores, correct, 1.0) == pytest.approx(0.7)
-    assert choose_threshold(scores, correct, 0.6) == pytest.approx(0.5)
-    # nothing reaches the target: the threshold rejects everything
-    assert choose_threshold(scores, np.zeros(5, bool), 0.9) > 0.9
-    with pytest.raises(SettingsError, match="target_precision"):
-        choose_threshold(scores, correct, 0.0)
+    from semflow.models.oos import choose_oos_threshold
+
+    rng = np.random.default_rng(0)
+    val_in, val_oos = rng.normal(0, 1, 20000), rng.normal(2, 1, 20000)
+    test_in, test_oos = rng.normal(0, 1, 20000), rng.normal(2, 1, 20000)
+    # Coverage alone: the 95% quantile of the in-scope scores; OOS recall P(N(2,1) > t).
+    t = choose_oos_threshold(val_in, 0.95)
+    assert t == pytest.approx(norm.ppf(0.95), abs=0.03)
+    assert (test_in <= t).mean() == pytest.approx(0.95, abs=0.005)
+    assert (test_oos > t).mean() == pytest.approx(norm.sf(t, loc=2), abs=0.01)
+    # With OOS validation examples and a reachable recall target, the threshold rises to
+    # the highest one meeting it: more in-scope coverage than the floor.
+    t50 = choose_oos_threshold(val_in, 0.95, val_oos, 0.5)
+    assert t50 == pytest.approx(2.0, abs=0.03)
+    assert (test_oos > t50).mean() == pytest.approx(0.5, abs=0.01)
+    assert (test_in <= t50).mean() == pytest.approx(norm.cdf(2.0), abs=0.005)
+    # A recall target only a lower threshold reaches does not break the coverage floor.
+    assert choose_oos_threshold(val_in, 0.95, val_oos, 0.9) == t
+    # Exact on a small sample: the lowest threshold keeping 3 of 4 in-scope scores.
+    assert choose_oos_threshold(np.array([0.4, 0.1, 0.3, 0.2]), 0.75) == 0.3
+    assert choose_oos_threshold(np.array([0.1, 0.2]), 0.75, np.array([0.5, 0.9]), 0.5) == (
+        pytest.approx(0.9)
+    )
+    with pytest.raises(SettingsError, match="min_coverage"):
+        OosRule("knn", 5, 0.0, None)
+    with pytest.raises(SettingsError, match="oos_recall"):
+        OosRule("knn", 5, 0.9, 1.5)
+
+
+def test_oos_score_flags_texts_far_from_every_label() -> None:
+    """Calibrated on in-scope validation texts: ~min_coverage of new in-scope texts stay at
+    or below the threshold; a cluster no label covers is above it."""
+    from semflow.models.classifier import NeighbourVote, train_classifier
+    from semflow.models.openset import open_set_metrics
+
+    x, y = _blobs(n_per=60, seed=3)
+    xv, yv = _blobs(n_per=60, seed=4)
+    xt, yt = _blobs(n_per=200, seed=5)
+    rng = np.random.default_rng(6)
+    far = np.eye(16)[5] * 3 + rng.normal(0, 0.5, (200, 16))  # a fourth, unseen cluster
+    far = (far / np.linalg.norm(far, axis=1, keepdims=True)).astype(np.float32)
+    for kind in ("probability", "knn", "combined"):
+        rule = OosRule(kind, 5, 0.9, None)
+        res = train_classifier(
+            x, y.tolist(), xv, yv.tolist(), rule=rule, vote=NeighbourVote(5, 0.5, 0.05)
+        )
+        assert res.val_coverage >= 0.9
+        clf = res.model
+        s_in, s_far = clf.oos_score(xt), clf.oos_score(far)
+        assert s_in.min() >= 0 and s_far.max() <= 1
+        m = open_set_metrics(s_in, clf.predict(xt) == yt, s_far, res.threshold)
+        if kind != "probability":  # (saturated probabilities tie: coverage is coarser)
+            assert m["in_scope_coverage"] == pytest.approx(0.9, abs=0.05), kind
+            # far from every training text, whatever the probability
+            assert m["oos_recall"] > 0.95 and m["auroc"] > 0.95, (kind, m)
+    with pytest.raises(SettingsError, match="knn_weight"):
+        train_classifier(x, y.tolist(), xv, yv.tolist(), rule=OosRule("knn", 5, 0.9, None))
 
 
 def test_temperature_scaling_and_classifier_training() -> None:
@@ -229,7 +284,7 @@ def test_temperature_scaling_and_classifier_training() -> None:
 
     x, y = _blobs(n_per=40, seed=3)
     xv, yv = _blobs(n_per=20, seed=4)
-    res = train_classifier(x, y.tolist(), xv, yv.tolist(), C=10.0, target_precision=0.9)
+    res = train_classifier(x, y.tolist(), xv, yv.tolist(), C=10.0, rule=RULE)
     assert res.val_accuracy > 0.9 and 0 < res.val_coverage <= 1
     assert 0.05 <= res.temperature <= 20
     proba = res.model.predict_proba(xv)
@@ -241,11 +296,9 @@ def test_temperature_scaling_and_classifier_training() -> None:
     t = fit_temperature(logits * 10, truth)
     assert 5 < t < 20
     with pytest.raises(SettingsError, match="two labels"):
-        train_classifier(x, ["a"] * len(x), xv, yv.tolist())
+        train_classifier(x, ["a"] * len(x), xv, yv.tolist(), rule=RULE)
     # Refit on train + val: same calibration, new weights that saw the validation rows.
-    refit = train_classifier(
-        x, y.tolist(), xv, yv.tolist(), C=10.0, target_precision=0.9, refit_on_val=True
-    )
+    refit = train_classifier(x, y.tolist(), xv, yv.tolist(), C=10.0, rule=RULE, refit_on_val=True)
     assert (refit.temperature, refit.threshold) == (res.temperature, res.threshold)
     assert not np.allclose(refit.model.base.coef_, res.model.base.coef_)
     assert (refit.model.predict(xv) == yv).mean() >= (res.model.predict(xv) == yv).mean()
@@ -267,9 +320,9 @@ def test_neighbour_vote_blends_with_the_linear_model(tmp_path: Path) -> None:
 
     x, y = _xor(30, seed=5)
     xv, yv = _xor(15, seed=6)
-    linear = train_classifier(x, y.tolist(), xv, yv.tolist(), C=10.0)
+    linear = train_classifier(x, y.tolist(), xv, yv.tolist(), C=10.0, rule=RULE)
     blend = train_classifier(
-        x, y.tolist(), xv, yv.tolist(), C=10.0, vote=NeighbourVote(5, 0.5, 0.05)
+        x, y.tolist(), xv, yv.tolist(), C=10.0, rule=RULE, vote=NeighbourVote(5, 0.5, 0.05)
     )
     assert linear.model.memory is None
     assert linear.val_accuracy < 0.8
@@ -279,7 +332,13 @@ def test_neighbour_vote_blends_with_the_linear_model(tmp_path: Path) -> None:
     np.testing.assert_allclose(blend.model.predict_proba(xv).sum(axis=1), 1.0)
     # The refitted model votes among train + val; the memory survives a pickle round trip.
     refit = train_classifier(
-        x, y.tolist(), xv, yv.tolist(), refit_on_val=True, vote=NeighbourVote(5, 0.5, 0.05)
+        x,
+        y.tolist(),
+        xv,
+        yv.tolist(),
+        rule=RULE,
+        refit_on_val=True,
+        vote=NeighbourVote(5, 0.5, 0.05),
     )
     assert refit.model.memory is not None and len(refit.model.memory) == len(x) + len(xv)
     joblib.dump(refit.model, tmp_path / "clf.joblib")
@@ -409,3 +468,59 @@ def test_finetune_rejects_bad_settings(tmp_path: Path) -> None:
         finetune(base, ["a", "b"], ["x", "y"], tmp_path, loss="triplet")
     with pytest.raises(SettingsError, match="two or more labels"):
         finetune(base, ["a", "b"], ["x", "x"], tmp_path, loss="proxy")
+
+
+def test_bundle_says_unknown_above_the_oos_threshold(tmp_path: Path) -> None:
+    from semflow.models.classifier import NeighbourVote, train_classifier
+
+    x, y = _blobs(n_per=60, seed=3)
+    xv, yv = _blobs(n_per=60, seed=4)
+    res = train_classifier(
+        x,
+        y.tolist(),
+        xv,
+        yv.tolist(),
+        rule=OosRule("combined", 5, 0.95, None),
+        vote=NeighbourVote(5, 0.5, 0.05),
+    )
+    point = {"threshold": res.threshold, "val_coverage": res.val_coverage}
+    b = Bundle(None, "m@abc", list(y[[0, 60, 120]]), res.threshold, {}, res.model)
+    b.operating_point = point
+    b = Bundle.load(b.save(tmp_path / "b"))
+    assert b.operating_point == point
+    far = np.zeros((2, 16), dtype=np.float32)
+    far[:, 7] = 1.0  # a direction no label's texts point at
+    xt, yt = _blobs(n_per=30, seed=8)
+    out = b.classify(np.vstack([far, xt]), top_k=2)
+    assert [o["label"] for o in out[:2]] == ["unknown", "unknown"]
+    assert all(o["oos_score"] > res.threshold for o in out[:2])
+    # still labelled alternatives: what the nearest labels were
+    assert all(o["alternatives"][0]["label"] in b.labels for o in out[:2])
+    known = [o for o in out[2:] if o["label"] != "unknown"]
+    assert len(known) >= 0.85 * len(xt)
+    assert all(o["oos_score"] <= res.threshold for o in known)
+    assert np.mean([o["label"] == t for o, t in zip(out[2:], yt, strict=True)]) > 0.85
+
+
+def test_open_set_split_and_metrics() -> None:
+    from semflow.models.openset import open_set_metrics, open_set_split, tradeoff_curve
+
+    labels = [f"l{i:02d}" for i in range(77)] * 2
+    held = open_set_split(labels, 0.35, 13)
+    assert len(held) == 27 and held == sorted(held) == open_set_split(labels, 0.35, 13)
+    assert held != open_set_split(labels, 0.35, 14)
+    assert len(open_set_split(labels[:8], 0.35, 13)) == 3  # CI's 8 labels: 3 held out
+    with pytest.raises(SettingsError, match="at least 3 labels"):
+        open_set_split(["a", "b"], 0.35, 13)
+    # 4 in-scope texts (3 labelled right), 2 OOS ones; unknown = score above 0.5
+    s_in, ok = np.array([0.1, 0.2, 0.3, 0.9]), np.array([True, True, False, True])
+    s_oos = np.array([0.6, 0.25])
+    m = open_set_metrics(s_in, ok, s_oos, 0.5)
+    assert m["in_scope_accuracy"] == 0.5  # 0.1 and 0.2: accepted and right
+    assert m["in_scope_coverage"] == 0.75 and m["closed_set_accuracy"] == 0.75
+    assert m["oos_recall"] == 0.5 and m["oos_precision"] == 0.5  # 0.6 and 0.9 rejected
+    assert m["auroc"] == pytest.approx(5 / 8)  # OOS above in-scope in 5 of 8 pairs
+    assert m["fpr@95tpr"] == 1.0  # accepting 95% of in-scope (<= 0.9) accepts every OOS
+    curve = tradeoff_curve(s_in, ok, s_oos)
+    assert curve[0]["oos_recall"] >= curve[-1]["oos_recall"] == 0.0
+    assert curve[-1]["in_scope_accuracy"] == 0.75

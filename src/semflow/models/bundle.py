@@ -1,6 +1,7 @@
 """The model bundle: everything the service needs, saved as one directory.
 
-Layout: `bundle.json` (labels, threshold, ranker weights, versions, tags, checksum),
+Layout: `bundle.json` (labels, threshold, operating point, ranker weights, versions, tags,
+checksum),
 `classifier.joblib` (sklearn estimator on L2-normalised embeddings) and, when the
 embedder was fine-tuned, an `embedder/` sentence-transformers directory with its ONNX
 exports in `embedder/onnx/<backend>/` (built at registration, so a Bento never exports).
@@ -117,6 +118,9 @@ class Bundle:
     lineage: dict[str, str] = field(default_factory=dict)
     # The int8 quality guard's verdict ({}: registered before the guard, int8 not refused).
     backend_guard: dict[str, Any] = field(default_factory=dict)
+    # The unknown threshold's operating point as evaluated (expected in-scope coverage, OOS
+    # recall, ...): what `/labels` reports.
+    operating_point: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.threshold) <= 1.0:
@@ -165,8 +169,7 @@ class Bundle:
         return emb
 
     # -- inference ---------------------------------------------------------------
-    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
-        """Class probabilities `[n, len(labels)]` for normalised embeddings."""
+    def _matrix(self, embeddings: np.ndarray) -> np.ndarray:
         if self.classifier is None:
             raise BundleError("this bundle has no classifier")
         x = np.asarray(embeddings, dtype=np.float32)
@@ -174,25 +177,38 @@ class Bundle:
             x = x[None, :]
         if x.ndim != 2:
             raise BundleError(f"embeddings must be a 2-d array, got shape {x.shape}")
+        return x
+
+    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
+        """Class probabilities `[n, len(labels)]` for normalised embeddings."""
+        x = self._matrix(embeddings)
         return np.asarray(self.classifier.predict_proba(x), dtype=np.float64)
 
     def classify(self, embeddings: np.ndarray, top_k: int = 1) -> list[dict[str, Any]]:
-        """Top label per row ("unknown" below the threshold) with its top-k alternatives."""
+        """Top label per row with its top-k alternatives and OOS score: "unknown" when the OOS
+        score is above the threshold (semflow.models.oos). A classifier saved before the OOS
+        score existed has none: "unknown" below the threshold on the top probability."""
         if top_k < 1:
             raise BundleError(f"top_k must be at least 1, got {top_k}")
-        proba = self.predict_proba(embeddings)
+        x = self._matrix(embeddings)
+        proba = np.asarray(self.classifier.predict_proba(x), dtype=np.float64)
+        oos = None
+        if getattr(self.classifier, "oos", None) is not None:
+            oos = self.classifier.oos_score(x, proba)
         k = min(top_k, proba.shape[1])
         out: list[dict[str, Any]] = []
-        for row in proba:
+        for i, row in enumerate(proba):
             order = np.argsort(-row, kind="stable")[:k]
             best = int(order[0])
             score = float(row[best])
+            unknown = score < self.threshold if oos is None else oos[i] > self.threshold
             out.append(
                 {
-                    "label": self.labels[best] if score >= self.threshold else UNKNOWN,
+                    "label": UNKNOWN if unknown else self.labels[best],
                     "score": score,
+                    "oos_score": None if oos is None else float(oos[i]),
                     "alternatives": [
-                        {"label": self.labels[int(i)], "score": float(row[int(i)])} for i in order
+                        {"label": self.labels[int(j)], "score": float(row[int(j)])} for j in order
                     ],
                 }
             )
@@ -213,6 +229,7 @@ class Bundle:
             "tags": dict(self.tags),
             "lineage": dict(self.lineage),
             "backend_guard": dict(self.backend_guard),
+            "operating_point": {k: float(v) for k, v in self.operating_point.items()},
         }
 
     def save(self, path: Path | str, onnx_home: Path | None = None) -> Path:
@@ -281,4 +298,5 @@ class Bundle:
             tags=dict(m.get("tags") or {}),
             lineage=dict(m.get("lineage") or {}),
             backend_guard=dict(m.get("backend_guard") or {}),
+            operating_point=dict(m.get("operating_point") or {}),
         )

@@ -1,6 +1,6 @@
 """Classifier on normalised embeddings: logistic regression, optionally blended with a vote
-of the nearest training texts, temperature-calibrated on validation, with an "unknown"
-threshold chosen on validation for a target precision."""
+of the nearest training texts, temperature-calibrated on validation, with an out-of-scope
+score and its "unknown" threshold chosen on validation (semflow.models.oos)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 
 from semflow.errors import SettingsError
 from semflow.models.metrics import topk_similar
+from semflow.models.oos import OosDetector, OosRule, choose_oos_threshold, fit_detector
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class CalibratedClassifier:
     vote: NeighbourVote = NeighbourVote()
     memory: np.ndarray | None = None
     memory_idx: np.ndarray | None = None
+    # The out-of-scope score (None in classifiers pickled before it existed).
+    oos: OosDetector | None = None
 
     def __init__(
         self,
@@ -112,6 +115,12 @@ class CalibratedClassifier:
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.classes_[np.argmax(self.decision(x), axis=1)]
 
+    def oos_score(self, x: np.ndarray, proba: np.ndarray | None = None) -> np.ndarray:
+        """OOS scores `[n]` in [0, 1] (higher = more out-of-scope); `proba`: already computed."""
+        if self.oos is None:
+            raise SettingsError("this classifier has no out-of-scope score")
+        return self.oos.score(self, x, proba)
+
 
 def fit_temperature(logits: np.ndarray, y_idx: np.ndarray) -> float:
     """Temperature minimising validation NLL (golden-section search on log T)."""
@@ -138,22 +147,6 @@ def fit_temperature(logits: np.ndarray, y_idx: np.ndarray) -> float:
     return float(np.exp((lo + hi) / 2))
 
 
-def choose_threshold(scores: np.ndarray, correct: np.ndarray, target_precision: float) -> float:
-    """Lowest confidence threshold whose accepted predictions reach `target_precision`."""
-    if not 0 < target_precision <= 1:
-        raise SettingsError(
-            f"classifier.target_precision must be in (0, 1], got {target_precision}"
-        )
-    order = np.argsort(-scores, kind="stable")
-    s, c = scores[order], correct[order].astype(float)
-    precision = np.cumsum(c) / np.arange(1, len(c) + 1)
-    ok = np.nonzero(precision >= target_precision)[0]
-    if len(ok) == 0:
-        return float(min(1.0, s[0] + 1e-9)) if len(s) else 0.0
-    # Accept the largest prefix that still meets the target.
-    return float(s[ok[-1]])
-
-
 @dataclass
 class ClassifierResult:
     model: CalibratedClassifier
@@ -161,6 +154,7 @@ class ClassifierResult:
     val_accuracy: float
     val_coverage: float
     temperature: float
+    val_oos_recall: float | None = None  # only when validation holds OOS examples
 
 
 def train_classifier(
@@ -169,20 +163,23 @@ def train_classifier(
     x_val: np.ndarray,
     y_val: Sequence[str],
     *,
+    rule: OosRule,
     C: float = 10.0,
     max_iter: int = 2000,
-    target_precision: float = 0.95,
     refit_on_val: bool = False,
     vote: NeighbourVote | None = None,
+    x_val_oos: np.ndarray | None = None,
     seed: int = 0,
 ) -> ClassifierResult:
-    """Fit on train, calibrate and pick the unknown threshold on validation.
+    """Fit on train; calibrate, fit the OOS score and pick the unknown threshold on validation.
 
     With `refit_on_val`, the final model is refitted on train + validation with the same C,
-    keeping the temperature and threshold chosen on validation with the train-only model
-    (10% more data for the weights; the reported validation figures stay the held-out ones).
-    A `vote` of positive weight blends in the nearest training texts' labels: validation
-    rows vote among the training rows; the final memory holds the final model's rows.
+    keeping the temperature, OOS score calibration and threshold chosen on validation with
+    the train-only model (10% more data for the weights; the reported validation figures
+    stay the held-out ones). A `vote` of positive weight blends in the nearest training
+    texts' labels: validation rows vote among the training rows; the final memory holds the
+    final model's rows. `x_val_oos`: explicit out-of-scope validation texts (never a class);
+    the threshold rule uses them (`rule.oos_recall`).
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -194,25 +191,30 @@ def train_classifier(
     base.fit(x_train, np.asarray(y_train))
     yv = np.asarray(y_val)
     known = np.isin(yv, base.classes_)
+    if known.sum() < 2:
+        raise SettingsError("the classifier needs at least two validation texts of known labels")
     clf = CalibratedClassifier(base, 1.0, vote, x_train, np.asarray(y_train))
-    z = clf.decision(x_val)  # once: with a vote, each call searches the memory
-    if known.sum() >= 2:
-        idx = np.searchsorted(base.classes_, yv[known])
-        clf.temperature = fit_temperature(z[known], idx)
+    z = clf.decision(x_val[known])  # once: with a vote, each call searches the memory
+    clf.temperature = fit_temperature(z, np.searchsorted(base.classes_, yv[known]))
     proba = _softmax(z / clf.temperature)
-    pred = base.classes_[proba.argmax(axis=1)]
-    correct = pred == yv
-    scores = proba.max(axis=1)
-    threshold = choose_threshold(scores, correct, target_precision) if len(yv) else 0.0
-    if refit_on_val and known.any():
+    correct = base.classes_[proba.argmax(axis=1)] == yv[known]
+    det = fit_detector(clf, x_val[known], rule, proba)
+    in_scores = det.score(clf, x_val[known], proba)
+    oos_scores = None
+    if x_val_oos is not None and len(x_val_oos):
+        oos_scores = det.score(clf, x_val_oos)
+    threshold = choose_oos_threshold(in_scores, rule.min_coverage, oos_scores, rule.oos_recall)
+    if refit_on_val:
         x_all = np.vstack([x_train, x_val[known]])
         y_all = np.concatenate([y_train, yv[known]])
         full = LogisticRegression(C=C, max_iter=max_iter, random_state=seed).fit(x_all, y_all)
         clf = CalibratedClassifier(full, clf.temperature, vote, x_all, y_all)
+    clf.oos = det
     return ClassifierResult(
         model=clf,
         threshold=threshold,
-        val_accuracy=float(correct.mean()) if len(yv) else 0.0,
-        val_coverage=float((scores >= threshold).mean()) if len(yv) else 0.0,
+        val_accuracy=float(correct.mean()),
+        val_coverage=float((in_scores <= threshold).mean()),
         temperature=clf.temperature,
+        val_oos_recall=None if oos_scores is None else float((oos_scores > threshold).mean()),
     )

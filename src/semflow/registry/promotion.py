@@ -84,7 +84,10 @@ def check_gate(
             reasons.append(f"{metric} {value:.4f} is below the floor {float(floor):.4f}")
     if champion:
         for metric in compare:
-            if (
+            if metric in champion and metric not in candidate:
+                # e.g. a model whose unknown detection is no longer measured
+                reasons.append(f"{metric} is missing from the candidate's metrics")
+            elif (
                 metric in champion
                 and metric in candidate
                 and candidate[metric] < champion[metric] - tolerance

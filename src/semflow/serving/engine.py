@@ -293,7 +293,13 @@ class Engine:
 
     def labels(self) -> dict[str, Any]:
         b = self._bundle()
-        return {"labels": list(b.labels), "threshold": b.threshold, "model": self.model_ref}
+        return {
+            "labels": list(b.labels),
+            "threshold": b.threshold,
+            # where the threshold operates, as evaluated (semflow.training.stages.register)
+            "operating_point": dict(b.operating_point),
+            "model": self.model_ref,
+        }
 
     def model_info(self) -> dict[str, Any]:
         b = self.bundle

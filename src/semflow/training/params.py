@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from semflow.config import load_params
 from semflow.errors import SettingsError
 from semflow.models.finetune import Loss
+from semflow.models.oos import OosScore
 
 log = logging.getLogger("semflow.training")
 
@@ -81,11 +82,15 @@ class FinetuneParams(_P):
 class ClassifierParams(_P):
     C: float = Field(gt=0)
     max_iter: int = Field(ge=10)
-    target_precision: float = Field(gt=0, le=1)
     refit_on_val: bool
     knn_k: int = Field(ge=1)
     knn_weight: float = Field(ge=0, le=1)
     knn_temperature: float = Field(gt=0)
+    oos_score: OosScore  # the out-of-scope score (semflow.models.oos)
+    oos_knn_k: int = Field(ge=1)
+    min_coverage: float = Field(gt=0, le=1)
+    oos_label: str | None  # the label of explicit out-of-scope examples; null = none
+    oos_recall: float = Field(gt=0, le=1)
 
 
 class RankerParams(_P):
@@ -97,8 +102,13 @@ class RankerParams(_P):
     max_queries: int = Field(ge=1)
 
 
+class OpenSetParams(_P):
+    holdout_ratio: float = Field(gt=0, lt=1)  # share of labels held out as out-of-scope
+
+
 class EvaluateParams(_P):
     k: int = Field(ge=1)
+    open_set: OpenSetParams
 
 
 class RegisterParams(_P):

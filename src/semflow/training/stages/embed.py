@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,12 +33,30 @@ def embedder_for(paths: Paths, settings: Settings | None = None, backend: str | 
     return resolve_embedder(s, batch_size=128, backend=backend)
 
 
+def base_features_path(paths: Paths) -> Path:
+    """The base (not fine-tuned) embedder's vectors of every split: the open-set evaluation's
+    (the fine-tuned embedder saw the labels it holds out)."""
+    return paths.features.with_name("base_embeddings.npz")
+
+
+def _embed_splits(emb: Any, paths: Paths) -> dict[str, np.ndarray]:
+    return {
+        name: emb.encode_all(read_split(paths, name)["text"].tolist(), f"embed {name}")
+        for name in ("train", "val", "test")
+    }
+
+
 def embed(paths: Paths, params: PipelineParams, settings: Settings | None = None) -> dict[str, Any]:
     """Embed train/val/test once; later stages read the arrays."""
+    from semflow.embedding import resolve_embedder
+
     emb = embedder_for(paths, settings)
-    arrays = {}
-    for name in ("train", "val", "test"):
-        arrays[name] = emb.encode_all(read_split(paths, name)["text"].tolist(), f"embed {name}")
+    arrays = _embed_splits(emb, paths)
     paths.features.parent.mkdir(parents=True, exist_ok=True)
     np.savez(paths.features, **arrays)
+    base = resolve_embedder(settings or get_settings(), batch_size=128)
+    np.savez(
+        base_features_path(paths),
+        **(arrays if base.version == emb.version else _embed_splits(base, paths)),
+    )
     return {"version": emb.version, **{k: int(v.shape[0]) for k, v in arrays.items()}}

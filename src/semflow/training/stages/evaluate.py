@@ -23,6 +23,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Test-set metrics, plots data, and `metrics/evaluate.json`."""
     from semflow.models.metrics import classification_metrics, search_metrics
+    from semflow.models.oos import oos_rows
+    from semflow.models.openset import open_set_metrics
     from semflow.models.ranker import cosine_only, groups_ndcg, rank_groups
 
     k = params.evaluate.k
@@ -32,12 +34,16 @@ def evaluate(
     x["train"] = np.vstack([x["train"], x["val"]])
     test = read_split(paths, "test")
     clf, info, weights = load_bundle_parts(paths)
+    # Explicit OOS examples (classifier.oos_label) are no class: scored apart, below.
+    oos = oos_rows(test["label"].to_numpy(), params.classifier.oos_label)
+    x_oos, test, x["test"] = x["test"][oos], test[~oos].reset_index(drop=True), x["test"][~oos]
     proba = clf.predict_proba(x["test"])
     pred = clf.classes_[proba.argmax(axis=1)]
     linear = clf.classes_[clf.linear_decision(x["test"]).argmax(axis=1)]
     y = test["label"].to_numpy()
     cm = classification_metrics(y.tolist(), pred.tolist())
-    accepted = proba.max(axis=1) >= info["threshold"]
+    oos_scores = clf.oos_score(x["test"], proba)
+    accepted = oos_scores <= info["threshold"]
     cls = {
         "accuracy": cm["accuracy"],
         "macro_f1": cm["macro_f1"],
@@ -48,7 +54,12 @@ def evaluate(
         if accepted.any()
         else 0.0,
         "threshold": info["threshold"],
+        "in_scope_accuracy": float((accepted & (pred == y)).mean()) if len(y) else 0.0,
     }
+    if len(x_oos):  # the served model's own unknown detection
+        cls["oos"] = open_set_metrics(
+            oos_scores, pred == y, clf.oos_score(x_oos), info["threshold"]
+        )
     search = search_metrics(x["test"], y.tolist(), x["train"], train["label"].tolist(), k)
     names = list(weights)
     groups = rank_groups(
@@ -75,6 +86,8 @@ def evaluate(
 
     # the int8 quality guard's measurements (register judges them)
     metrics["backends"] = compare_backends(paths, settings, clf, x, test, train, k)
+    # Unknown detection, measured on labels held out of training (semflow.models.openset).
+    metrics["open_set"] = write_open_set(paths, params)
     write_json(paths.metrics / "evaluate.json", metrics)
     paths.plots.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"actual": y, "predicted": pred}).to_csv(
@@ -86,4 +99,25 @@ def evaluate(
             "f1": [round(v, 4) for v in cm["per_class_f1"].values()],
         }
     ).to_csv(paths.plots / "per_class_f1.csv", index=False)
+    return metrics
+
+
+def write_open_set(paths: Paths, params: PipelineParams) -> dict[str, Any]:
+    """The open-set metrics (the classifier stage's recipe on the base embedder's vectors,
+    `evaluate.open_set.holdout_ratio` of the labels held out), the trade-off curve as a plot
+    and an image."""
+    from semflow.models.openset import evaluate_open_set, open_set_split, plot_tradeoff
+    from semflow.training.stages.classifier import recipe
+    from semflow.training.stages.embed import base_features_path
+
+    with np.load(base_features_path(paths)) as z:
+        base = {k: z[k] for k in z.files}
+    y = {n: read_split(paths, n)["label"].to_numpy() for n in ("train", "val", "test")}
+    oos_label = params.classifier.oos_label
+    labels = sorted(set(y["train"]) - {oos_label})
+    held = open_set_split(labels, params.evaluate.open_set.holdout_ratio, params.base.seed)
+    metrics, curve = evaluate_open_set(base, y, held, recipe(params), oos_label)
+    paths.plots.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(curve).to_csv(paths.plots / "oos_tradeoff.csv", index=False)
+    plot_tradeoff(curve, metrics, paths.plots / "oos_tradeoff.png")
     return metrics

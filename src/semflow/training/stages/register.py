@@ -33,6 +33,7 @@ def build_bundle(
     emb = embedder_for(paths, s)
     clf, info, weights = load_bundle_parts(paths)
     meta = json.loads((paths.embedder / "embedder.json").read_text())
+    evaluated = json.loads((paths.metrics / "evaluate.json").read_text())
     bundle = Bundle(
         embedder_dir=paths.embedder / "model" if meta.get("finetuned") else None,
         embedder_version=emb.version,
@@ -43,10 +44,26 @@ def build_bundle(
         registered_model=s.registered_model,
         tags={"embedder_finetuned": str(bool(meta.get("finetuned")))},
         backend_guard=dict(backend_guard or {}),
+        operating_point=operating_point(info, evaluated),
     )
     if paths.bundle.exists():
         shutil.rmtree(paths.bundle)
     return bundle.save(paths.bundle, onnx_home=s.home)
+
+
+def operating_point(info: dict[str, Any], metrics: dict[str, Any]) -> dict[str, float]:
+    """What `/labels` reports of the unknown threshold: in-scope coverage on validation and
+    test, and the open-set evaluation's OOS recall, in-scope accuracy and AUROC there."""
+    cls, ops = metrics.get("classifier", {}), metrics.get("open_set", {})
+    out = {
+        "threshold": info["threshold"],
+        "val_coverage": info.get("val_coverage"),
+        "test_coverage": cls.get("coverage"),
+        "open_set_in_scope_accuracy": ops.get("in_scope_accuracy"),
+        "open_set_oos_recall": ops.get("oos_recall"),
+        "open_set_auroc": ops.get("auroc"),
+    }
+    return {k: float(v) for k, v in out.items() if v is not None}
 
 
 def register(
@@ -74,6 +91,11 @@ def register(
 
     def _do(run: Any) -> dict[str, Any]:
         log_metrics(metrics)
+        tradeoff = paths.plots / "oos_tradeoff.png"  # evaluate's curve, as an MLflow image
+        if tradeoff.is_file():
+            import mlflow
+
+            mlflow.log_artifact(str(tradeoff), "plots")
         version = registry.log_bundle(
             bundle_dir,
             tracking_uri=s.tracking_uri,
