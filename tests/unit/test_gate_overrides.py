@@ -22,6 +22,10 @@ from semflow.training.workspace import dag_stage
         ({"register.tolerance": 1.0}, "raises the tolerance from 0.01 to 1.0"),
         ({"register.int8_tolerance": 0.05}, "raises the int8 tolerance from 0.005 to 0.05"),
         ({"register.compare": []}, "stops comparing classifier.accuracy with the champion"),
+        (  # unknown detection is part of the gate (issue 15)
+            {"register.compare": ["classifier.accuracy", "classifier.macro_f1", "search.ndcg@10"]},
+            "stops comparing open_set.oos_recall with the champion",
+        ),
     ],
 )
 def test_weakening_overrides_are_refused_before_anything_runs(semflow_home, overrides, says):
@@ -49,7 +53,14 @@ def test_stricter_overrides_need_no_force():
         overrides={
             "register.floors": {"classifier.accuracy": 0.95, "search.ndcg@10": 0.9, "x": 0.1},
             "register.tolerance": 0.0,
-            "register.compare": ["classifier.accuracy", "classifier.macro_f1", "search.ndcg@10"],
+            "register.compare": [
+                "classifier.accuracy",
+                "classifier.macro_f1",
+                "search.ndcg@10",
+                "open_set.oos_recall",
+                "open_set.auroc",
+                "search.mrr@10",
+            ],
         }
     )
     assert check_gate_overrides(params) is None

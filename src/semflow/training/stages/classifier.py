@@ -37,10 +37,11 @@ def classifier(
         "temperature": res.temperature,
         "val_accuracy": res.val_accuracy,
         "val_coverage": res.val_coverage,
-        "val_oos_recall": res.val_oos_recall,
         "oos_score": p.oos_score,
         "memory": 0 if res.model.memory is None else len(res.model.memory),
     }
+    if res.val_oos_recall is not None:  # validation held explicit OOS examples
+        info["val_oos_recall"] = res.val_oos_recall
     write_json(paths.classifier / "classifier.json", info)
     write_json(paths.metrics / "classifier.json", info)
     return info
