@@ -91,7 +91,7 @@ def search(
         filters.setdefault(key, []).append(value)
     svc = Services.from_settings()
     with svc.store.open_live() as idx:
-        mode = idx.search_mode(mode, svc.settings.search_mode)
+        mode = idx.search_mode(mode, svc.settings.search_mode, score_threshold)
         vector = None
         if mode != "sparse":
             embedder = svc.embedder(idx.embedder_version)

@@ -38,6 +38,11 @@ SEARCH_MODES = ("dense", "sparse", "hybrid")
 RRF_K = 60
 
 
+THRESHOLD_DENSE_ONLY = (
+    "score_threshold bounds the dense cosine similarity, so only mode 'dense' takes one"
+)
+
+
 def hybrid_candidates(top_k: int) -> int:
     """How many hits each of the dense and the sparse search hands to the fusion: a few
     times `top_k`, so that a document ranked well by one list only can still rise."""
@@ -158,13 +163,18 @@ class VectorIndex(ABC):
         an older generation answers dense searches only until a full refresh)."""
         return self.sparse_encoder is not None
 
-    def search_mode(self, requested: str | None, default: str) -> str:
-        """The mode a search runs in: the one asked for, else `default`, except that a
-        generation without sparse vectors answers an unasked-for mode with dense search (so
-        an index built before hybrid search keeps working until it is rebuilt)."""
+    def search_mode(
+        self, requested: str | None, default: str, score_threshold: float | None = None
+    ) -> str:
+        """The mode a search runs in: the one asked for, else `default`, except that dense
+        answers when the search has a `score_threshold` (a bound on the dense similarity)
+        or the generation has no sparse vectors (so an index built before hybrid search keeps
+        working until it is rebuilt)."""
         if requested is not None:
             return requested
-        return default if self.has_sparse else "dense"
+        if score_threshold is not None or not self.has_sparse:
+            return "dense"
+        return default
 
     def _encoder(self) -> LexicalEncoder:
         """The encoder of this generation's sparse vectors; refused when this process's
@@ -207,8 +217,8 @@ class VectorIndex(ABC):
     ) -> list[Hit]:
         """The `top_k` best points of `tenant` that match every filter: nearest to `vector`
         (mode dense), best BM25 match of `text` (sparse), or both fused by reciprocal rank
-        (hybrid). `score_threshold` bounds the dense cosine similarity (in hybrid mode, of
-        the dense candidates); sparse mode has no such bound.
+        (hybrid). `score_threshold` bounds the cosine similarity, so only dense search takes
+        one (a hybrid score is a fused rank, a sparse one a BM25 sum).
 
         Sparse and hybrid need a generation with sparse vectors (SearchModeError if not).
         """
@@ -226,10 +236,8 @@ class VectorIndex(ABC):
                 )
             if text is None:
                 raise ValueError(f"mode {mode!r} needs the query text")
-            if mode == "sparse" and score_threshold is not None:
-                raise SearchModeError(
-                    "score_threshold bounds the dense cosine similarity; mode 'sparse' has none"
-                )
+            if score_threshold is not None:
+                raise SearchModeError(THRESHOLD_DENSE_ONLY)
             sparse = self._encoder().query(text)
         if vector is None and mode != "sparse":
             raise ValueError(f"mode {mode!r} needs the query vector")
@@ -295,7 +303,9 @@ class VectorIndex(ABC):
         for r in records:
             payload = dict(r.payload or {})
             if with_vectors:
-                payload["_vector"] = list(r.vector)
+                # a point with sparse vectors returns them all by name; "" is the dense one
+                vec = r.vector.get("") if isinstance(r.vector, dict) else r.vector
+                payload["_vector"] = list(vec)
             out.append(Hit(str(r.id), 1.0, payload))
         return out
 

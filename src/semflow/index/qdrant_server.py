@@ -145,12 +145,7 @@ class ServerIndex(VectorIndex):
         res = self.client.query_points(
             self.collection,
             prefetch=[
-                m.Prefetch(
-                    query=query.vector,
-                    filter=query.filter,
-                    limit=n,
-                    score_threshold=query.score_threshold,
-                ),
+                m.Prefetch(query=query.vector, filter=query.filter, limit=n),
                 m.Prefetch(query=lexical, using=SPARSE_VECTOR, filter=query.filter, limit=n),
             ],
             query=m.RrfQuery(rrf=m.Rrf(k=RRF_K)),
