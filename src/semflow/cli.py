@@ -80,9 +80,12 @@ def search(
     """Search the live index generation."""
     from semflow.app import Services
     from semflow.embedding import check_embedder
+    from semflow.index.base import SEARCH_MODES
 
     if not query.strip():
         raise SettingsError("the query is empty")
+    if mode is not None and mode not in SEARCH_MODES:
+        raise SettingsError(f"--mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
     filters: dict[str, Any] = {}
     for f in filter_ or []:
         key, sep, value = f.partition("=")
