@@ -80,9 +80,12 @@ def search(
     """Search the live index generation."""
     from semflow.app import Services
     from semflow.embedding import check_embedder
+    from semflow.index.base import SEARCH_MODES
 
     if not query.strip():
         raise SettingsError("the query is empty")
+    if mode is not None and mode not in SEARCH_MODES:
+        raise SettingsError(f"--mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
     filters: dict[str, Any] = {}
     for f in filter_ or []:
         key, sep, value = f.partition("=")
@@ -91,7 +94,7 @@ def search(
         filters.setdefault(key, []).append(value)
     svc = Services.from_settings()
     with svc.store.open_live() as idx:
-        mode = idx.search_mode(mode, svc.settings.search_mode)
+        mode = idx.search_mode(mode, svc.settings.search_mode, score_threshold)
         vector = None
         if mode != "sparse":
             embedder = svc.embedder(idx.embedder_version)

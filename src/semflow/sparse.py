@@ -90,7 +90,8 @@ class LexicalEncoder:
 
     def _token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         tok, keep = self._load()
-        encodings = tok.encode_batch(list(texts), add_special_tokens=False)
+        # ids only: the offsets `encode_batch` also computes are not needed
+        encodings = tok.encode_batch_fast(list(texts), add_special_tokens=False)
         return [[i for i in e.ids if keep[i]] for e in encodings]
 
     def documents(self, texts: Sequence[str]) -> list[SparseTerms]:

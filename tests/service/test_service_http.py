@@ -141,6 +141,9 @@ def test_search_modes(server: str) -> None:
     default = Settings.model_fields["search_mode"].default
     r = post(server, "/search", {"query": "password", "tenant": "bank", "top_k": 2})
     assert r.status_code == 200 and r.json()["mode"] == default, r.text
+    # a score_threshold bounds the cosine similarity: without a mode, it means dense
+    body = {"query": "password", "tenant": "bank", "score_threshold": 0.1}
+    assert post(server, "/search", body).json()["mode"] == "dense"
     for mode in ("dense", "sparse", "hybrid"):
         body = {"query": "reset password", "tenant": "bank", "top_k": 2, "mode": mode}
         r = post(server, "/search", body)
@@ -159,7 +162,8 @@ def test_search_modes(server: str) -> None:
     [
         ({"mode": "fuzzy"}, "mode: Input should be 'dense', 'sparse' or 'hybrid'"),
         ({"mode": 1}, "mode: Input should be 'dense', 'sparse' or 'hybrid'"),
-        ({"mode": "sparse", "score_threshold": 0.5}, "mode 'sparse' has none"),
+        ({"mode": "sparse", "score_threshold": 0.5}, "only mode 'dense' takes one"),
+        ({"mode": "hybrid", "score_threshold": 0.5}, "only mode 'dense' takes one"),
     ],
 )
 def test_bad_search_mode_is_422_with_a_sentence(server: str, body: dict, says: str) -> None:

@@ -62,6 +62,13 @@ def test_sync_then_search_returns_sensible_neighbours(env):
     r = run(env, "search", "card", "--tenant", "someone-else")
     assert r.returncode == 0 and json.loads(r.stdout)["results"] == []
 
+    # lexical search: every hit holds the word; the mode is reported
+    r = run(env, "search", "Visa", "--mode", "sparse", "--top-k", "3")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["mode"] == "sparse" and len(out["results"]) == 3
+    assert all("visa" in x["text"].lower() for x in out["results"])
+
     r = run(env, "sync", "--source", "bank")  # nothing changed
     assert json.loads(r.stdout)["counts"]["skipped"] == counts["indexed"]
 
@@ -77,6 +84,7 @@ def test_sync_then_search_returns_sensible_neighbours(env):
         (("sync", "--since", "yesterday"), 2, "--since must be an ISO 8601 timestamp"),
         (("search", "   "), 2, "the query is empty"),
         (("search", "x", "--filter", "novalue"), 2, "--filter must look like field=value"),
+        (("search", "x", "--mode", "fuzzy"), 2, "--mode must be one of dense, sparse, hybrid"),
         # click's own usage errors (typer vendors click, so they are not click.ClickException)
         (("serach", "card"), 2, "No such command 'serach'"),
         (("search", "card", "--top-k", "many"), 2, "Invalid value for '--top-k'"),

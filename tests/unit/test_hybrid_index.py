@@ -76,6 +76,9 @@ def test_sparse_and_hybrid_search_find_the_keyword_dense_misses(stores, lexical)
         w.upsert(*_points(["a Quorbel refund"], tenant="t2", start=100))
     with store.open_live() as idx:
         assert idx.has_sparse and idx.sparse_encoder == lexical.version
+        # what a server runs before it swaps a generation in: the dense vectors come back
+        assert np.allclose(idx.retrieve(ids[:1], with_vectors=True)[0].payload["_vector"], vecs[0])
+        assert idx.warm(3) == 3
         # the random dense vectors know nothing of the words: nearest to vecs[0] is doc 0
         assert _docs(idx.search(vecs[0], "t1", 1, mode="dense", text="Quorbel"))[0] == "0"
         # only doc 2 of t1 has the name; t2's document never shows (the tenant is ANDed in)
@@ -86,8 +89,12 @@ def test_sparse_and_hybrid_search_find_the_keyword_dense_misses(stores, lexical)
         # user filters apply to the sparse candidates as well
         assert idx.search(None, "t1", 5, {"type": "a"}, mode="sparse", text="Quorbel") == []
         assert _docs(idx.search(vecs[0], "t1", 5, {"type": "b"}, mode="hybrid", text="Quorbel"))
-        with pytest.raises(SearchModeError, match="dense cosine"):
-            idx.search(None, "t1", 5, score_threshold=0.5, mode="sparse", text="Quorbel")
+        for mode in ("sparse", "hybrid"):
+            with pytest.raises(SearchModeError, match="only mode 'dense'"):
+                idx.search(vecs[0], "t1", 5, score_threshold=0.5, mode=mode, text="Quorbel")
+        # a threshold without a mode means dense
+        assert idx.search_mode(None, "hybrid", 0.5) == "dense"
+        assert idx.search_mode(None, "hybrid") == "hybrid"
         with pytest.raises(SearchModeError, match="unknown search mode"):
             idx.search(vecs[0], "t1", 5, mode="fuzzy", text="Quorbel")
 

@@ -290,12 +290,7 @@ class EdgeIndex(VectorIndex):
         req = q.QueryRequest(
             limit=query.top_k,
             prefetches=[
-                q.Prefetch(
-                    limit=n,
-                    query=q.Query.Nearest(query.vector),
-                    filter=query.filter,
-                    score_threshold=query.score_threshold,
-                ),
+                q.Prefetch(limit=n, query=q.Query.Nearest(query.vector), filter=query.filter),
                 q.Prefetch(limit=n, query=lexical, filter=query.filter),
             ],
             query=q.Fusion.Rrf(k=RRF_K),

@@ -140,12 +140,7 @@ class ServerIndex(VectorIndex):
             return {**common, "query": lexical, "using": SPARSE_VECTOR}
         n = hybrid_candidates(query.top_k)
         prefetch = [
-            m.Prefetch(
-                query=query.vector,
-                filter=query.filter,
-                limit=n,
-                score_threshold=query.score_threshold,
-            ),
+            m.Prefetch(query=query.vector, filter=query.filter, limit=n),
             m.Prefetch(query=lexical, using=SPARSE_VECTOR, filter=query.filter, limit=n),
         ]
         return {**common, "prefetch": prefetch, "query": m.RrfQuery(rrf=m.Rrf(k=RRF_K))}

@@ -20,6 +20,7 @@ from semflow.app import Services
 from semflow.cache import RedisCache
 from semflow.config import Settings, mask_text
 from semflow.errors import ModelMismatchError
+from semflow.index.base import THRESHOLD_DENSE_ONLY
 from semflow.models.ranker import score_candidates, validate_weights
 from semflow.serving.auth import Principal
 from semflow.serving.batching import MicroBatcher
@@ -162,11 +163,9 @@ class Engine:
         if req.top_k > self.settings.max_top_k:
             raise Unprocessable(f"top_k must be at most {self.settings.max_top_k}")
         idx = self._index()
-        mode = idx.search_mode(req.mode, self.settings.search_mode)
-        if mode == "sparse" and req.score_threshold is not None:
-            raise Unprocessable(
-                "score_threshold bounds the dense cosine similarity; mode 'sparse' has none"
-            )
+        mode = idx.search_mode(req.mode, self.settings.search_mode, req.score_threshold)
+        if mode != "dense" and req.score_threshold is not None:
+            raise Unprocessable(THRESHOLD_DENSE_ONLY)
         return idx, mode
 
     def search(

@@ -47,7 +47,11 @@ class SearchRequest(BaseModel):
     tenant: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     top_k: int = Field(default=10, ge=1)
     score_threshold: float | None = Field(
-        default=None, ge=-1.0, le=1.0, description="A bound on the dense cosine similarity."
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="A bound on the cosine similarity: dense search only (the default mode "
+        "when this is given).",
     )
     filters: dict[str, Any] = Field(default_factory=dict)
     mode: Literal["dense", "sparse", "hybrid"] | None = Field(
