@@ -58,3 +58,24 @@ def test_two_workers_answer_and_follow_the_live_generation(tmp_path: Path, embed
         # /model reports the same generation whichever worker answers
         info = httpx.get(f"{url}/model", headers=ADMIN, timeout=30).json()
         assert info["index_generation"] == second
+
+
+@pytest.mark.parametrize(
+    ("env", "sentence"),
+    [
+        ({"SEMFLOW_WORKERS": "0"}, "SEMFLOW_WORKERS: Input should be greater than or equal to 1"),
+        (
+            {"SEMFLOW_WORKERS": "2", "SEMFLOW_INDEX_BACKEND": "server"},
+            "SEMFLOW_WORKERS=2 needs an index every process can open",
+        ),
+    ],
+)
+def test_a_bad_worker_setting_stops_the_start_with_a_sentence(
+    tmp_path: Path, env: dict[str, str], sentence: str
+) -> None:
+    with (
+        pytest.raises(RuntimeError, match="bentoml serve exited") as err,
+        serve(tmp_path / "home", tmp_path, **env),
+    ):
+        pass
+    assert sentence in str(err.value)

@@ -123,7 +123,7 @@ class Engine:
         return self.batcher.submit(texts).result()
 
     def embed_response(self, vectors: np.ndarray, encoding_format: str = "float") -> dict[str, Any]:
-        """The /embed body; render it with `serving.http.FastJSON` (the vectors stay a float32
+        """The /embed body; render it with `serving.http.json_bytes` (the vectors stay a float32
         array: orjson writes each number as the shortest text that reads back to the same
         float32, ~20x faster than Python floats through `json`)."""
         return {
