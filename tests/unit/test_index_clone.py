@@ -252,3 +252,39 @@ def test_sealed_sparse_vectors_are_shared_and_never_written(tmp_path):
     shard.optimize()
     shard.close()
     assert _hashes(src) == before
+
+
+class _Embedder:
+    """Random unit vectors under a fixed version: the sync path without the model."""
+
+    version, dimension = "fake@000000000000", DIM
+
+    def encode(self, texts):
+        v = np.random.default_rng(len(texts)).normal(size=(len(texts), DIM)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_a_small_sync_never_opens_the_live_generation(tmp_path, monkeypatch):
+    """Opening a generation loads all of it (vectors, graph, payload indexes): an incremental
+    sync reads the live embedder from its metadata and writes through its clone only."""
+    import pandas as pd
+
+    from semflow.app import Services
+    from semflow.config import load_settings
+    from semflow.sources import FieldMapping, FileSource
+    from semflow.sync import run_sync
+
+    path = tmp_path / "docs.csv"
+    rows = [{"id": i, "text": f"document number {i}"} for i in range(6)]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    src = FileSource("docs", path, FieldMapping(id="id", text="text", updated_at=None))
+    svc = Services.from_settings(load_settings(home=tmp_path / "home"), embedder=_Embedder())
+    assert run_sync(src, svc).generation == 1
+    rows += [{"id": i, "text": f"a new document {i}"} for i in range(6, 8)]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    opened: list[int] = []
+    real_open = svc.store.open_generation
+    monkeypatch.setattr(svc.store, "open_generation", lambda g: opened.append(g) or real_open(g))
+    res = run_sync(src, svc)
+    assert (res.generation, res.counts["indexed"], res.counts["points"]) == (2, 2, 8)
+    assert opened == []

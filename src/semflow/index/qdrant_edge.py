@@ -22,6 +22,7 @@ before it publishes (`IndexError_` otherwise; `tests/unit/test_index_clone.py` p
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import json
 import os
@@ -115,20 +116,34 @@ def _copy_sparse(src: Path, dst: Path) -> int:
         while pos < size:
             try:
                 start = os.lseek(fin.fileno(), pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole is left
-                break
-            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
-            off = start
-            while off < end:
-                n = os.copy_file_range(fin.fileno(), fout.fileno(), end - off, off, off)
-                if n == 0:
+                end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
+            except OSError as err:
+                if err.errno == errno.ENXIO:  # only a hole is left
                     break
-                off += n
-            copied += off - start
+                start, end = pos, size  # no hole lookup here: copy the rest as data
+            _copy_range(fin.fileno(), fout.fileno(), start, end)
+            copied += end - start
             pos = end
         fout.truncate(size)
     shutil.copystat(src, dst)
     return copied
+
+
+def _copy_range(fin: int, fout: int, start: int, end: int) -> None:
+    """Copy bytes [start, end) to the same offsets: in the kernel where the filesystem can,
+    through a buffer where it cannot (some overlay and network filesystems)."""
+    off = start
+    with contextlib.suppress(OSError):
+        while off < end:
+            n = os.copy_file_range(fin, fout, end - off, off, off)
+            if n == 0:
+                break
+            off += n
+    while off < end:
+        chunk = os.pread(fin, min(end - off, 1 << 20), off)
+        if not chunk:
+            break
+        off += os.pwrite(fout, chunk, off)
 
 
 def clone_generation(src: Path, dst: Path) -> CloneStats:
@@ -147,7 +162,12 @@ def clone_generation(src: Path, dst: Path) -> CloneStats:
             s, d = here / name, dst / rel_dir / name
             in_seg = str((rel_dir / name).relative_to(seg)) if seg is not None else ""
             if sealed and any(fnmatch.fnmatch(in_seg, pat) for pat in _SEALED_IMMUTABLE):
-                os.link(s, d)
+                try:
+                    os.link(s, d)
+                except OSError:  # a filesystem without hard links: a copy is always safe
+                    stats.copied_bytes += _copy_sparse(s, d)
+                    stats.copied_files += 1
+                    continue
                 st = d.stat()
                 stats.linked_files += 1
                 stats.linked_bytes += st.st_blocks * 512  # allocated: pages may be sparse

@@ -170,9 +170,11 @@ def _target_model(plan: SyncPlan, store: IndexStore, dimension: int) -> tuple[st
     Airflow retry of apply reuses the plan): such vectors cannot join the live generation.
     """
     if plan.mode != "full" and store.live_generation() is not None:
-        with store.open_live() as live:
-            if live.embedder_version is not None and live.embedder_version != plan.embedder_version:
-                return live.embedder_version, live.dimension, True
+        # From the generation's metadata: opening it would load the whole index, every sync.
+        live_version = store.live_embedder_version()
+        if live_version is not None and live_version != plan.embedder_version:
+            with store.open_live() as live:
+                return live_version, live.dimension, True
     return plan.embedder_version, dimension, False
 
 
