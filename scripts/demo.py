@@ -153,7 +153,8 @@ def where_to_look(s, port: int, champion: str | None) -> str:
     rows = [
         (
             "Airflow",
-            f"AIRFLOW_HOME={airflow_home} make airflow  ->  http://127.0.0.1:8080/dags "
+            f"SEMFLOW_HOME={s.home} AIRFLOW_HOME={airflow_home} make airflow  ->  "
+            "http://127.0.0.1:8080/dags "
             "(the demo's DAG runs, graphs, logs; trigger sync_documents from its form)",
         ),
         (
