@@ -59,7 +59,7 @@ def local_airflow(home: Path, components: str, **env: str) -> Iterator[tuple[str
     try:
         # Parsing seven DAG files takes a minute on a quiet 2-core machine, several when
         # the machine is shared; a broken start still fails fast (the script exits).
-        deadline = time.monotonic() + 360
+        deadline = time.monotonic() + 600
         listed: set[str] = set()
         while time.monotonic() < deadline and proc.poll() is None:
             try:

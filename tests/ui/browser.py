@@ -58,7 +58,7 @@ def chromium(profile: Path, width: int = 1400, height: int = 1000) -> Iterator[A
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     driver.implicitly_wait(20)  # the React UIs render after their API calls answer
-    driver.set_page_load_timeout(60)
+    driver.set_page_load_timeout(180)
     try:
         yield driver
     finally:
