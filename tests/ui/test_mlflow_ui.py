@@ -74,9 +74,9 @@ def registered(mlflow_url, tmp_path_factory):
         get_settings.cache_clear()
         try:
             s = get_settings()
-            params = load_pipeline_params(
-                overrides={**small_overrides(), "finetune.enabled": False}
-            )
+            # No fine-tune and a small drift sample: what is looked at is the registry.
+            cheap = {"finetune.enabled": False, "validate.drift.sample": 100}
+            params = load_pipeline_params(overrides={**small_overrides(), **cheap})
             paths = Paths(tmp / "work")
             run_stage("snapshot", paths, params, s, source=small_source(tmp))
             out = run_pipeline(paths, params, s, stages=STAGES[1:])
