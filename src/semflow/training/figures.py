@@ -40,7 +40,8 @@ def confusion_figure(confusion_csv: Path) -> Figure:
     m = counts.to_numpy(dtype=float)
     m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
     n = len(labels)
-    side = min(max(4.0, 0.13 * n + 2.5), 13.0)
+    # Room for the tick labels (Banking77 intents run to 40 characters) at any label count.
+    side = min(max(8.0, 0.13 * n + 2.5), 13.0)
     # Long label lists get small ticks: 77 Banking77 intents must stay readable at 13 in.
     font = 8 if n <= 20 else max(3.5, 520 / (n * 8))
     fig = Figure(figsize=(side, side), layout="constrained")
