@@ -23,8 +23,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as resp:
+def get_json(url: str, timeout: float = 5) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read())
 
 
@@ -57,7 +57,9 @@ def local_airflow(home: Path, components: str, **env: str) -> Iterator[tuple[str
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        # Parsing seven DAG files takes a minute on a quiet 2-core machine, several when
+        # the machine is shared; a broken start still fails fast (the script exits).
+        deadline = time.monotonic() + 600
         listed: set[str] = set()
         while time.monotonic() < deadline and proc.poll() is None:
             try:

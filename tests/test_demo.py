@@ -40,6 +40,7 @@ def test_demo_quick_runs_serves_and_then_is_cached(tmp_path: Path) -> None:
     for route in ("embed", "similarity", "search", "classify", "rank", "labels", "model"):
         assert "curl -s http://127.0.0.1:" in first and f"/{route} " in first, route
     assert "every example request answered 200" in first
+    _points_at_every_ui(first)
     assert (tmp_path / "bentoml" / "bentos" / "semflow").is_dir()
 
     second = _demo(env, "--no-serve")
@@ -47,3 +48,15 @@ def test_demo_quick_runs_serves_and_then_is_cached(tmp_path: Path) -> None:
         "train_models DAG: cached" in second
         and "register_model DAG: cached (champion v1)" in second
     )
+    _points_at_every_ui(second)
+
+
+def _points_at_every_ui(out: str) -> None:
+    """Both runs end with where to look: Airflow, MLflow, the Bento's /docs, the plots."""
+    where = out.split("Where to look:", 1)[1]
+    assert "make airflow" in where and "/dags" in where
+    assert "mlflow ui --backend-store-uri" in where and "#/models/semflow/versions/1" in where
+    assert "/docs" in where
+    pictures = [Path(p) for p in where.split("plots", 1)[1].split("\n", 1)[0].split()]
+    assert {p.name for p in pictures} == {"confusion_matrix.png", "per_class_f1.png"}
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pictures)

@@ -106,6 +106,9 @@ def register(
         from semflow.training.lineage import lineage_tags, log_lineage_files
 
         log_lineage_files(paths)
+        from semflow.training.figures import log_evaluation
+
+        log_evaluation(paths)  # confusion matrix, per-class F1, metrics table: evaluation/
         tags = lineage_tags(
             paths,
             run_id=run.info.run_id,
