@@ -65,6 +65,10 @@ def airflow_url(tmp_path_factory):
         # Unpausing from the trigger form must not also start the hourly schedule's latest
         # interval (on the full sample); runs come from the form only.
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        # One api-server worker answers the tasks' heartbeats while they embed on the same
+        # cores: on a busy runner the default 5 s timeout x 3 tries kills healthy tasks.
+        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
+        "AIRFLOW__WORKERS__MAX_FAILED_HEARTBEATS": "10",
     }
     # The scheduler runs the tasks (LocalExecutor); no deferrable task needs a triggerer.
     with local_airflow(home, "scheduler dag-processor", **env) as (url, _):
