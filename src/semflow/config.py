@@ -49,7 +49,14 @@ class Settings(BaseSettings):
         default="torch", description="torch, or onnxruntime on an fp32 / int8 ONNX export."
     )
     embed_batch_size: int = Field(default=64, ge=1, le=4096)
-    max_text_chars: int = Field(default=4000, ge=16)
+    max_text_chars: int = Field(
+        default=4000, ge=16, description="Longest text a request may send (413 past it)."
+    )
+    # A document is split into chunks, so its length is not bounded by the model's window:
+    # past this it is cut and flagged `truncated` (a guard against runaway rows, not a window).
+    max_document_chars: int = Field(
+        default=200_000, ge=16, description="Longest document a sync indexes whole."
+    )
     sync_partition_size: int = Field(default=2000, ge=1)
     # Long documents (semflow.chunking): overlapping windows of the embedder's tokens, each
     # one point. Capped at the model's window (256 tokens for MiniLM, special tokens included).

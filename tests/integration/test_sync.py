@@ -218,7 +218,7 @@ def test_source_down_fails_clearly_and_marks_nothing(semflow_home, embedder):
 
 
 def test_bad_documents_never_stop_the_batch(pg_engine, semflow_home, embedder, monkeypatch):
-    monkeypatch.setenv("SEMFLOW_MAX_TEXT_CHARS", "50")
+    monkeypatch.setenv("SEMFLOW_MAX_DOCUMENT_CHARS", "50")
     get_settings.cache_clear()
     t = PgTable(pg_engine)
     try:

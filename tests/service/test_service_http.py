@@ -353,7 +353,7 @@ def test_search_finds_a_long_documents_last_chunk_once(
     server, home = svc
     path = tmp_path / "long.jsonl"
     path.write_text(json.dumps({"id": "long", "text": long_text(20_000), "tenant": "bank"}))
-    s = load_settings(home=home, max_text_chars=30_000)
+    s = load_settings(home=home)
     src = FileSource("long", path, FieldMapping(updated_at=None, tenant="tenant"))
     gen = run_sync(src, Services.from_settings(s, embedder=embedder)).generation
     deadline = time.monotonic() + 10

@@ -162,7 +162,7 @@ def plan_sync(
         ):
             skipped += 1
             continue
-        error, text, cut = check_text(doc, s.max_text_chars)
+        error, text, cut = check_text(doc, s.max_document_chars)
         if error:
             failed.append({**doc.to_json(), "error": error})
             continue
