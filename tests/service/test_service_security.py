@@ -347,6 +347,7 @@ def _bodies(route: str):
                 "top_k": top,
                 "filters": filters,
                 "score_threshold": odd(st.none() | st.floats(min_value=-1, max_value=1)),
+                "mode": odd(st.sampled_from(["dense", "sparse", "hybrid"])),
             },
         ),
         "/classify": ({"texts": texts}, {"top_k": top, "tenant": odd(st.just("bank"))}),

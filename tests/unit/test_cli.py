@@ -46,8 +46,17 @@ def test_sync_then_search_returns_sensible_neighbours(env):
     counts = json.loads(r.stdout)["counts"]
     assert counts["indexed"] == counts["points"] > 800
 
+    # neighbours by meaning: dense (the default, hybrid, trades some of it for exact words)
     r = run(
-        env, "search", "I still have not received my new card", "--tenant", "bank", "--top-k", "5"
+        env,
+        "search",
+        "I still have not received my new card",
+        "--tenant",
+        "bank",
+        "--top-k",
+        "5",
+        "--mode",
+        "dense",
     )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
