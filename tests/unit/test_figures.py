@@ -51,6 +51,20 @@ def test_metrics_table_has_a_row_per_metric() -> None:
     ]
 
 
+def test_metrics_table_reads_the_nested_and_named_sections_of_evaluate_json() -> None:
+    """evaluate.json holds deeper sections (the int8 guard's `backends`) and names beside the
+    numbers: every number is a row under its path, a name is no metric."""
+    evaluated = {
+        "backends": {"pipeline": "torch", "fp32": {"classifier": {"accuracy": 0.93}}},
+        "open_set": {"auroc": 0.91, "held_out": 27},
+    }
+    assert metrics_table(evaluated).to_dict("records") == [
+        {"section": "backends", "metric": "fp32.classifier.accuracy", "value": 0.93},
+        {"section": "open_set", "metric": "auroc", "value": 0.91},
+        {"section": "open_set", "metric": "held_out", "value": 27.0},
+    ]
+
+
 def test_readme_pictures_are_what_scripts_plots_draws_from_the_committed_csvs(
     tmp_path: Path,
 ) -> None:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from semflow.training.common import flatten
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -94,14 +96,14 @@ def write_figures(plots_dir: Path, out_dir: Path, dpi: int = 100) -> dict[str, P
 
 
 def metrics_table(metrics: dict) -> pd.DataFrame:
-    """evaluate.json as rows of (section, metric, value), the table MLflow shows."""
-    rows = [
-        (section, name, float(value))
-        for section, values in metrics.items()
-        if isinstance(values, dict)
-        for name, value in values.items()
-    ]
-    rows += [("", k, float(v)) for k, v in metrics.items() if isinstance(v, int | float)]
+    """evaluate.json as rows of (section, metric, value), the table MLflow shows; nested
+    sections (`backends.fp32.classifier.accuracy`) keep their path in the metric's name."""
+    rows = []
+    for key, value in flatten(metrics).items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue  # names and verdict labels, not metrics
+        section, name = key.split(".", 1) if "." in key else ("", key)
+        rows.append((section, name, float(value)))
     return pd.DataFrame(rows, columns=["section", "metric", "value"])
 
 
