@@ -51,15 +51,20 @@ def test_every_panel_has_data_after_traffic(tmp_path, embedder):
 
 
 def test_prometheus_scrapes_the_port_and_path_the_bento_serves():
+    """Prometheus scrapes every Bento replica (Docker's DNS gives each one's address), on the
+    port the Bento listens on, not the load balancer in front of them."""
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     prom = yaml.safe_load((REPO / "docker/prometheus/prometheus.yml").read_text())
     job = {j["job_name"]: j for j in prom["scrape_configs"]}["semflow-bento"]
-    host, port = job["static_configs"][0]["targets"][0].split(":")
+    (sd,) = job["dns_sd_configs"]
+    (host,) = sd["names"]
+    port = str(sd["port"])
     bento = compose["services"][host]
     # the container port the Bento listens on: `--port` in its command, else BentoML's 3000
     cmd = bento.get("command") or []
     cmd = cmd.split() if isinstance(cmd, str) else cmd
     served = cmd[cmd.index("--port") + 1] if "--port" in cmd else "3000"
     assert port == str(served)
-    assert any(str(p).split(":")[-1] == served for p in bento.get("ports", []))
+    assert served in [str(p).split(":")[-1] for p in bento.get("expose", [])]
+    assert "bento-lb" not in (host, *sd["names"])  # the balancer would hide all but one
     assert job.get("metrics_path", "/metrics") == "/metrics"
