@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from semflow.config import SAMPLE_DIR, get_settings
     from semflow.embedding import resolve_embedder
-    from semflow.models.finetune import finetune
     from semflow.models.openset import open_set_split
     from semflow.training.params import load_pipeline_params
+    from semflow.training.stages.finetune import finetune_as
 
     params, s = load_pipeline_params(), get_settings()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="semflow-oos-"))
@@ -148,22 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         epochs = args.epochs or f.epochs
         keep = ~np.isin(y["train"], held)
         t0 = time.perf_counter()
-        res = finetune(
+        res = finetune_as(
+            f,
             s.base_embedder_dir,
             tr["text"].to_numpy()[i_tr][keep].tolist(),
             y["train"][keep].tolist(),
             work / "embedder",
-            loss=f.loss,
-            epochs=epochs,
-            batch_size=f.batch_size,
-            lr=f.lr,
-            warmup_ratio=f.warmup_ratio,
-            max_pairs=f.max_pairs,
-            max_seq_length=f.max_seq_length,
-            scale=f.scale,
-            margin=f.margin,
-            freeze_layers=f.freeze_layers,
             seed=seed,
+            epochs=epochs,
         )
         seconds["finetune"] = round(time.perf_counter() - t0, 1)
         tuned = resolve_embedder(s, model_dir=res.output_dir, name="oos-inscope", batch_size=128)

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -129,7 +128,7 @@ def peer(tmp: Path, timeout_s: float = 900) -> Iterator[tuple[str, str] | None]:
     """The peer serving on a free port: yields (base URL, model id), or None without it."""
     import httpx
 
-    from tests.helpers import free_port
+    from tests.helpers import free_port, stop_group
 
     script = peer_script()
     if script is None:
@@ -158,13 +157,7 @@ def peer(tmp: Path, timeout_s: float = 900) -> Iterator[tuple[str, str] | None]:
             time.sleep(1)
         yield url, r.json()["data"][0]["id"]
     finally:
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         log.close()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -12,6 +11,8 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.helpers import stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 DAG_IDS = sorted(p.stem for p in (REPO / "dags").glob("*.py") if not p.name.startswith("_"))
@@ -73,13 +74,5 @@ def local_airflow(home: Path, components: str, **env: str) -> Iterator[tuple[str
             raise RuntimeError(f"DAGs not listed in time (got {sorted(listed)}):\n{logs(home)}")
         yield url, full
     finally:
-        stop_at = time.monotonic() + 20
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            while proc.poll() is None and time.monotonic() < stop_at:
-                time.sleep(0.2)
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_group(proc)
         log.close()

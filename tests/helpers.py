@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+from contextlib import suppress
 
 PG_URL = os.environ.get("SEMFLOW_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("SEMFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -59,6 +62,17 @@ FACT = "The access code for the Nightingale vault is 7419."
 FACT_QUERY = "What is the access code of the Nightingale vault?"
 _PLANTS = ["tomatoes", "roses", "tulips", "basil", "carrots", "lavender", "beans", "mint"]
 _PLACES = ["the old fence", "the south wall", "the pond", "the shed", "the orchard"]
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 20) -> None:
+    """SIGTERM `proc`'s process group (started with start_new_session), SIGKILL after grace."""
+    with suppress(ProcessLookupError):  # it may have exited on its own (a failed start)
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def garden_prose(sentences: int, start: int = 0) -> str:

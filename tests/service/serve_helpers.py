@@ -5,17 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-from tests.helpers import free_port
+from tests.helpers import free_port, stop_group
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = {"admin": "admin-key-0123", "bank": "bank-key-4567", "other": "other-key-8901"}
@@ -97,13 +96,7 @@ def serve(
             time.sleep(0.5)
         yield url
     finally:
-        with suppress(ProcessLookupError):  # it may have exited on its own (a failed start)
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         log.close()
 
 

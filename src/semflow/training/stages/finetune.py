@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import shutil
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from semflow.config import Settings, get_settings
 from semflow.training.common import Paths, read_split, write_json
-from semflow.training.params import PipelineParams
+from semflow.training.params import FinetuneParams, PipelineParams
+
+if TYPE_CHECKING:
+    from semflow.models.finetune import FinetuneResult
 
 
 def finetune(
@@ -28,24 +33,13 @@ def finetune(
         info = {"finetuned": False, "base_model": s.embedder_name}
         write_json(out / "embedder.json", info)
         return info
-    from semflow.models.finetune import finetune as run_finetune
-
     train = read_split(paths, "train")
-    res = run_finetune(
+    res = finetune_as(
+        p,
         s.base_embedder_dir,
         train["text"].tolist(),
         train["label"].tolist(),
         out / "model",
-        loss=p.loss,
-        epochs=p.epochs,
-        batch_size=p.batch_size,
-        lr=p.lr,
-        warmup_ratio=p.warmup_ratio,
-        max_pairs=p.max_pairs,
-        max_seq_length=p.max_seq_length,
-        scale=p.scale,
-        margin=p.margin,
-        freeze_layers=p.freeze_layers,
         seed=params.base.seed,
     )
     info = {
@@ -60,3 +54,35 @@ def finetune(
     write_json(out / "embedder.json", info)
     write_json(paths.metrics / "finetune.json", info)
     return info
+
+
+def finetune_as(
+    p: FinetuneParams,
+    base_model_dir: Path,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    output_dir: Path,
+    *,
+    seed: int,
+    epochs: int | None = None,
+) -> FinetuneResult:
+    """The fine-tune that params.yaml's `finetune` section describes (`epochs` overrides it)."""
+    from semflow.models.finetune import finetune as run_finetune
+
+    return run_finetune(
+        base_model_dir,
+        texts,
+        labels,
+        output_dir,
+        loss=p.loss,
+        epochs=epochs or p.epochs,
+        batch_size=p.batch_size,
+        lr=p.lr,
+        warmup_ratio=p.warmup_ratio,
+        max_pairs=p.max_pairs,
+        max_seq_length=p.max_seq_length,
+        scale=p.scale,
+        margin=p.margin,
+        freeze_layers=p.freeze_layers,
+        seed=seed,
+    )
