@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -223,7 +225,9 @@ def serve(port: int, key: str, key_hash: str, banner: str, smoke: bool = False) 
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "src")])
     exe = Path(sys.executable).with_name("bentoml")
     cmd = [str(exe), "serve", "bentos.service:Semflow", "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env)
+    # Its own process group, so that stopping it stops bentoml's worker processes too: an
+    # orphaned worker would keep serving the port and hold this script's stdout open.
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -250,9 +254,21 @@ def serve(port: int, key: str, key_hash: str, banner: str, smoke: bool = False) 
     except KeyboardInterrupt:
         pass
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(20)
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group, then SIGKILL whatever of it is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    with suppress(ProcessLookupError):  # workers that outlived the server
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def main() -> None:
