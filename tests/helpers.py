@@ -75,6 +75,30 @@ def stop_group(proc: subprocess.Popen, grace_s: float = 20) -> None:
         proc.wait()
 
 
+def run_tree(
+    cmd: list[str], *, timeout: float, **kwargs: object
+) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run(cmd, capture_output=True, text=True)` whose whole process tree ends
+    with it. On a timeout, or when pytest-timeout interrupts the test, the command's children
+    (dvc's stage scripts, bentoml's workers) are killed too: left running, they would slow
+    every later test on a 2-core runner and make it time out in turn."""
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    with proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        finally:
+            with suppress(ProcessLookupError):  # the group is gone once everyone exited
+                os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def garden_prose(sentences: int, start: int = 0) -> str:
     """Plain prose about a garden, nothing like FACT: filler for long documents."""
     return " ".join(

@@ -4,12 +4,12 @@ every printed example with 200, and a second run that reuses what is cached."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_tree
 from tests.service.serve_helpers import free_port
 
 pytestmark = pytest.mark.slow
@@ -17,12 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _demo(env: dict, *args: str) -> str:
-    proc = subprocess.run(
+    proc = run_tree(
         [sys.executable, str(REPO / "scripts" / "demo.py"), "--quick", *args],
         cwd=REPO,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=1200,
     )
     out = proc.stdout + proc.stderr

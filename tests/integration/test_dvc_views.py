@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from tests.helpers import run_tree
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -21,9 +22,7 @@ DVC = str(Path(sys.executable).with_name("dvc"))
 def _dvc(*args: str, cwd: Path = REPO) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env["DVC_NO_ANALYTICS"] = "1"
-    proc = subprocess.run(
-        [DVC, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300
-    )
+    proc = run_tree([DVC, *args], cwd=cwd, env=env, timeout=300)
     assert proc.returncode == 0, f"dvc {' '.join(args)}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
     return proc.stdout
 

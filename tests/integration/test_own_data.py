@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import uuid
 from itertools import product
@@ -18,7 +17,7 @@ import pytest
 import yaml
 
 from semflow.errors import SemflowError
-from tests.helpers import PG_URL
+from tests.helpers import PG_URL, run_tree
 from tests.integration.test_pipeline import _dvc, _ran, _run, _tracked_copy
 from tests.service.serve_helpers import ADMIN, serve
 
@@ -180,9 +179,7 @@ def _sources_file(tmp: Path, table: str) -> Path:
 
 def _semflow(*args: str) -> str:
     exe = Path(sys.executable).with_name("semflow")
-    proc = subprocess.run(
-        [str(exe), *args], capture_output=True, text=True, env=os.environ, timeout=300
-    )
+    proc = run_tree([str(exe), *args], env=os.environ, timeout=300)
     assert proc.returncode == 0, f"semflow {' '.join(args)}: {proc.stdout[-2000:]}{proc.stderr}"
     return proc.stdout
 

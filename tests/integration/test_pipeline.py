@@ -26,6 +26,7 @@ from semflow.training import (
     run_stage,
 )
 from semflow.validation import ValidationFailed
+from tests.helpers import run_tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -283,9 +284,7 @@ def moto_s3(monkeypatch: pytest.MonkeyPatch):
 
 
 def _run(cwd: Path, *args: str) -> str:
-    proc = subprocess.run(
-        args, cwd=cwd, capture_output=True, text=True, env=os.environ, timeout=120
-    )
+    proc = run_tree(list(args), cwd=cwd, env=os.environ, timeout=120)
     assert proc.returncode == 0, f"{' '.join(args)} failed: {proc.stderr[-1500:]}"
     return proc.stdout
 
@@ -338,9 +337,7 @@ def _tracked_copy(dst: Path) -> None:
 
 def _dvc(repo: Path, *args: str) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(
-        [DVC, *args], cwd=repo, capture_output=True, text=True, env=env, timeout=600
-    )
+    proc = run_tree([DVC, *args], cwd=repo, env=env, timeout=600)
     assert proc.returncode == 0, f"dvc {' '.join(args)}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
     return proc.stdout + proc.stderr
 

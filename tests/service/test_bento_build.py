@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.helpers import run_tree
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -18,14 +19,7 @@ pytestmark = pytest.mark.slow
 def test_bentoml_build(tmp_path: Path) -> None:
     env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "True"}
     exe = Path(sys.executable).with_name("bentoml")
-    proc = subprocess.run(
-        [str(exe), "build", "--output", "tag", "."],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_tree([str(exe), "build", "--output", "tag", "."], cwd=REPO, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     bentos = list((tmp_path / "bentos" / "semflow").iterdir())
     bentos = [b for b in bentos if b.is_dir()]

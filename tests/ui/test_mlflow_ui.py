@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.airflow_local import free_port
+from tests.helpers import stop_group
 from tests.ui.browser import chromium, missing, screenshot, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -36,7 +37,9 @@ def mlflow_url(tmp_path_factory):
     cmd += ["--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}"]
     cmd += ["--artifacts-destination", str(home / "artifacts")]
     log = (home / "mlflow.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=home)
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, cwd=home, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -52,11 +55,7 @@ def mlflow_url(tmp_path_factory):
         wait_for("mlflow server /health", up, 600)  # 15 s on CI, minutes on a loaded machine
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_group(proc)  # the server's uvicorn worker too
         log.close()
 
 

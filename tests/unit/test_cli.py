@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -14,6 +13,7 @@ import pandas as pd
 import pytest
 
 from semflow.config import SAMPLE_DIR
+from tests.helpers import run_tree
 
 EXE = str(Path(sys.executable).with_name("semflow"))
 
@@ -36,7 +36,7 @@ def env(tmp_path_factory):
 
 
 def run(env, *args):
-    return subprocess.run([EXE, *args], capture_output=True, text=True, env=env, timeout=600)
+    return run_tree([EXE, *args], env=env, timeout=600)
 
 
 @pytest.mark.slow
