@@ -101,28 +101,51 @@ class Catalog:
 
     # -- reads ---------------------------------------------------------------
     def states(self, source: str, doc_ids: Iterable[str]) -> dict[str, DocState]:
+        """The stored state of each of these documents that the catalog has a row for."""
         ids = list(doc_ids)
-        out: dict[str, DocState] = {}
+        if not ids:
+            return {}
         with self.engine.connect() as conn:
-            for i in range(0, len(ids), 900):
-                q = sa.select(
-                    documents.c.doc_id,
-                    documents.c.content_hash,
-                    documents.c.embedder_version,
-                    documents.c.status,
-                    documents.c.attempts,
-                    documents.c.source_updated_at,
-                ).where(documents.c.source == source, documents.c.doc_id.in_(ids[i : i + 900]))
-                for r in conn.execute(q):
-                    out[r.doc_id] = DocState(
-                        r.doc_id,
-                        r.content_hash,
-                        r.embedder_version,
-                        r.status,
-                        r.attempts,
-                        _utc(r.source_updated_at),
-                    )
-        return out
+            q = sa.select(
+                documents.c.doc_id,
+                documents.c.content_hash,
+                documents.c.embedder_version,
+                documents.c.status,
+                documents.c.attempts,
+                documents.c.source_updated_at,
+            ).where(documents.c.source == source, _id_in(conn, ids))
+            return {
+                r.doc_id: DocState(
+                    r.doc_id,
+                    r.content_hash,
+                    r.embedder_version,
+                    r.status,
+                    r.attempts,
+                    _utc(r.source_updated_at),
+                )
+                for r in conn.execute(q).all()
+            }
+
+    def fingerprints(
+        self, source: str, doc_ids: Iterable[str] | None = None
+    ) -> dict[str, tuple[str, str | None, str | None]]:
+        """(status, content_hash, embedder_version) of each of these documents (None: of all
+        the source's) that the catalog has a row for: what a plan compares. A no-change sync
+        of a large source looks up every one of its documents, so this is one statement and
+        plain tuples."""
+        ids = None if doc_ids is None else list(doc_ids)
+        if ids == []:
+            return {}
+        with self.engine.connect() as conn:
+            q = sa.select(
+                documents.c.doc_id,
+                documents.c.status,
+                documents.c.content_hash,
+                documents.c.embedder_version,
+            ).where(documents.c.source == source)
+            if ids is not None:
+                q = q.where(_id_in(conn, ids))
+            return {r[0]: (r[1], r[2], r[3]) for r in _driver_rows(conn, q)}
 
     def ids(self, source: str, statuses: Iterable[str]) -> set[str]:
         q = sa.select(documents.c.doc_id).where(
@@ -290,6 +313,38 @@ class Catalog:
 
 
 _DEFAULTS: dict[str, Any] = {"attempts": 0, "truncated": False, "last_error": None}
+
+
+# Up to this many ids go in an IN list (one bound parameter each, under SQLite's limit of
+# 999 in old builds); more travel as one array parameter: one statement for a whole source
+# instead of one per 900 ids, and nothing compiled per id.
+_IN_LIST_MAX = 900
+
+
+def _id_in(conn: sa.Connection, ids: list[str]) -> sa.ColumnElement[bool]:
+    """`doc_id IN ids` for `conn`'s database."""
+    if len(ids) <= _IN_LIST_MAX:
+        return documents.c.doc_id.in_(ids)
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        arr = sa.bindparam("doc_ids", ids, type_=ARRAY(sa.String))
+        return documents.c.doc_id.in_(sa.select(sa.func.unnest(arr)))
+    # SQLite: a JSON array, unpacked by json_each (built in since 3.38; JSON1 before)
+    values = sa.func.json_each(sa.bindparam("doc_ids", json.dumps(ids)))
+    return documents.c.doc_id.in_(sa.select(sa.column("value")).select_from(values))
+
+
+def _driver_rows(conn: sa.Connection, q: sa.Select[Any]) -> list[tuple[Any, ...]]:
+    """The rows of `q` as the driver's own tuples, fetched from the result's DBAPI cursor:
+    SQLAlchemy's Row objects cost more than the query itself for 100k rows. Nothing is
+    converted, so `q` must select columns the driver returns as they are (strings, integers;
+    not SQLite's dates, which are stored as text)."""
+    result = conn.execute(q)
+    try:
+        return list(result.cursor.fetchall())
+    finally:
+        result.close()
 
 
 def _failed_before(older_than: datetime) -> sa.ColumnElement[bool]:

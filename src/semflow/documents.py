@@ -5,9 +5,26 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
+
+
+def _hash_json() -> Callable[[Any], str]:
+    """json.dumps(obj, sort_keys=True, default=str, ensure_ascii=False), the content hash's
+    JSON (other options would change every stored hash), made once: json.dumps builds its
+    encoder anew on every call, which cost more than the encoding of a short document."""
+    if c_make_encoder is None:  # pragma: no cover - CPython has the C encoder
+        return json.JSONEncoder(sort_keys=True, default=str, ensure_ascii=False).encode
+    # What JSONEncoder.iterencode builds for those options (no circular check: a document's
+    # fields come from JSON-like records and cannot contain themselves).
+    encode = c_make_encoder(None, str, encode_basestring, None, ": ", ", ", True, False, True)
+    return lambda obj: "".join(encode(obj, 0))
+
+
+_HASH_JSON = _hash_json()
 
 # Fixed namespace so ids are stable across machines and versions.
 NAMESPACE = uuid.UUID("6f1c2a8e-5b0d-4c1e-9a55-3c2f7e9d0b41")
@@ -62,14 +79,18 @@ class Document:
 
     @property
     def content_hash(self) -> str:
-        """sha256 over everything that ends up in the index (not updated_at)."""
-        body = json.dumps(
-            [self.tenant, self.type, self.title, self.text, list(self.labels), self.metadata],
-            sort_keys=True,
-            default=str,
-            ensure_ascii=False,
+        """sha256 over everything that ends up in the index (not updated_at); computed once
+        per Document (its fields are frozen), kept beside them (not a field: no eq, no repr)."""
+        cached = self.__dict__.get("_content_hash")
+        if cached is not None:
+            return cached
+        body = _HASH_JSON(
+            [self.tenant, self.type, self.title, self.text, list(self.labels), self.metadata]
         )
-        return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
+        digest = hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
+        # by hand: functools.cached_property takes a lock on every read before Python 3.12
+        self.__dict__["_content_hash"] = digest
+        return digest
 
     def payload(
         self, embedder_version: str, truncated: bool = False, chunk_no: int = 0, chunks: int = 1

@@ -128,3 +128,37 @@ def test_a_catalog_from_before_the_rename_is_upgraded_in_place_sqlite(tmp_path):
 def test_a_catalog_from_before_the_rename_is_upgraded_in_place_postgres():
     with _new_postgres_database() as url:
         _legacy_upgrade(url)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_many_documents_are_looked_up_in_one_statement(tmp_path, backend):
+    from datetime import UTC, datetime
+
+    from semflow.catalog import INDEXED
+    from semflow.documents import Document
+    from semflow.sync.rows import row
+
+    url = f"sqlite:///{tmp_path}/catalog.db" if backend == "sqlite" else PG_URL
+    cat, source = Catalog(url), f"lookup-{uuid.uuid4().hex[:8]}"
+    when = datetime(2026, 1, 2, 3, tzinfo=UTC)
+    names = [str(i) for i in range(1990)] + ["o'brien", 'say "hi"', "ünï", "a,b", "[1]", " "]
+    docs = [Document(source, i, f"text {i}", updated_at=when) for i in names]
+    run_id = cat.start_run(source, (None, None), "full")
+    with cat.transaction() as conn:
+        cat.record([row(d, INDEXED, "v1", 1, run_id) for d in docs], conn)
+    seen: list[str] = []
+    sa.event.listen(cat.engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
+    try:
+        wanted = [*names, "missing", "1990"]
+        fingerprints = cat.fingerprints(source, wanted)
+        states = cat.states(source, wanted)
+        assert len([s for s in seen if "sf_documents" in s]) == 2  # one each, 2000 ids
+        assert set(fingerprints) == set(states) == set(names)
+        assert all(fingerprints[d.doc_id] == (INDEXED, d.content_hash, "v1") for d in docs)
+        assert all(states[d.doc_id].content_hash == d.content_hash for d in docs)
+        assert {s.source_updated_at for s in states.values()} == {when}
+        assert cat.fingerprints(source, []) == cat.states(source, []) == {}
+    finally:
+        with sa.create_engine(url).begin() as conn:
+            for table in ("sf_documents", "sf_sync_runs"):
+                conn.execute(sa.text(f"DELETE FROM {table} WHERE source = :s"), {"s": source})

@@ -58,3 +58,32 @@ def test_to_utc_normalises():
 def test_bad_setting_names_the_variable(env, value, needle):
     with pytest.raises(SettingsError, match=needle):
         load_settings(**{env: value})
+
+
+def test_content_hash_is_sha256_of_the_sorted_json_every_stored_hash_was_made_with():
+    # The hash is computed with a prebuilt encoder: it must stay byte for byte what
+    # json.dumps(sort_keys, default=str, ensure_ascii=False) gives, or every stored hash
+    # would mismatch and a re-sync would re-embed the whole source.
+    import hashlib
+    import json
+
+    doc = Document(
+        "s",
+        "1",
+        'héllo "wörld" \n\t\u2028 \ud800',
+        "ten",
+        "kind",
+        "ti",
+        ("b", "a"),
+        {"z": 1, "a": [1.5, None, True], "when": datetime(2026, 1, 2, tzinfo=UTC), "n": {"y": 2}},
+    )
+    body = json.dumps(
+        [doc.tenant, doc.type, doc.title, doc.text, list(doc.labels), doc.metadata],
+        sort_keys=True,
+        default=str,
+        ensure_ascii=False,
+    )
+    want = hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
+    assert doc.content_hash == want
+    assert doc.content_hash == want  # the cached value
+    assert Document.from_json(doc.to_json()) == doc  # the cache is no field

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -74,26 +74,43 @@ class Source(ABC):
         self.mapping = mapping or FieldMapping()
 
     def to_document(self, rec: Mapping[str, Any], row: int | None = None) -> Document:
+        """The Document of one record (`row`: its row number, for `id: "@row"`)."""
+        return self.converter()(rec, row)
+
+    def converter(self) -> Callable[[Mapping[str, Any], int | None], Document]:
+        """`to_document` with the mapping read once: extracting a large source converts every
+        record, and the per-record cost is what a no-change sync of it pays."""
         m = self.mapping
-        if m.id == "@row":
-            doc_id = str(row)
-        else:
-            if rec.get(m.id) is None:
-                raise SourceError(f"source {self.name!r}: a record has no id field {m.id!r}")
-            doc_id = str(rec[m.id])
-        text = rec.get(m.text)
-        return Document(
-            source=self.name,
-            doc_id=doc_id,
-            text="" if text is None else str(text),
-            tenant=str(rec.get(m.tenant) or m.tenant_value) if m.tenant else m.tenant_value,
-            type=str(rec.get(m.type) or m.type_value) if m.type else m.type_value,
-            title=str(rec.get(m.title) or "") if m.title else "",
-            labels=_labels(rec.get(m.labels)) if m.labels else (),
-            metadata={k: _plain(rec.get(k)) for k in m.metadata},
-            updated_at=to_utc(rec.get(m.updated_at)) if m.updated_at else None,
-            deleted=bool(rec.get(m.deleted)) if m.deleted else False,
-        )
+        name, id_col, text_col = self.name, m.id, m.text
+        tenant_col, tenant_value = m.tenant, m.tenant_value
+        type_col, type_value = m.type, m.type_value
+        title_col, labels_col, meta_cols = m.title, m.labels, tuple(m.metadata)
+        ts_col, deleted_col = m.updated_at, m.deleted
+
+        def convert(rec: Mapping[str, Any], row: int | None = None) -> Document:
+            get = rec.get
+            if id_col == "@row":
+                doc_id = str(row)
+            else:
+                value = get(id_col)
+                if value is None:
+                    raise SourceError(f"source {name!r}: a record has no id field {id_col!r}")
+                doc_id = str(value)
+            text = get(text_col)
+            return Document(
+                source=name,
+                doc_id=doc_id,
+                text="" if text is None else str(text),
+                tenant=str(get(tenant_col) or tenant_value) if tenant_col else tenant_value,
+                type=str(get(type_col) or type_value) if type_col else type_value,
+                title=str(get(title_col) or "") if title_col else "",
+                labels=_labels(get(labels_col)) if labels_col else (),
+                metadata={k: _plain(get(k)) for k in meta_cols} if meta_cols else {},
+                updated_at=to_utc(get(ts_col)) if ts_col else None,
+                deleted=bool(get(deleted_col)) if deleted_col else False,
+            )
+
+        return convert
 
     @abstractmethod
     def extract(self, start: datetime | None, end: datetime | None) -> Iterator[Document]:

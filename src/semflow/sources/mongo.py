@@ -51,8 +51,9 @@ class MongoSource(Source):
             rng["$gte"] = self._naive(start)
         if ts and end is not None:
             rng["$lt"] = self._naive(end)
+        to_document = self.converter()
         for rec in self._find({ts: rng} if rng else {}):
-            yield self.to_document(rec)
+            yield to_document(rec)
 
     def _id_values(self, doc_ids: list[str]) -> list[Any]:
         if self.mapping.id != "_id":

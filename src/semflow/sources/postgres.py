@@ -81,8 +81,9 @@ class PostgresSource(Source):
         if ts and end is not None:
             conds.append(f"{_quote(ts)} < :end")
             params["end"] = end
+        to_document = self.converter()
         for rec in self._select(" AND ".join(conds), params):
-            yield self.to_document(rec)
+            yield to_document(rec)
 
     def fetch(self, doc_ids: Iterable[str]) -> Iterator[Document]:
         ids = list(doc_ids)
