@@ -84,26 +84,6 @@ def run_dag(dag_id: str, conf: dict) -> None:
         raise SystemExit(f"DAG {dag_id} ended {run.state}; see the log above")
 
 
-# What `make demo` trains (the default): every intent and every row, as `dvc repro` does,
-# with one fine-tune epoch instead of params.yaml's eight (the fine-tune is most of the full
-# run's time); the gate's floors are params.yaml's, not weakened. Its test metrics next to the
-# full pipeline's are in the README ("What `make demo` does").
-DEMO = {
-    "finetune.epochs": 1,
-    "ranker.max_queries": 200,
-}
-# `--quick`: a 10-intent subset and a short fine-tune (about 3 minutes end to end).
-QUICK = {
-    "base.max_labels": 10,
-    "base.subset": 600,
-    "base.test_subset": 300,
-    "finetune.epochs": 3,
-    "finetune.max_pairs": 600,
-    "ranker.max_queries": 100,
-    "register.floors": {"classifier.accuracy": 0.6, "search.ndcg@10": 0.5},
-}
-
-
 def trained_key(overrides: dict) -> str:
     """What training depends on: the validated snapshot, params (+ overrides) and the code."""
     import hashlib
@@ -305,7 +285,13 @@ def main() -> None:
         done(t, f"(generation {idx.generation}, {idx.count()} points)")
 
     t = step(3, total, "validate_data DAG: snapshot + great-expectations suites + drift")
-    overrides = QUICK if args.quick else {} if args.full else DEMO
+    from semflow.training import load_pipeline_params
+
+    modes = load_pipeline_params().demo  # params.yaml's `demo` section
+    mode = "full" if args.full else "quick" if args.quick else "default"
+    if mode != "full" and mode not in modes:
+        raise SystemExit(f"params.yaml has no demo.{mode} section (the demo's overrides)")
+    overrides = {} if mode == "full" else modes[mode]
     run_dag("validate_data", {"overrides": overrides})
     done(t)
 

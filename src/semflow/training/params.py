@@ -138,6 +138,9 @@ class PipelineParams(_P):
     evaluate: EvaluateParams
     register_: RegisterParams = Field(alias="register")
     retrain: RetrainParams
+    # `make demo`'s modes: dotted overrides of the sections above, by mode. No stage reads
+    # them, so they are not part of what a run trains on (`raw`).
+    demo: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -146,7 +149,8 @@ class PipelineParams(_P):
         return getattr(self, attr).model_dump()
 
     def raw(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True)
+        """The sections a run trains on, as params.yaml spells them."""
+        return self.model_dump(by_alias=True, exclude={"demo"})
 
 
 def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
