@@ -183,9 +183,13 @@ def purge_mlflow_runs(
     lifecycle stage); `mlflow gc` reclaims their artifacts.
     """
     from mlflow.entities import ViewType
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    from semflow.registry import client as registry_client
+
+    # Both URIs explicit: a client given only the tracking URI takes the registry from
+    # MLflow's process-wide default, which an earlier `mlflow.set_registry_uri` may have
+    # pointed at another (or a stopped) server.
+    client = registry_client(tracking_uri)
     report = StepReport(
         "purge_mlflow_runs", dry_run, details={"older_than": older_than.isoformat()}
     )

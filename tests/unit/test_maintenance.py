@@ -225,3 +225,30 @@ def test_run_maintenance_reports_every_step(semflow_home):
     assert (semflow_home / "predictions" / "2026-01-01.jsonl").exists()
     assert run_maintenance(REF, str)[3].removed == ["2026-01-01.jsonl"]
     assert not (semflow_home / "predictions" / "2026-01-01.jsonl").exists()
+
+
+def test_purge_reads_the_registry_of_its_own_tracking_uri(tmp_path, monkeypatch):
+    """A process whose MLflow default registry points elsewhere (an earlier
+    `mlflow.set_registry_uri`, here a server that has stopped) still purges against the
+    tracking URI it was given: the registered version's run is kept, nothing waits on the
+    dead server."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.helpers import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setattr("mlflow.tracking._model_registry.utils._registry_uri", dead)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp = client.create_experiment("exp", artifact_location=str(tmp_path / "artifacts"))
+    old_ms = int((REF - timedelta(days=120)).timestamp() * 1000)
+    registered = client.create_run(exp, start_time=old_ms).info.run_id
+    client.set_terminated(registered)
+    client.create_registered_model("clf")
+    client.create_model_version(
+        "clf", f"{tmp_path}/artifacts/{registered}/model", run_id=registered
+    )
+    rep = purge_mlflow_runs(uri, cutoffs(REF)["runs_before"], dry_run=True)
+    assert rep.removed == [] and rep.skipped == [registered]
