@@ -68,6 +68,10 @@ def registered(mlflow_url, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("mlflow-ui-pipeline")
     with pytest.MonkeyPatch.context() as mp:
+        # The pipeline points MLflow's process-wide URIs at this module's server, which
+        # stops with the module: put them back for the tests that follow.
+        mp.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None)
+        mp.setattr("mlflow.tracking._model_registry.utils._registry_uri", None)
         mp.setenv("SEMFLOW_HOME", str(tmp / "home"))
         mp.setenv("SEMFLOW_MLFLOW_TRACKING_URI", mlflow_url)
         get_settings.cache_clear()

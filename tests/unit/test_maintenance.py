@@ -116,7 +116,7 @@ def test_purge_mlflow_runs(tmp_path):
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = client.create_experiment("exp", artifact_location=str(tmp_path / "artifacts"))
     old_ms = int((REF - timedelta(days=120)).timestamp() * 1000)
     new_ms = int((REF - timedelta(days=10)).timestamp() * 1000)
