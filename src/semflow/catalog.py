@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -56,6 +56,15 @@ runs = sa.Table(
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
 )
+
+
+class Fingerprint(NamedTuple):
+    """What a sync plan compares with a document: is it indexed, from which text, by which
+    model. A tuple, so the catalog builds 100k of them from driver rows cheaply."""
+
+    status: str
+    content_hash: str | None
+    embedder_version: str | None
 
 
 @dataclass(frozen=True)
@@ -128,9 +137,9 @@ class Catalog:
 
     def fingerprints(
         self, source: str, doc_ids: Iterable[str] | None = None
-    ) -> dict[str, tuple[str, str | None, str | None]]:
-        """(status, content_hash, embedder_version) of each of these documents (None: of all
-        the source's) that the catalog has a row for: what a plan compares. A no-change sync
+    ) -> dict[str, Fingerprint]:
+        """The Fingerprint of each of these documents (None: of all the source's) that the
+        catalog has a row for. A no-change sync
         of a large source looks up every one of its documents, so this is one statement and
         plain tuples."""
         ids = None if doc_ids is None else list(doc_ids)
@@ -145,7 +154,7 @@ class Catalog:
             ).where(documents.c.source == source)
             if ids is not None:
                 q = q.where(_id_in(conn, ids))
-            return {r[0]: (r[1], r[2], r[3]) for r in _driver_rows(conn, q)}
+            return {r[0]: Fingerprint(r[1], r[2], r[3]) for r in _driver_rows(conn, q)}
 
     def ids(self, source: str, statuses: Iterable[str]) -> set[str]:
         q = sa.select(documents.c.doc_id).where(

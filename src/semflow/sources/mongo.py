@@ -64,8 +64,9 @@ class MongoSource(Source):
 
     def fetch(self, doc_ids: Iterable[str]) -> Iterator[Document]:
         ids = self._id_values(list(doc_ids))
+        to_document = self.converter()
         for rec in self._find({self.mapping.id: {"$in": ids}}):
-            yield self.to_document(rec)
+            yield to_document(rec)
 
     def live_ids(self) -> Iterator[str]:
         query: dict[str, Any] = {}

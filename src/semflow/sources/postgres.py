@@ -88,9 +88,10 @@ class PostgresSource(Source):
     def fetch(self, doc_ids: Iterable[str]) -> Iterator[Document]:
         ids = list(doc_ids)
         where = f"CAST({_quote(self.mapping.id)} AS TEXT) IN :ids"
+        to_document = self.converter()
         for i in range(0, len(ids), _FETCH):
             for rec in self._select(where, {"ids": ids[i : i + _FETCH]}, expanding=("ids",)):
-                yield self.to_document(rec)
+                yield to_document(rec)
 
     def live_ids(self) -> Iterator[str]:
         where = ""

@@ -142,7 +142,7 @@ def plan_sync(
             docs[doc.doc_id] = doc
     live_ids = sorted(set(source.live_ids())) if (reconcile and not full_refresh) else None
 
-    # (status, content hash, model version) by doc id, in one catalog query; a read of the
+    # What the catalog holds of each document, in one query; a read of the
     # whole source asks for all its rows (a scan, cheaper than looking up every id)
     whole = start is None and end is None
     held = catalog.fingerprints(source.name, None if whole else docs)
@@ -150,19 +150,19 @@ def plan_sync(
     failed: list[dict[str, Any]] = []
     deletes: list[dict[str, Any]] = []
     skipped = truncated = 0
-    unchanged = (INDEXED, embedder_version)
     for doc in docs.values():
         st = held.get(doc.doc_id)
         if doc.deleted:
-            if full_refresh or (st and st[0] != DELETED):
+            if full_refresh or (st and st.status != DELETED):
                 deletes.append(doc.to_json())
             continue
         # hashed only when the stored row could match (indexed, by this model)
         if (
             not full_refresh
             and st is not None
-            and (st[0], st[2]) == unchanged
-            and st[1] == doc.content_hash
+            and st.status == INDEXED
+            and st.embedder_version == embedder_version
+            and st.content_hash == doc.content_hash
         ):
             skipped += 1
             continue
