@@ -16,7 +16,6 @@ headers (the API key) and texts on disk.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from starlette.routing import Route
 
 from semflow.app import Services
 from semflow.config import get_settings
-from semflow.serving import Engine, status_for
+from semflow.serving import Engine, error_answer
 from semflow.serving.auth import NOBODY, Principal
 from semflow.serving.compat import CompatAPI, PeerErrorShape, error_response
 from semflow.serving.http import PRINCIPAL, GuardMiddleware, json_bytes
@@ -46,7 +45,6 @@ from semflow.serving.schemas import (
     SimilarityRequest,
 )
 
-log = logging.getLogger("semflow.service")
 _S = get_settings()
 
 
@@ -60,11 +58,8 @@ ARGS = bentoml.use_arguments(BentoArgs)
 
 
 def _error(err: Exception) -> JSONResponse:
-    status = status_for(err)
-    if status >= 500 and status != 503:
-        log.exception("unexpected error", exc_info=err)
-        return JSONResponse({"error": "internal error; see the server log"}, status)
-    return JSONResponse({"error": str(err)}, status)
+    status, body = error_answer(err)
+    return JSONResponse(body, status)
 
 
 def _fail(err: Exception, ctx: bentoml.Context | None = None) -> JSONResponse:
@@ -99,7 +94,8 @@ class FastJSON(JSONResponse):
     """A JSON answer written by orjson: vectors (numpy arrays) without a Python float each."""
 
     def render(self, content: Any) -> bytes:
-        return json_bytes(content)
+        # bytes: a body already written as JSON (another worker's answer, relayed)
+        return content if isinstance(content, bytes) else json_bytes(content)
 
 
 async def _get(request: Request) -> JSONResponse:

@@ -7,8 +7,10 @@ hyper-parameters live in `params.yaml` (see `load_params`); paths are derived he
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -180,6 +182,13 @@ class Settings(BaseSettings):
     @property
     def staging_dir(self) -> Path:
         return self.home / "staging"
+
+    @property
+    def relay_dir(self) -> Path:
+        """The Bento workers' job relay sockets: short (a Unix socket path has ~100 bytes),
+        one per user and home, so the workers of one service find each other."""
+        digest = hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"semflow-relay-{os.getuid()}-{digest}"
 
     @property
     def catalog_database_url(self) -> str:

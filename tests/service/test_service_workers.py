@@ -79,3 +79,56 @@ def test_a_bad_worker_setting_stops_the_start_with_a_sentence(
     ):
         pass
     assert sentence in str(err.value)
+
+
+def _fresh(method: str, url: str, headers: dict[str, str], **kw) -> httpx.Response:
+    """One call on a new connection (a kept-alive one stays with the worker that took it)."""
+    with httpx.Client(headers=headers, timeout=60) as c:
+        return c.request(method, url, **kw)
+
+
+def test_a_job_answers_from_every_worker(tmp_path: Path, embedder) -> None:
+    """Two workers: a job lives in the memory of the one that ran it, yet its status, result
+    and cancel answer whichever worker a call reaches; another key gets 404 from both."""
+    from tests.service.serve_helpers import BANK, OTHER
+
+    home = tmp_path / "home"
+    build_index(home, embedder, docs_for("bank", TEXTS))
+    with serve(home, tmp_path, SEMFLOW_WORKERS="2") as url:
+        r = _fresh("POST", f"{url}/embed_job/submit", BANK, json={"texts": TEXTS})
+        assert r.status_code == 200, r.text
+        task, owner_worker = r.json()["task_id"], r.headers["x-semflow-worker"]
+        answered: dict[str, list[int]] = {}
+        results = []
+        deadline = time.monotonic() + 90
+        # until a worker other than the job's has answered both a status and a result
+        while time.monotonic() < deadline and len(answered) < 2:
+            st = _fresh("GET", f"{url}/embed_job/status", BANK, params={"task_id": task})
+            got = _fresh("GET", f"{url}/embed_job/get", BANK, params={"task_id": task})
+            for resp in (st, got):
+                answered.setdefault(resp.headers["x-semflow-worker"], []).append(resp.status_code)
+            assert st.status_code == 200, st.text
+            assert st.json()["task_id"] == task
+            # 409 only while it runs (it may finish between the two calls)
+            allowed = {200} if st.json()["status"] == "completed" else {200, 409}
+            assert got.status_code in allowed, got.text[:300]
+            if got.status_code == 200:
+                results.append(got.json()["embeddings"])
+        assert len(answered) == 2, answered  # both workers answered for the one job
+        assert any(w != owner_worker for w in answered)
+        assert results and all(r == results[0] for r in results)
+        assert len(results[0]) == len(TEXTS) and len(results[0][0]) == embedder.dimension
+        # another key: 404 from either worker, exactly as for an id that does not exist
+        seen_404: set[str] = set()
+        for _ in range(40):
+            if len(seen_404) == 2:
+                break
+            r = _fresh("GET", f"{url}/embed_job/status", OTHER, params={"task_id": task})
+            assert r.status_code == 404, r.text
+            assert r.json() == {"error": f"no embed_job task {task!r}"}
+            seen_404.add(r.headers["x-semflow-worker"])
+        assert len(seen_404) == 2, seen_404
+        # ids that name no worker, or a path, are plain 404s on both
+        for bad in ("deadbeef-" + "0" * 32, "../../etc/passwd", task.replace(task[:8], "0" * 8)):
+            r = _fresh("GET", f"{url}/embed_job/status", BANK, params={"task_id": bad})
+            assert r.status_code == 404, r.text

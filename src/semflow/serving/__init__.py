@@ -6,6 +6,6 @@ Nothing here imports bentoml: `bentos/service.py` only wires these pieces to HTT
 from __future__ import annotations
 
 from semflow.serving.engine import Engine
-from semflow.serving.errors import ApiError, status_for
+from semflow.serving.errors import ApiError, error_answer, status_for
 
-__all__ = ["ApiError", "Engine", "status_for"]
+__all__ = ["ApiError", "Engine", "error_answer", "status_for"]

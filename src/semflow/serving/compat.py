@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from semflow.serving.errors import ApiError, NotFound, status_for
+from semflow.serving.errors import INTERNAL_ERROR, ApiError, NotFound, status_for
 from semflow.serving.http import ASGIApp, Message, Receive, Scope, Send, encode_vectors
 from semflow.serving.schemas import (
     Candidate,
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 PREFIX = "/v1/"
 RERANK_PATH = "/v1/rerank"
 OWNER = "semflow"
-INTERNAL = "internal error; see the server log"
 # OpenAI's `type` and `code` for each status; a 404 on `model` is `model_not_found`.
 _OPENAI_KIND: dict[int, tuple[str, str | None]] = {
     401: ("invalid_request_error", "invalid_api_key"),
@@ -96,7 +95,7 @@ def error_response(path: str, err: BaseException) -> tuple[int, dict[str, Any]]:
     status = status_for(err)
     if status >= 500 and status != 503:
         log.exception("unexpected error", exc_info=err)
-        return status, error_body(path, status, INTERNAL)
+        return status, error_body(path, status, INTERNAL_ERROR)
     return status, error_body(
         path, status, str(err), getattr(err, "param", None), getattr(err, "code", None)
     )

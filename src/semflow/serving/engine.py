@@ -24,9 +24,10 @@ from semflow.index.base import THRESHOLD_DENSE_ONLY
 from semflow.models.ranker import score_candidates, validate_weights
 from semflow.serving.auth import Principal
 from semflow.serving.batching import MicroBatcher
-from semflow.serving.errors import Unavailable, Unprocessable
-from semflow.serving.http import encode_vectors
+from semflow.serving.errors import NotFound, Unavailable, Unprocessable, error_answer
+from semflow.serving.http import encode_vectors, json_bytes
 from semflow.serving.jobs import JobRunner
+from semflow.serving.relay import JobRelay
 from semflow.serving.schemas import (
     ClassifyJobRequest,
     EmbedJobRequest,
@@ -93,7 +94,14 @@ class Engine:
             # ~4 characters a token, and the model reads at most max_seq_length of them
             cost=lambda text: min(len(text) // 4 + 2, seq),
         )
-        self.jobs = JobRunner(s.job_workers, s.max_jobs, s.job_ttl_s)
+        # Several workers: a job call reaching another worker than the job's is relayed.
+        self.relay = (
+            JobRelay(s.relay_dir, self._answer_relayed, s.request_timeout_s)
+            if s.workers > 1
+            else None
+        )
+        prefix = f"{self.relay.tag}-" if self.relay else ""
+        self.jobs = JobRunner(s.job_workers, s.max_jobs, s.job_ttl_s, prefix)
         self._health: tuple[float, dict[str, Any]] | None = None
         self.watcher = (
             IndexWatcher(
@@ -274,13 +282,31 @@ class Engine:
         return self.jobs.submit(kind, principal.owner, work).describe()
 
     def job(self, kind: str, action: str, task_id: str, principal: Principal) -> Any:
-        """`status`, `get` (the result) or `cancel` of one of the caller's jobs."""
+        """`status`, `get` (the result) or `cancel` of one of the caller's jobs; a job of
+        another worker answers through the relay (its JSON body, as bytes)."""
+        if self.relay is not None and not self.relay.owns(task_id):
+            return self.relay.ask(kind, action, task_id, principal.owner)
+        return self._own_job(kind, action, task_id, principal.owner)
+
+    def _own_job(self, kind: str, action: str, task_id: str, owner: str) -> Any:
         if action == "get":
-            out = self.jobs.result(task_id, kind, principal.owner)
+            out = self.jobs.result(task_id, kind, owner)
             return self.embed_response(out) if kind == "embed_job" else out
         if action == "cancel":
-            return self.jobs.cancel(task_id, kind, principal.owner).describe()
-        return self.jobs.get(task_id, kind, principal.owner).describe()
+            return self.jobs.cancel(task_id, kind, owner).describe()
+        if action != "status":
+            raise NotFound(f"no job action {action!r}")
+        return self.jobs.get(task_id, kind, owner).describe()
+
+    def _answer_relayed(
+        self, kind: str, action: str, task_id: str, owner: str
+    ) -> tuple[int, bytes]:
+        """Another worker's call for one of this worker's jobs: (status, JSON body)."""
+        try:
+            return 200, json_bytes(self._own_job(kind, action, task_id, owner))
+        except Exception as err:
+            status, body = error_answer(err)
+            return status, json_bytes(body)
 
     # -- metadata -----------------------------------------------------------------
     @property
@@ -370,5 +396,7 @@ class Engine:
     def close(self) -> None:
         self.batcher.close()
         self.jobs.close()
+        if self.relay is not None:
+            self.relay.close()
         if self.watcher is not None:
             self.watcher.close()

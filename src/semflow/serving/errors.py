@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from semflow.errors import (
     FilterError,
     IndexError_,
@@ -11,6 +13,9 @@ from semflow.errors import (
     SemflowError,
     SettingsError,
 )
+
+log = logging.getLogger(__name__)
+INTERNAL_ERROR = "internal error; see the server log"
 
 
 class ApiError(SemflowError):
@@ -71,3 +76,13 @@ def status_for(err: BaseException) -> int:
     if isinstance(err, SemflowError):
         return 400
     return 500
+
+
+def error_answer(err: BaseException) -> tuple[int, dict[str, str]]:
+    """(status, `{"error": sentence}`) of an error; a bug is logged whole and only a pointer
+    to the log is answered (its text can hold internals)."""
+    status = status_for(err)
+    if status >= 500 and status != 503:
+        log.exception("unexpected error", exc_info=err)
+        return status, {"error": INTERNAL_ERROR}
+    return status, {"error": str(err)}

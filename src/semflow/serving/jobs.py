@@ -53,8 +53,9 @@ class Job:
 
 
 class JobRunner:
-    def __init__(self, workers: int, max_jobs: int, ttl_s: float) -> None:
+    def __init__(self, workers: int, max_jobs: int, ttl_s: float, id_prefix: str = "") -> None:
         self.max_jobs = max_jobs
+        self.id_prefix = id_prefix  # names this worker in its job ids (semflow.serving.relay)
         self.ttl_s = ttl_s
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="semflow-job")
         self._jobs: dict[str, Job] = {}
@@ -68,7 +69,7 @@ class JobRunner:
                 raise TooManyRequests(
                     f"{self.max_jobs} jobs are queued or running; retry when one has finished"
                 )
-            job = Job(uuid.uuid4().hex, kind, owner)
+            job = Job(f"{self.id_prefix}{uuid.uuid4().hex}", kind, owner)
             self._jobs[job.id] = job
         job.future = self._pool.submit(self._run, job, fn)
         return job
