@@ -287,3 +287,28 @@ def test_sync_into_qdrant_client_backend(semflow_home, embedder, tmp_path):
         hit = idx.search(embedder.encode(["brand new"])[0], "default", 1)[0]
         assert hit.payload["doc_id"] == "9"
     assert cat.ids("f", [INDEXED]) == ids
+
+
+def test_a_failed_document_fixed_at_source_is_read_again_by_id(table, semflow_home, embedder):
+    """A dead letter is re-read by id (`Source.fetch`) on later syncs, even when its fix kept
+    its timestamp (so no later window extracts it); ids as the catalog holds them: strings,
+    of integer columns too."""
+    s = get_settings()
+    t = WINDOWS[0][0] + timedelta(minutes=1)
+    table.upsert(1, "a fine document about cards", t)
+    table.upsert(2, "", t)
+    table.upsert(3, "another fine one about transfers", t)
+    src = table.source()
+    r1 = run_sync(src, Services.from_settings(None, embedder=embedder), window=WINDOWS[0])
+    assert r1.counts["indexed"] == 2 and r1.counts["failed"] == 1
+    got = {d.doc_id: (d.text, d.labels) for d in src.fetch(["3", "1", "404", "1.0", "01"])}
+    assert got == {
+        "1": ("a fine document about cards", ("l1",)),
+        "3": ("another fine one about transfers", ("l1",)),
+    }
+    table.upsert(2, "fixed at the source, same timestamp", t)
+    r2 = run_sync(src, Services.from_settings(None, embedder=embedder), window=WINDOWS[1])
+    assert r2.counts["indexed"] == 1 and r2.counts["failed"] == 0
+    assert_matches(table, s)
+    rows = {r["doc_id"]: r for r in Catalog(s.catalog_database_url).rows("app")}
+    assert rows["2"]["status"] == INDEXED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 from semflow.documents import Document
 from semflow.errors import SourceError
 from semflow.sources.base import FieldMapping, Source
+
+_INT = re.compile(r"^-?[0-9]{1,18}$")  # within BSON's int64
 
 
 class MongoSource(Source):
@@ -55,18 +58,28 @@ class MongoSource(Source):
         for rec in self._find({ts: rng} if rng else {}):
             yield to_document(rec)
 
-    def _id_values(self, doc_ids: list[str]) -> list[Any]:
-        if self.mapping.id != "_id":
-            return doc_ids
+    @staticmethod
+    def _id_values(doc_ids: set[str]) -> list[Any]:
+        """Every stored value that reads as one of `doc_ids` (a doc id is `str(value)`): the
+        string, the integer it spells, the ObjectId it spells (BSON compares by type, so
+        the string "7" never matches a stored 7)."""
         from bson import ObjectId
 
-        return [ObjectId(i) if ObjectId.is_valid(i) else i for i in doc_ids]
+        out: list[Any] = []
+        for i in doc_ids:
+            out.append(i)
+            if _INT.match(i) and str(int(i)) == i:  # "07" is not how 7 reads
+                out.append(int(i))
+            if ObjectId.is_valid(i):
+                out.append(ObjectId(i))
+        return out
 
     def fetch(self, doc_ids: Iterable[str]) -> Iterator[Document]:
-        ids = self._id_values(list(doc_ids))
-        to_document = self.converter()
-        for rec in self._find({self.mapping.id: {"$in": ids}}):
-            yield to_document(rec)
+        wanted = set(doc_ids)
+        key, to_document = self.mapping.id, self.converter()
+        for rec in self._find({key: {"$in": self._id_values(wanted)}}):
+            if str(rec.get(key)) in wanted:  # a 12-character string is also an ObjectId
+                yield to_document(rec)
 
     def live_ids(self) -> Iterator[str]:
         query: dict[str, Any] = {}
