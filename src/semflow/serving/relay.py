@@ -13,6 +13,7 @@ the owner's JSON body. Nothing is unpickled; the directory is the service user's
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -36,6 +37,7 @@ _LEN = struct.Struct("!Q")
 _STATUS = struct.Struct("!H")
 _TAG = re.compile(r"^[0-9a-f]{8}$")
 MAX_REQUEST_BYTES = 64 * 1024  # a request names a job; anything longer is not one of ours
+MAX_ID_CHARS = 64  # a job id is a tag, a dash and 32 hex digits
 
 # What the owner runs for a relayed call: (kind, action, task_id, owner) -> (status, body).
 Handler = Callable[[str, str, str, str], tuple[int, bytes]]
@@ -122,7 +124,7 @@ class JobRelay:
         the id names no worker that is running."""
         tag = task_id.split("-", 1)[0]
         missing = NotFound(f"no {kind} task {task_id!r}")
-        if not _TAG.match(tag) or tag == self.tag:
+        if len(task_id) > MAX_ID_CHARS or not _TAG.match(tag) or tag == self.tag:
             raise missing
         req = orjson.dumps({"kind": kind, "action": action, "task_id": task_id, "owner": owner})
         try:
@@ -145,10 +147,8 @@ class JobRelay:
 
     def close(self) -> None:
         self._closed.set()
-        try:  # wakes the accept loop (close alone leaves it blocked on Linux)
+        with contextlib.suppress(OSError):  # wakes the accept loop (close alone may not)
             self._server.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._server.close()
         self.path.unlink(missing_ok=True)
 
