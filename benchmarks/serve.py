@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,24 +51,28 @@ def encode_per_s(embedder, texts: list[str], n: int) -> float:
     return len(batch) / (time.perf_counter() - t0)
 
 
+# The load generator's HTTP client: httpx, as `shared/bench/loadgen.py` (the issue's
+# generator), or aiohttp (`--client aiohttp`), whose per-request CPU is a fraction of httpx's:
+# on 2 cores an httpx client at 32 connections tops out near 330 rps on a trivial echo
+# service with a p99 of ~450 ms, so past that it measures itself.
+CLIENT = "httpx"
+
+
 async def load(url: str, path: str, bodies: list, clients: int) -> dict:
     """`clients` concurrent workers post `bodies` (in order, shared queue); latency stats."""
-    import httpx
-
     from tests.service.serve_helpers import ADMIN
 
     lat: list[float] = []
     errors: dict[str, int] = {}
     it = iter(bodies)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(headers=ADMIN, timeout=120, limits=limits) as c:
 
+    async def run(post: Callable[[Any], Any]) -> float:
         async def worker() -> None:
             for body in it:
                 t = time.perf_counter()
                 try:
-                    status = str((await c.post(f"{url}{path}", json=body)).status_code)
-                except httpx.HTTPError as err:  # a timeout or a dropped connection
+                    status = str(await post(body))
+                except Exception as err:  # a timeout or a dropped connection
                     status = type(err).__name__
                 lat.append(time.perf_counter() - t)
                 if status != "200":
@@ -75,7 +80,31 @@ async def load(url: str, path: str, bodies: list, clients: int) -> dict:
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
-        wall = time.perf_counter() - t0
+        return time.perf_counter() - t0
+
+    if CLIENT == "aiohttp":
+        import aiohttp
+
+        conn = aiohttp.TCPConnector(limit=clients)
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(headers=ADMIN, connector=conn, timeout=timeout) as a:
+
+            async def post(body: Any) -> int:
+                async with a.post(f"{url}{path}", json=body) as r:
+                    await r.read()
+                    return r.status
+
+            wall = await run(post)
+    else:
+        import httpx
+
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(headers=ADMIN, timeout=120, limits=limits) as c:
+
+            async def post(body: Any) -> int:
+                return (await c.post(f"{url}{path}", json=body)).status_code
+
+            wall = await run(post)
     arr = np.array(lat) * 1000
     return {
         "requests": len(lat),
@@ -216,7 +245,10 @@ def main() -> None:
     ap.add_argument("--workers", default=f"1,2,{os.cpu_count()}", help="worker counts to run")
     ap.add_argument("--repeat", type=int, default=2, help="alternating runs of each phase")
     ap.add_argument("--compare-only", action="store_true", help="skip the floors, /search and RSS")
+    ap.add_argument("--client", default="httpx", choices=("httpx", "aiohttp"), help="load client")
     args = ap.parse_args()
+    global CLIENT
+    CLIENT = args.client
     q = args.quick
     n_embed = 640 if q else 1600
     n_batch = 40 if q else 100
@@ -235,7 +267,7 @@ def main() -> None:
         s = load_settings(home=home, backend=args.backend)
         torch_emb = resolve_embedder(load_settings(home=home, backend="torch"))
         emb = resolve_embedder(s)  # an ONNX backend exports into `home` here, once
-        out: dict = {"quick": q, "cpus": os.cpu_count(), "backend": args.backend}
+        out: dict = {"quick": q, "cpus": os.cpu_count(), "backend": args.backend, "client": CLIENT}
         out["load_before"] = os.getloadavg()
         out["encode_per_s"] = encode_per_s(emb, texts, 1024 if q else 3200)
         if not args.compare_only:  # /embed needs no index
