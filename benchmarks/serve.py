@@ -53,8 +53,8 @@ def encode_per_s(embedder, texts: list[str], n: int) -> float:
 
 # The load generator's HTTP client: httpx, as `shared/bench/loadgen.py` (the issue's
 # generator), or aiohttp (`--client aiohttp`), whose per-request CPU is a fraction of httpx's:
-# on 2 cores an httpx client at 32 connections tops out near 330 rps on a trivial echo
-# service with a p99 of ~450 ms, so past that it measures itself.
+# on 2 cores an httpx client at 32 connections drives the trivial echo service (the floor
+# phase) at ~310 rps and aiohttp at ~880, so past ~200 rps httpx's latencies measure itself.
 CLIENT = "httpx"
 
 
