@@ -78,7 +78,7 @@ class MongoSource(Source):
         wanted = set(doc_ids)
         key, to_document = self.mapping.id, self.converter()
         for rec in self._find({key: {"$in": self._id_values(wanted)}}):
-            if str(rec.get(key)) in wanted:  # a 12-character string is also an ObjectId
+            if str(rec.get(key)) in wanted:  # "ABC..." spells an ObjectId that reads "abc..."
                 yield to_document(rec)
 
     def live_ids(self) -> Iterator[str]:
