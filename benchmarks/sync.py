@@ -10,7 +10,8 @@
    copied, and as the same-run reference what the old writer did first: copy the whole live
    generation (`shutil.copytree`);
 6. search latency with the tenant filter on the 1M index (and on the 100k one), after the
-   warm-up the service runs on a generation before it serves it (`VectorIndex.warm`).
+   warm-up the service runs on a generation before it serves it (`VectorIndex.warm`); then
+   again after `gc.freeze()`, as the service runs (`search_after_gc_freeze`).
 
 The 100k home (catalog + index) and the 1M index (random normalised 384-d vectors, payloads
 like the sample's documents, written straight to the store: no catalog rows) are built once
@@ -27,6 +28,7 @@ resync_100k_s <= 3; search_p99_ms at 1M <= 5.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -334,6 +336,12 @@ def main() -> None:
             stores[str(args.huge)], qv, sb.index_warm_queries, hnsw_ef=SERVED_HNSW_EF
         )
     out["search"] = search
+    # Again as the service runs (bentos/service.py): what was loaded frozen out of the
+    # garbage collector's sight, so a full collection does not land inside a timed search.
+    gc.collect()
+    gc.freeze()
+    frozen = {n: _latency(st, qv, sb.index_warm_queries) for n, st in stores.items()}
+    out["search_after_gc_freeze"] = frozen
     out["cached_builds"] = builds
     out["goals"] = {
         "ratio": ">= 0.9",
@@ -354,6 +362,7 @@ def main() -> None:
         passed["search_p99_1m"] = (
             max(v["p99_ms"] for k, v in search.items() if k != str(args.big)) <= 5
         )
+        passed["search_p99_1m_after_gc_freeze"] = frozen[str(args.huge)]["p99_ms"] <= 5
     out["pass"] = passed
     json.dump(out, sys.stdout, indent=2)
     print()
