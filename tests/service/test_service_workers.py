@@ -118,6 +118,16 @@ def test_a_job_answers_from_every_worker(tmp_path: Path, embedder) -> None:
         assert any(w != owner_worker for w in answered)
         assert results and all(r == results[0] for r in results)
         assert len(results[0]) == len(TEXTS) and len(results[0][0]) == embedder.dimension
+        # cancel reaches the owner too: a finished job stays completed, whichever worker asks
+        cancelled_by: set[str] = set()
+        for _ in range(40):
+            if len(cancelled_by) == 2:
+                break
+            r = _fresh("PUT", f"{url}/embed_job/cancel", BANK, params={"task_id": task})
+            assert r.status_code == 200, r.text
+            assert r.json()["task_id"] == task and r.json()["status"] == "completed"
+            cancelled_by.add(r.headers["x-semflow-worker"])
+        assert len(cancelled_by) == 2, cancelled_by
         # another key: 404 from either worker, exactly as for an id that does not exist
         seen_404: set[str] = set()
         for _ in range(40):

@@ -25,7 +25,7 @@ class Worker:
 
     def __init__(self, directory: Path, timeout_s: float = 5.0) -> None:
         self.relay = JobRelay(directory, self.answer, timeout_s)
-        self.jobs = JobRunner(1, 4, 60.0, f"{self.relay.tag}-")
+        self.jobs = JobRunner(1, 4, 60.0, self.relay.id_prefix)
 
     def answer(self, kind: str, action: str, task_id: str, owner: str) -> tuple[int, bytes]:
         try:

@@ -100,7 +100,7 @@ class Engine:
             if s.workers > 1
             else None
         )
-        prefix = f"{self.relay.tag}-" if self.relay else ""
+        prefix = self.relay.id_prefix if self.relay else ""
         self.jobs = JobRunner(s.job_workers, s.max_jobs, s.job_ttl_s, prefix)
         self._health: tuple[float, dict[str, Any]] | None = None
         self.watcher = (

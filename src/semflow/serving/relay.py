@@ -84,21 +84,21 @@ class JobRelay:
     def __init__(self, directory: Path, handler: Handler, timeout_s: float) -> None:
         self.directory = private_dir(directory)
         self.tag = secrets.token_hex(4)
+        self.id_prefix = f"{self.tag}-"  # what this worker's job ids start with
         self.timeout_s = timeout_s
         self._handler = handler
         self.path = self.directory / f"{self.tag}.sock"
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(str(self.path))
         self._server.listen(64)
-        self._closed = threading.Event()
         threading.Thread(target=self._serve, name="semflow-job-relay", daemon=True).start()
 
     def owns(self, task_id: str) -> bool:
-        return task_id.startswith(f"{self.tag}-")
+        return task_id.startswith(self.id_prefix)
 
     # -- the owner's side ------------------------------------------------------------
     def _serve(self) -> None:
-        while not self._closed.is_set():
+        while True:
             try:
                 conn, _ = self._server.accept()
             except OSError:
@@ -146,7 +146,6 @@ class JobRelay:
         return body
 
     def close(self) -> None:
-        self._closed.set()
         with contextlib.suppress(OSError):  # wakes the accept loop (close alone may not)
             self._server.shutdown(socket.SHUT_RDWR)
         self._server.close()
