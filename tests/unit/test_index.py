@@ -287,3 +287,67 @@ def test_a_server_collection_from_before_chunking_still_returns_documents_once()
         hits = idx.search(chunk_vecs[1], "t1", top_k=10)
     assert sorted(h.payload["doc_id"] for h in hits) == ["0", "1", "2", "3", "4", "long"]
     assert hits[0].id == chunk_ids[1]
+
+
+def test_edge_search_overfetches_only_once_a_document_has_chunks(tmp_path):
+    """Generations that hold one point per document fetch top_k points once (no grouping
+    rounds); a chunked document, once upserted, makes this and every later copy group again,
+    until a fresh build without chunks."""
+    from semflow.documents import PARENT_FIELD
+
+    store = EdgeStore(tmp_path / "idx")
+
+    def limits(idx) -> list[int]:
+        asked: list[int] = []
+        real = idx._search
+        idx._search = lambda query: asked.append(query.top_k) or real(query)
+        hits = idx.search(vecs[0], "t1", top_k=3)
+        assert len({h.payload["doc_id"] for h in hits}) == 3
+        return asked
+
+    ids, vecs, payloads = _points(10)
+    with store.writer(MV, DIM) as w:
+        w.upsert(ids, vecs, payloads)
+    with store.open_live() as idx:
+        assert not idx.chunked
+        assert limits(idx) == [3]
+
+    chunk_ids, _, _ = _points(5, start=100)
+    parent = {"tenant": "t1", "source": "s", "doc_id": "long", PARENT_FIELD: chunk_ids[0]}
+    with store.writer(MV, DIM) as w:  # the chunks lie next to the query: they crowd its top
+        w.upsert(
+            chunk_ids, np.repeat(vecs[:1], 5, axis=0), [{**parent, "chunk_no": i} for i in range(5)]
+        )
+    with store.writer(MV, DIM) as w:
+        w.upsert(*_points(1, start=200))
+    with store.open_live() as idx:
+        assert idx.chunked and store.meta(idx.generation)["chunked"]
+        assert limits(idx)[0] > 3
+
+    with store.writer(MV, DIM, fresh=True) as w:
+        w.upsert(ids, vecs, payloads)
+    with store.open_live() as idx:
+        assert not idx.chunked
+
+
+def test_a_generation_from_before_the_chunked_flag_groups_until_a_writer_asks(tmp_path):
+    """Its metadata does not say: readers group, and the next writer asks the engine once."""
+    import json
+
+    from semflow.documents import PARENT_FIELD
+
+    store = EdgeStore(tmp_path / "idx")
+    ids, vecs, payloads = _points(10)
+    payloads[3] = {**payloads[3], "chunk_no": 1, PARENT_FIELD: ids[2]}
+    for chunk in (False, True):
+        with store.writer(MV, DIM, fresh=True) as w:
+            w.upsert(ids, vecs, payloads if chunk else _points(10)[2])
+        meta_path = store._gen_dir(store.live_generation()) / "meta.json"
+        meta = json.loads(meta_path.read_text())
+        assert meta.pop("chunked") is chunk
+        meta_path.write_text(json.dumps(meta))
+        with store.open_live() as idx:
+            assert idx.chunked
+        with store.writer(MV, DIM) as w:
+            w.upsert(*_points(1, start=50))
+        assert store.meta(store.live_generation())["chunked"] is chunk

@@ -261,6 +261,7 @@ class EdgeIndex(VectorIndex):
             raise ValueError("ids, vectors and payloads must have the same length")
         vecs = self._vectors(ids, vectors)
         sparse = self._sparse_of(payloads)
+        self.chunked = self.chunked or any(p.get("chunk_no") for p in payloads)
         for i in range(0, len(ids), _UPSERT_CHUNK):
             dense = vecs[i : i + _UPSERT_CHUNK].tolist()
             if sparse is not None:
@@ -334,6 +335,14 @@ class EdgeIndex(VectorIndex):
         return self._shard.scroll(
             q.ScrollRequest(offset=offset, limit=1000, filter=flt, with_payload=fields)
         )
+
+    def has_chunks(self) -> bool:
+        """Whether some point is a document's second chunk or later (a scan in the engine:
+        `chunk_no` has no payload index)."""
+        import qdrant_edge as q
+
+        cond = q.FieldCondition(key="chunk_no", range=q.RangeFloat(gt=0))
+        return self._count(q.Filter(must=[cond])) > 0
 
     def flush(self) -> None:
         self._shard.flush()
@@ -460,6 +469,8 @@ class EdgeStore(IndexStore):
             "dimension": dimension,
             "based_on": base,
             "sparse_encoder": self._sparse_encoder(base),
+            # a fresh generation holds no chunked document until one is upserted
+            "chunked": False if base is None else self.meta(base).get("chunked"),
         }
         clone = None
         if base is not None:
@@ -488,9 +499,12 @@ class EdgeStore(IndexStore):
                 )
         index = EdgeIndex(path, meta, shard, writable=True, lexical=self.lexical)
         try:
+            if meta["chunked"] is None:  # a base written before the flag: asked once, here
+                index.chunked = index.has_chunks()
             yield index
             index.optimize()
             meta["points"] = index.count()
+            meta["chunked"] = index.chunked
             index.close()
             if clone is not None:
                 _check_linked_untouched(clone, base)
