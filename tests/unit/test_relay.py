@@ -157,3 +157,20 @@ def test_settings_place_the_relay_per_home(tmp_path: Path) -> None:
     assert one.relay_dir != two.relay_dir
     assert one.relay_dir == load_settings(home=tmp_path / "a").relay_dir
     assert len(str(one.relay_dir / "0123abcd.sock")) < 100  # a Unix socket path's limit
+
+
+def test_a_worker_that_fails_to_start_leaves_no_socket(tmp_path: Path, monkeypatch) -> None:
+    """The index watcher failing at start (after the model loaded) leaves nothing in the
+    relay directory that other workers would try to reach."""
+    from semflow.app import Services
+    from semflow.config import load_settings
+    from semflow.serving import engine as engine_mod
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the index watcher could not start")
+
+    monkeypatch.setattr(engine_mod, "IndexWatcher", broken)
+    s = load_settings(home=tmp_path / "home", workers=2, redis_url=None)
+    with pytest.raises(RuntimeError, match="could not start"):
+        engine_mod.Engine(Services.from_settings(s))
+    assert not s.relay_dir.exists() or list(s.relay_dir.iterdir()) == []

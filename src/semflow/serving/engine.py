@@ -94,15 +94,6 @@ class Engine:
             # ~4 characters a token, and the model reads at most max_seq_length of them
             cost=lambda text: min(len(text) // 4 + 2, seq),
         )
-        # Several workers: a job call reaching another worker than the job's is relayed.
-        self.relay = (
-            JobRelay(s.relay_dir, self._answer_relayed, s.request_timeout_s)
-            if s.workers > 1
-            else None
-        )
-        prefix = self.relay.id_prefix if self.relay else ""
-        self.jobs = JobRunner(s.job_workers, s.max_jobs, s.job_ttl_s, prefix)
-        self._health: tuple[float, dict[str, Any]] | None = None
         self.watcher = (
             IndexWatcher(
                 self.services.store,
@@ -113,6 +104,16 @@ class Engine:
             if watch
             else None
         )
+        # Several workers: a job call reaching another worker than the job's is relayed. The
+        # relay comes last, so a start that fails leaves no socket behind in the directory.
+        self.relay = (
+            JobRelay(s.relay_dir, self._answer_relayed, s.request_timeout_s)
+            if s.workers > 1
+            else None
+        )
+        prefix = self.relay.id_prefix if self.relay else ""
+        self.jobs = JobRunner(s.job_workers, s.max_jobs, s.job_ttl_s, prefix)
+        self._health: tuple[float, dict[str, Any]] | None = None
 
     # -- embedding ----------------------------------------------------------------
     def encode(self, texts: list[str], normalize: bool = True) -> np.ndarray:
