@@ -55,11 +55,12 @@ def encode_per_s(embedder, texts: list[str], n: int) -> float:
 # generator), or aiohttp (`--client aiohttp`), whose per-request CPU is a fraction of httpx's:
 # on 2 cores an httpx client at 32 connections drives the trivial echo service (the floor
 # phase) at ~310 rps and aiohttp at ~880, so past ~200 rps httpx's latencies measure itself.
-CLIENT = "httpx"
+CLIENTS = ("httpx", "aiohttp")
 
 
-async def load(url: str, path: str, bodies: list, clients: int) -> dict:
-    """`clients` concurrent workers post `bodies` (in order, shared queue); latency stats."""
+async def load(url: str, path: str, bodies: list, clients: int, client: str) -> dict:
+    """`clients` concurrent workers post `bodies` (in order, shared queue) with the HTTP
+    library `client` (one of CLIENTS); latency stats."""
     from tests.service.serve_helpers import ADMIN
 
     lat: list[float] = []
@@ -82,7 +83,7 @@ async def load(url: str, path: str, bodies: list, clients: int) -> dict:
         await asyncio.gather(*(worker() for _ in range(clients)))
         return time.perf_counter() - t0
 
-    if CLIENT == "aiohttp":
+    if client == "aiohttp":
         import aiohttp
 
         conn = aiohttp.TCPConnector(limit=clients)
@@ -205,6 +206,7 @@ def compare(
     batches: list[list[str]],
     clients: int,
     repeat: int,
+    client: str,
     local: Callable[[], float] | None = None,
 ) -> dict:
     """semflow's /embed and the peer's /embeddings under the same load, phases alternating
@@ -218,10 +220,10 @@ def compare(
         url, model = theirs
         targets.append(("peer", url, "/embeddings", lambda b: {"input": b, "model": model}))
     for _name, url, path, shape in targets:
-        asyncio.run(load(url, path, [shape(b) for b in warm], min(clients, 8)))
+        asyncio.run(load(url, path, [shape(b) for b in warm], min(clients, 8), client))
     for _ in range(repeat):
         for name, url, path, shape in targets:
-            r = asyncio.run(load(url, path, [shape(b) for b in batches], clients))
+            r = asyncio.run(load(url, path, [shape(b) for b in batches], clients, client))
             r["texts_per_s"] = r["rps"] * len(batches[0])
             runs[name].append(r)
         if local is not None:
@@ -245,10 +247,8 @@ def main() -> None:
     ap.add_argument("--workers", default=f"1,2,{os.cpu_count()}", help="worker counts to run")
     ap.add_argument("--repeat", type=int, default=2, help="alternating runs of each phase")
     ap.add_argument("--compare-only", action="store_true", help="skip the floors, /search and RSS")
-    ap.add_argument("--client", default="httpx", choices=("httpx", "aiohttp"), help="load client")
+    ap.add_argument("--client", default="httpx", choices=CLIENTS, help="load client")
     args = ap.parse_args()
-    global CLIENT
-    CLIENT = args.client
     q = args.quick
     n_embed = 640 if q else 1600
     n_batch = 40 if q else 100
@@ -267,7 +267,12 @@ def main() -> None:
         s = load_settings(home=home, backend=args.backend)
         torch_emb = resolve_embedder(load_settings(home=home, backend="torch"))
         emb = resolve_embedder(s)  # an ONNX backend exports into `home` here, once
-        out: dict = {"quick": q, "cpus": os.cpu_count(), "backend": args.backend, "client": CLIENT}
+        out: dict = {
+            "quick": q,
+            "cpus": os.cpu_count(),
+            "backend": args.backend,
+            "client": args.client,
+        }
         out["load_before"] = os.getloadavg()
         out["encode_per_s"] = encode_per_s(emb, texts, 1024 if q else 3200)
         if not args.compare_only:  # /embed needs no index
@@ -289,9 +294,9 @@ def main() -> None:
         if not args.compare_only:
             # The HTTP floor: a trivial API behind the same guard, served on its own (no model).
             with serve(home, tmp, target=FLOOR, **env) as url:
-                asyncio.run(load(url, "/echo", [{"text": "x"}] * 100, 8))  # warm up
+                asyncio.run(load(url, "/echo", [{"text": "x"}] * 100, 8, args.client))  # warm up
                 bodies = [{"text": t} for t in texts[:n_embed]]
-                echo = asyncio.run(load(url, "/echo", bodies, 32))
+                echo = asyncio.run(load(url, "/echo", bodies, 32, args.client))
             out["echo_rps"] = echo["rps"]
             out["limit_rps"] = 1 / (1 / out["encode_per_s"] + 1 / echo["rps"])
         singles = single_bodies(texts, n_embed, 1000)
@@ -303,15 +308,21 @@ def main() -> None:
                 procs: list = []
                 with serve(home, tmp, procs, SEMFLOW_WORKERS=str(w), **env) as url:
                     row: dict = {"threads_per_worker": load_settings(workers=w).threads_per_worker}
-                    row["single_32_clients"] = compare(url, theirs, singles, 32, args.repeat)
+                    row["single_32_clients"] = compare(
+                        url, theirs, singles, 32, args.repeat, args.client
+                    )
                     if w == workers[0]:
-                        b = compare(url, theirs, batches, 8, args.repeat, torch_in_process)
+                        b = compare(
+                            url, theirs, batches, 8, args.repeat, args.client, torch_in_process
+                        )
                         b["vs_torch_in_process"] = (
                             b["semflow"]["texts_per_s"] / b["in_process_texts_per_s"]
                         )
                         row["batch_8x32"] = b
                         if not args.compare_only:
-                            row.update(search_and_rss(url, procs[0], texts, n_points, n_rss))
+                            row.update(
+                                search_and_rss(url, procs[0], texts, n_points, n_rss, args.client)
+                            )
                     out["workers"][str(w)] = row
         out["load_after"] = os.getloadavg()
     batch = out["workers"][str(workers[0])]["batch_8x32"]
@@ -343,12 +354,14 @@ def main() -> None:
     print(json.dumps(out, indent=2))
 
 
-def search_and_rss(url: str, proc, texts: list[str], n_points: int, n_rss: int) -> dict:
+def search_and_rss(
+    url: str, proc, texts: list[str], n_points: int, n_rss: int, client: str
+) -> dict:
     """/search under 32 clients on the large index, and the server's RSS growth over it."""
     sq = [{"query": texts[i % len(texts)], "tenant": f"t{i % 10}"} for i in range(n_rss)]
-    asyncio.run(load(url, "/search", sq[:200], 8))  # warm up (and fill the query cache)
+    asyncio.run(load(url, "/search", sq[:200], 8, client))  # warm up (and fill the query cache)
     rss0 = rss_mb(proc)
-    srch = asyncio.run(load(url, "/search", sq, 32))
+    srch = asyncio.run(load(url, "/search", sq, 32, client))
     rss1 = rss_mb(proc)
     srch["points"] = n_points
     return {
