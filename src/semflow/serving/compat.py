@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from semflow.serving.errors import INTERNAL_ERROR, ApiError, NotFound, status_for
+from semflow.serving.errors import ApiError, NotFound, error_answer, is_bug
 from semflow.serving.http import ASGIApp, Message, Receive, Scope, Send, encode_vectors
 from semflow.serving.schemas import (
     Candidate,
@@ -91,13 +91,14 @@ def error_body(
 
 
 def error_response(path: str, err: BaseException) -> tuple[int, dict[str, Any]]:
-    """(status, body) for an error raised by a compatible route; bugs stay in the log."""
-    status = status_for(err)
-    if status >= 500 and status != 503:
-        log.exception("unexpected error", exc_info=err)
-        return status, error_body(path, status, INTERNAL_ERROR)
+    """(status, body) for an error raised by a compatible route, in the peer's shape: the
+    sentence of `error_answer` (a bug's stays in the log), and for a client error the
+    parameter and code it names."""
+    status, answer = error_answer(err)
+    if is_bug(status):
+        return status, error_body(path, status, answer["error"])
     return status, error_body(
-        path, status, str(err), getattr(err, "param", None), getattr(err, "code", None)
+        path, status, answer["error"], getattr(err, "param", None), getattr(err, "code", None)
     )
 
 

@@ -78,11 +78,17 @@ def status_for(err: BaseException) -> int:
     return 500
 
 
+def is_bug(status: int) -> bool:
+    """Whether an error of this status is a bug (a 5xx other than "unavailable"): its text
+    can hold internals, so it is logged whole and never answered."""
+    return status >= 500 and status != 503
+
+
 def error_answer(err: BaseException) -> tuple[int, dict[str, str]]:
     """(status, `{"error": sentence}`) of an error; a bug is logged whole and only a pointer
-    to the log is answered (its text can hold internals)."""
+    to the log is answered."""
     status = status_for(err)
-    if status >= 500 and status != 503:
+    if is_bug(status):
         log.exception("unexpected error", exc_info=err)
         return status, {"error": INTERNAL_ERROR}
     return status, {"error": str(err)}
