@@ -13,11 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -234,21 +232,9 @@ def serve(port: int, key: str, key_hash: str, banner: str, smoke: bool = False) 
     except KeyboardInterrupt:
         pass
     finally:
-        stop(proc)
+        from semflow.procs import stop_group
 
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group, then SIGKILL whatever of it is left."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        pass
-    with suppress(ProcessLookupError):  # workers that outlived the server
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+        stop_group(proc)
 
 
 def main() -> None:

@@ -64,17 +64,6 @@ _PLANTS = ["tomatoes", "roses", "tulips", "basil", "carrots", "lavender", "beans
 _PLACES = ["the old fence", "the south wall", "the pond", "the shed", "the orchard"]
 
 
-def stop_group(proc: subprocess.Popen, grace_s: float = 20) -> None:
-    """SIGTERM `proc`'s process group (started with start_new_session), SIGKILL after grace."""
-    with suppress(ProcessLookupError):  # it may have exited on its own (a failed start)
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def run_tree(
     cmd: list[str], *, timeout: float, **kwargs: object
 ) -> subprocess.CompletedProcess[str]:

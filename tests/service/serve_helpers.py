@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import free_port, stop_group
+from semflow.procs import stop_group
+from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = {"admin": "admin-key-0123", "bank": "bank-key-4567", "other": "other-key-8901"}

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from semflow.procs import stop_group
 from tests.airflow_local import free_port
-from tests.helpers import stop_group
 from tests.ui.browser import chromium, missing, screenshot, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
