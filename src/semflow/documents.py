@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
@@ -36,6 +37,8 @@ CHUNK_NAMESPACE = uuid.uuid5(NAMESPACE, "chunk")
 PARENT_FIELD = "parent_id"
 
 
+# A sync asks for each document's id about four times (lookups, upsert, catalog row).
+@functools.lru_cache(maxsize=1 << 16)
 def point_id(source: str, doc_id: str, chunk_no: int = 0) -> str:
     """Deterministic point id of a document's chunk: uuid5(NAMESPACE, "source/doc_id") for
     chunk 0, the id the document had before chunking (so an older index stays valid), and

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -259,6 +258,7 @@ class OnnxRunner:
 
     def __init__(self, export: Path, model_dir: Path, threads: int | None = None) -> None:
         import onnxruntime as ort
+        from tokenizers import Tokenizer
         from transformers import AutoTokenizer
 
         self.meta = json.loads((export / META_FILE).read_text())
@@ -283,10 +283,14 @@ class OnnxRunner:
         self.tokenizer = AutoTokenizer.from_pretrained(
             str(transformer_dir(model_dir)), local_files_only=True
         )
-        # a fast tokenizer is one Rust object whose padding state each call sets: not
-        # safe to call from two threads at once
-        self._tok_lock = threading.Lock()
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
+        # Its Rust tokenizer, copied and set up once (truncation, no padding): ids only, without
+        # the offsets and Python encodings the wrapper builds per call (10k Banking77 texts:
+        # 0.14 s instead of 0.39 s; the same ids). The wrapper resets a tokenizer's
+        # truncation and padding on each call, so the copy is this runner's own.
+        self._fast = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+        self._fast.no_padding()
+        self._fast.enable_truncation(max_length=self.max_seq_length)
 
     @property
     def dimension(self) -> int:
@@ -317,11 +321,7 @@ class OnnxRunner:
     def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         if self.meta["do_lower_case"]:
             texts = [t.lower() for t in texts]
-        with self._tok_lock:
-            enc = self.tokenizer(
-                list(texts), truncation="longest_first", max_length=self.max_seq_length
-            )
-        return list(enc["input_ids"])
+        return [enc.ids for enc in self._fast.encode_batch_fast(list(texts))]
 
     def _run(self, ids: list[list[int]]) -> np.ndarray:
         """One session call on token ids padded (right, as the tokenizer pads) to the longest."""

@@ -86,6 +86,22 @@ def test_session_calls_are_small_and_pad_little(embedder, onnx_embedders):
     assert _cosines(got, embedder.encode(texts)).min() >= 0.9999
 
 
+def test_token_ids_are_the_models_own_from_any_thread(embedder, onnx_embedders):
+    """The runner tokenises with its own copy of the model's Rust tokenizer: the ids of
+    sentence-transformers' tokenizer (truncated at max_seq_length), from several threads at
+    once too."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [*_texts(), "word " * 400, "", "Ünïcödé 日本語 😀 " * 40, "[CLS] [SEP] [MASK] x"]
+    st_tokenizer = embedder.model[0].tokenizer
+    want = st_tokenizer(texts, truncation=True, max_length=256)["input_ids"]
+    runner = onnx_embedders["onnx-int8"].onnx
+    assert runner._tokenize(texts) == want
+    with ThreadPoolExecutor(8) as pool_:
+        got = list(pool_.map(runner._tokenize, [texts[k:] + texts[:k] for k in range(32)]))
+    assert all(g == want[k:] + want[:k] for k, g in enumerate(got))
+
+
 def test_each_backend_has_its_own_stable_version(embedder, onnx_embedders):
     torch_v = embedder.version
     onnx_v, int8_v = onnx_embedders["onnx"].version, onnx_embedders["onnx-int8"].version

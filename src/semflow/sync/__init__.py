@@ -2,7 +2,8 @@
 
 Three steps, so a DAG can fan the embedding out over workers (`.expand()`):
   plan_sync()        extract the window, skip unchanged docs, write partitions to staging (`plan`)
-  embed_partition()  embed one partition (resumable: content-addressed in staging) (`embed`)
+  embed_partition()  embed one partition (resumable: content-addressed in staging) (`embed`;
+                     `embed_partitions` embeds several in one length-sorted call)
   apply_sync()       one writer: upsert, delete, reconcile, publish a generation, then record
                      (`apply`; dead letters, orphans and full-refresh carry-over: `reconcile`)
 `run_sync()` runs all three in one process (`run`); the CLI and the DAG call the same functions.
@@ -21,7 +22,7 @@ letters (embedded again by the next run) and the rest of the plan still applies.
 from __future__ import annotations
 
 from semflow.sync.apply import SyncResult, apply_sync
-from semflow.sync.embed import embed_partition
+from semflow.sync.embed import embed_partition, embed_partitions
 from semflow.sync.plan import MAX_ATTEMPTS, SyncPlan, Window, check_text, plan_sync
 from semflow.sync.run import run_sync
 
@@ -33,6 +34,7 @@ __all__ = [
     "apply_sync",
     "check_text",
     "embed_partition",
+    "embed_partitions",
     "plan_sync",
     "run_sync",
 ]

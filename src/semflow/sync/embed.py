@@ -1,4 +1,4 @@
-"""Step 2, embed: one partition of a plan to a vectors file, one call per worker.
+"""Step 2, embed: partitions of a plan to vectors files (one partition per worker in a DAG).
 
 Vectors are content-addressed (embedder version + texts) in the source's staging folder, so
 a retried or resumed run reuses what a previous attempt finished.
@@ -7,7 +7,9 @@ a retried or resumed run reuses what a previous attempt finished.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,8 @@ import numpy as np
 
 from semflow.embedding import Embedder, check_embedder
 from semflow.sync.plan import SyncPlan, read_lines
+
+log = logging.getLogger("semflow.sync")
 
 
 def vectors_path(plan: SyncPlan, rows: list[dict[str, Any]]) -> Path:
@@ -28,15 +32,63 @@ def vectors_path(plan: SyncPlan, rows: list[dict[str, Any]]) -> Path:
     return cache / f"{h.hexdigest()[:32]}.npy"
 
 
+# Texts embedded in one call: sorted by length across several partitions, batches pad less
+# (10k Banking77 texts in one call against five of 2000: torch 6% faster, onnx-int8 1-2%);
+# bounded so memory stays small.
+GROUP_TEXTS = 16_384
+
+
 def embed_partition(plan: SyncPlan, part: str, embedder: Embedder) -> str:
     """Embed one partition; reuses a finished result (a retried or resumed run)."""
+    return embed_partitions(plan, [part], embedder)[0]
+
+
+def embed_partitions(
+    plan: SyncPlan,
+    parts: list[str],
+    embedder: Embedder,
+    on_done: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Embed partitions, consecutive ones together in calls of up to `GROUP_TEXTS` texts; a
+    partition whose vectors exist is reused. `on_done(n)`: n more partitions are saved."""
     check_embedder(embedder.version, plan.embedder_version, "the plan was made for")
-    rows = read_lines(Path(part))
-    out = vectors_path(plan, rows)
-    if out.exists():
-        return str(out)
-    vecs = embedder.encode([r["index_text"] for r in rows])
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.npy")
+    out: list[str] = []
+    group: list[tuple[Path, list[str]]] = []
+    done = 0
+
+    def saved(n: int) -> None:
+        nonlocal done
+        done += n
+        # a saved partition is a resume point: worth its own log line
+        log.info("embedded partitions: %d/%d", done, len(parts))
+        if on_done is not None:
+            on_done(n)
+
+    def flush() -> None:
+        vecs = embedder.encode([t for _, texts in group for t in texts])
+        start = 0
+        for path, texts in group:
+            _save(path, vecs[start : start + len(texts)])
+            start += len(texts)
+        saved(len(group))
+        group.clear()
+
+    for part in parts:
+        rows = read_lines(Path(part))
+        path = vectors_path(plan, rows)
+        out.append(str(path))
+        if path.exists():
+            saved(1)
+            continue
+        if group and sum(len(t) for _, t in group) + len(rows) > GROUP_TEXTS:
+            flush()
+        group.append((path, [r["index_text"] for r in rows]))
+    if group:
+        flush()
+    return out
+
+
+def _save(path: Path, vecs: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
     np.save(tmp, vecs)
-    os.replace(tmp, out)
-    return str(out)
+    os.replace(tmp, path)

@@ -10,7 +10,7 @@ from semflow.app import Services
 from semflow.progress import progress
 from semflow.sources.base import Source
 from semflow.sync.apply import SyncResult, apply_sync
-from semflow.sync.embed import embed_partition
+from semflow.sync.embed import embed_partitions
 from semflow.sync.plan import Window, plan_sync
 
 log = logging.getLogger("semflow.sync")
@@ -40,13 +40,8 @@ def run_sync(
         reconcile=reconcile,
         settings=svc.settings,
     )
-    vectors = []
     with progress(f"sync {source.name}: embedding", len(plan.partitions), "partitions") as bar:
-        for k, part in enumerate(plan.partitions):
-            vectors.append(embed_partition(plan, part, embedder))
-            bar.update()
-            # a finished partition is a resume point: worth its own log line
-            log.info("embedded partition %d/%d", k + 1, len(plan.partitions))
+        vectors = embed_partitions(plan, plan.partitions, embedder, on_done=bar.update)
     result = apply_sync(
         plan, catalog=catalog, store=store, dimension=embedder.dimension, vectors=vectors
     )
