@@ -459,8 +459,10 @@ class EdgeStore(IndexStore):
 
         self._remove_unpublished(live)
         base = None if fresh else live
+        base_meta: dict[str, Any] | None = None
         if base is not None:
-            self._check_embedder(base, self.embedder_version_of(base), embedder_version)
+            base_meta = self.meta(base)  # read once: the checks below and the new meta need it
+            self._check_embedder(base, stored_embedder_version(base_meta), embedder_version)
         gen = self._next_generation(live)
         path = self._gen_dir(gen)
         meta = {
@@ -468,9 +470,9 @@ class EdgeStore(IndexStore):
             "embedder_version": embedder_version,
             "dimension": dimension,
             "based_on": base,
-            "sparse_encoder": self._sparse_encoder(base),
+            "sparse_encoder": self._sparse_encoder(base_meta),
             # a fresh generation holds no chunked document until one is upserted
-            "chunked": False if base is None else self.meta(base).get("chunked"),
+            "chunked": False if base_meta is None else base_meta.get("chunked"),
         }
         clone = None
         if base is not None:
@@ -517,11 +519,11 @@ class EdgeStore(IndexStore):
             raise
         self.prune(self.keep)
 
-    def _sparse_encoder(self, base: int | None) -> str | None:
+    def _sparse_encoder(self, base_meta: dict[str, Any] | None) -> str | None:
         """The sparse encoder of a new generation: a copy keeps its base's vector layout
         (sparse vectors only if the base had them), a fresh one gets this store's."""
-        if base is not None:
-            return self.meta(base).get("sparse_encoder")
+        if base_meta is not None:
+            return base_meta.get("sparse_encoder")
         return self.lexical.version if self.lexical is not None else None
 
     def _drop(self, generation: int) -> None:
