@@ -17,6 +17,7 @@ from semflow.config import get_settings
 from semflow.index import open_store
 from semflow.index.qdrant_edge import EdgeIndex
 from semflow.sources import FieldMapping, FileSource
+from semflow.sync import embed as embed_step
 from semflow.sync import run_sync
 
 pytestmark = pytest.mark.integration
@@ -66,7 +67,8 @@ class Flaky:
         return self.inner.encode(texts)
 
 
-def test_exception_after_k_embed_batches_then_rerun(corpus, embedder):
+def test_exception_after_k_embed_batches_then_rerun(corpus, embedder, monkeypatch):
+    monkeypatch.setattr(embed_step, "GROUP_TEXTS", 4)  # one partition per call
     with pytest.raises(RuntimeError, match="worker died"):
         run_sync(corpus, Services.from_settings(None, embedder=Flaky(embedder, fail_on=4)))
     assert open_store().live_generation() is None
@@ -120,7 +122,7 @@ def _cli(*args: str) -> subprocess.Popen:
 def test_sigkill_mid_sync_then_rerun(corpus):
     proc = _cli("sync", "--source", "notes")
     for line in proc.stderr:
-        if "embedded partition 3/6" in line:
+        if "embedded partitions: 3/6" in line:
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait()

@@ -70,7 +70,7 @@ def embed_partitions(
         for path, texts in group:
             _save(path, vecs[start : start + len(texts)])
             start += len(texts)
-        saved(len(group))
+            saved(1)
         group.clear()
 
     for part in parts:
