@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         default=200_000, ge=16, description="Longest document a sync indexes whole."
     )
     sync_partition_size: int = Field(default=2000, ge=1)
+    # Consecutive partitions `semflow sync` embeds in one length-sorted call (batches pad
+    # less: torch ~6% faster on Banking77); a crash loses at most one call's work.
+    sync_embed_group: int = Field(
+        default=16_384, ge=1, description="Texts per embedding call of an in-process sync."
+    )
     # Long documents (semflow.chunking): overlapping windows of the embedder's tokens, each
     # one point. Capped at the model's window (256 tokens for MiniLM, special tokens included).
     chunk_tokens: int = Field(

@@ -17,7 +17,6 @@ from semflow.config import get_settings
 from semflow.index import open_store
 from semflow.index.qdrant_edge import EdgeIndex
 from semflow.sources import FieldMapping, FileSource
-from semflow.sync import embed as embed_step
 from semflow.sync import run_sync
 
 pytestmark = pytest.mark.integration
@@ -39,6 +38,7 @@ def corpus(tmp_path, semflow_home, monkeypatch):
     )
     monkeypatch.setenv("SEMFLOW_SOURCES_FILE", str(sources))
     monkeypatch.setenv("SEMFLOW_SYNC_PARTITION_SIZE", "4")  # 6 partitions
+    monkeypatch.setenv("SEMFLOW_SYNC_EMBED_GROUP", "4")  # one partition per embedding call
     get_settings.cache_clear()
     return FileSource("notes", path, FieldMapping(updated_at=None))
 
@@ -67,8 +67,7 @@ class Flaky:
         return self.inner.encode(texts)
 
 
-def test_exception_after_k_embed_batches_then_rerun(corpus, embedder, monkeypatch):
-    monkeypatch.setattr(embed_step, "GROUP_TEXTS", 4)  # one partition per call
+def test_exception_after_k_embed_batches_then_rerun(corpus, embedder):
     with pytest.raises(RuntimeError, match="worker died"):
         run_sync(corpus, Services.from_settings(None, embedder=Flaky(embedder, fail_on=4)))
     assert open_store().live_generation() is None

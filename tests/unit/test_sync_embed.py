@@ -14,7 +14,6 @@ import pytest
 from semflow.catalog import Catalog
 from semflow.config import load_settings
 from semflow.sources import FieldMapping, FileSource
-from semflow.sync import embed as embed_step
 from semflow.sync import embed_partition, embed_partitions, plan_sync
 from semflow.sync.plan import SyncPlan, read_lines
 
@@ -76,7 +75,7 @@ def _check_saved(plan: SyncPlan, paths: list[str]) -> None:
 def test_partitions_are_embedded_in_one_call_and_saved_apart(plan: SyncPlan) -> None:
     emb = RecordingEmbedder()
     done: list[int] = []
-    paths = embed_partitions(plan, plan.partitions, emb, on_done=done.append)  # type: ignore[arg-type]
+    paths = embed_partitions(plan, plan.partitions, emb, 100, on_done=done.append)  # type: ignore[arg-type]
     assert [len(c) for c in emb.calls] == [10]
     assert len(set(paths)) == 4 and sum(done) == 4
     _check_saved(plan, paths)
@@ -85,20 +84,19 @@ def test_partitions_are_embedded_in_one_call_and_saved_apart(plan: SyncPlan) -> 
     assert len(emb.calls) == 1
 
 
-def test_a_call_holds_at_most_group_texts(plan: SyncPlan, monkeypatch) -> None:
-    monkeypatch.setattr(embed_step, "GROUP_TEXTS", 6)
+def test_a_call_holds_at_most_group_texts(plan: SyncPlan) -> None:
     emb = RecordingEmbedder()
-    paths = embed_partitions(plan, plan.partitions, emb)  # type: ignore[arg-type]
+    paths = embed_partitions(plan, plan.partitions, emb, 6)  # type: ignore[arg-type]
     assert [len(c) for c in emb.calls] == [6, 4]
     _check_saved(plan, paths)
 
 
 def test_a_resumed_run_embeds_only_the_missing_partitions(plan: SyncPlan) -> None:
-    first = embed_partitions(plan, plan.partitions, RecordingEmbedder())  # type: ignore[arg-type]
+    first = embed_partitions(plan, plan.partitions, RecordingEmbedder(), 100)  # type: ignore[arg-type]
     Path(first[0]).unlink()
     Path(first[2]).unlink()
     emb = RecordingEmbedder()
-    again = embed_partitions(plan, plan.partitions, emb)  # type: ignore[arg-type]
+    again = embed_partitions(plan, plan.partitions, emb, 100)  # type: ignore[arg-type]
     assert again == first
     missing = [r["index_text"] for p in (0, 2) for r in read_lines(Path(plan.partitions[p]))]
     assert sorted(t for c in emb.calls for t in c) == sorted(missing)
@@ -109,7 +107,7 @@ def test_a_plan_for_another_embedder_is_refused(plan: SyncPlan) -> None:
     emb = RecordingEmbedder()
     emb.version = "other@1"
     with pytest.raises(Exception, match="other@1"):
-        embed_partitions(plan, plan.partitions, emb)  # type: ignore[arg-type]
+        embed_partitions(plan, plan.partitions, emb, 100)  # type: ignore[arg-type]
     assert emb.calls == []
 
 
@@ -125,3 +123,10 @@ def test_a_sync_embeds_its_whole_plan_in_one_call(tmp_path: Path) -> None:
     result = run_sync(source, Services.from_settings(settings, embedder=emb))
     assert result.counts["indexed"] == 7 and result.counts["points"] == 7
     assert [len(c) for c in emb.calls] == [7]
+    # SEMFLOW_SYNC_EMBED_GROUP bounds a call (partitions of 2, 2, 2, 1)
+    path.write_text("".join(json.dumps({"id": i, "text": f"new {i}"}) + "\n" for i in range(7)))
+    emb.calls.clear()
+    small = load_settings(home=tmp_path / "home", sync_partition_size=2, sync_embed_group=4)
+    result = run_sync(source, Services.from_settings(small, embedder=emb))
+    assert result.counts["indexed"] == 7
+    assert [len(c) for c in emb.calls] == [4, 3]

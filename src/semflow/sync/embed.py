@@ -32,25 +32,22 @@ def vectors_path(plan: SyncPlan, rows: list[dict[str, Any]]) -> Path:
     return cache / f"{h.hexdigest()[:32]}.npy"
 
 
-# Texts embedded in one call: sorted by length across several partitions, batches pad less
-# (10k Banking77 texts in one call against five of 2000: torch 6% faster, onnx-int8 1-2%);
-# bounded so memory stays small.
-GROUP_TEXTS = 16_384
-
-
 def embed_partition(plan: SyncPlan, part: str, embedder: Embedder) -> str:
     """Embed one partition; reuses a finished result (a retried or resumed run)."""
-    return embed_partitions(plan, [part], embedder)[0]
+    return embed_partitions(plan, [part], embedder, group_texts=1)[0]
 
 
 def embed_partitions(
     plan: SyncPlan,
     parts: list[str],
     embedder: Embedder,
+    group_texts: int,
     on_done: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Embed partitions, consecutive ones together in calls of up to `GROUP_TEXTS` texts; a
-    partition whose vectors exist is reused. `on_done(n)`: n more partitions are saved."""
+    """Embed partitions, consecutive ones together in calls of up to `group_texts` texts
+    (sorted by length across partitions, batches pad less: 10k Banking77 texts in one call
+    against five of 2000, torch 6% faster, onnx-int8 1-2%); a partition whose vectors exist
+    is reused. `on_done(n)`: n more partitions are saved."""
     check_embedder(embedder.version, plan.embedder_version, "the plan was made for")
     out: list[str] = []
     group: list[tuple[Path, list[str]]] = []
@@ -80,7 +77,7 @@ def embed_partitions(
         if path.exists():
             saved(1)
             continue
-        if group and sum(len(t) for _, t in group) + len(rows) > GROUP_TEXTS:
+        if group and sum(len(t) for _, t in group) + len(rows) > group_texts:
             flush()
         group.append((path, [r["index_text"] for r in rows]))
     if group:

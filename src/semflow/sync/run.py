@@ -41,7 +41,9 @@ def run_sync(
         settings=svc.settings,
     )
     with progress(f"sync {source.name}: embedding", len(plan.partitions), "partitions") as bar:
-        vectors = embed_partitions(plan, plan.partitions, embedder, on_done=bar.update)
+        vectors = embed_partitions(
+            plan, plan.partitions, embedder, svc.settings.sync_embed_group, on_done=bar.update
+        )
     result = apply_sync(
         plan, catalog=catalog, store=store, dimension=embedder.dimension, vectors=vectors
     )
