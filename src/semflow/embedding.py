@@ -164,6 +164,12 @@ class Embedder:
         return self._onnx
 
     @property
+    def tokenizer(self) -> Any:
+        """The model's Hugging Face tokenizer, from what runs it (no torch weights are loaded
+        for an ONNX backend)."""
+        return self.model.tokenizer if self.backend == "torch" else self.onnx.tokenizer
+
+    @property
     def dimension(self) -> int:
         if self.backend != "torch":
             return self.onnx.dimension

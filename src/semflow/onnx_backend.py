@@ -253,12 +253,24 @@ def _quantize(fp32: Path, out: Path) -> dict[str, Any]:
     return {k: v for k, v in meta.items() if k not in ("recipe", "backend", "embedder_version")}
 
 
+def private_tokenizer(hf_tokenizer: Any, max_length: int) -> Any:
+    """A copy of a Hugging Face fast tokenizer's Rust tokenizer, set up once: truncating at
+    `max_length`, never padding. Its holder's own, because the wrapper resets truncation and
+    padding on every call and one shared across threads fails ("Already borrowed"); the copy
+    is only read, so any number of threads may call it."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+    tok.no_padding()
+    tok.enable_truncation(max_length=max_length)
+    return tok
+
+
 class OnnxRunner:
     """An onnxruntime session over one export plus the tokenizer and pooling of its model."""
 
     def __init__(self, export: Path, model_dir: Path, threads: int | None = None) -> None:
         import onnxruntime as ort
-        from tokenizers import Tokenizer
         from transformers import AutoTokenizer
 
         self.meta = json.loads((export / META_FILE).read_text())
@@ -284,13 +296,9 @@ class OnnxRunner:
             str(transformer_dir(model_dir)), local_files_only=True
         )
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
-        # Its Rust tokenizer, copied and set up once (truncation, no padding): ids only, without
-        # the offsets and Python encodings the wrapper builds per call (10k Banking77 texts:
-        # 0.14 s instead of 0.39 s; the same ids). The wrapper resets a tokenizer's
-        # truncation and padding on each call, so the copy is this runner's own.
-        self._fast = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
-        self._fast.no_padding()
-        self._fast.enable_truncation(max_length=self.max_seq_length)
+        # ids only, without the offsets and Python encodings the wrapper builds per call (10k
+        # Banking77 texts: 0.14 s instead of 0.39 s; the same ids)
+        self._fast = private_tokenizer(self.tokenizer, self.max_seq_length)
 
     @property
     def dimension(self) -> int:

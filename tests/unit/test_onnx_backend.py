@@ -102,6 +102,19 @@ def test_token_ids_are_the_models_own_from_any_thread(embedder, onnx_embedders):
     assert all(g == want[k:] + want[:k] for k, g in enumerate(got))
 
 
+def test_token_counts_of_an_onnx_embedder_load_no_torch_weights(embedder, onnx_home):
+    """The compatible routes' `usage` counts with the tokenizer the ONNX runner already has:
+    the same counts as sentence-transformers' tokenizer, and no torch model loaded for them."""
+    from semflow.serving.compat import TokenCounter
+
+    fresh = resolve_embedder(_settings(onnx_home, "onnx-int8"))
+    counter = TokenCounter(fresh, lambda text: 0)
+    texts = [*_texts(10), "word " * 400, ""]
+    want = embedder.model[0].tokenizer(texts, truncation=True, max_length=256)["input_ids"]
+    assert counter.exact and counter.count(texts) == sum(len(ids) for ids in want)
+    assert fresh._model is None
+
+
 def test_each_backend_has_its_own_stable_version(embedder, onnx_embedders):
     torch_v = embedder.version
     onnx_v, int8_v = onnx_embedders["onnx"].version, onnx_embedders["onnx-int8"].version

@@ -165,24 +165,18 @@ class PeerErrorShape:
 
 
 class TokenCounter:
-    """Tokens the model reads from each text, counted by a private copy of its tokenizer.
-
-    A copy, because a Hugging Face fast tokenizer shared with the model's own calls fails
-    ("Already borrowed") when two threads use it at once; this one is set up once and then
-    only read. A model without a fast tokenizer falls back to the micro-batcher's estimate
-    (~4 characters a token, capped at the window)."""
+    """Tokens the model reads from each text, counted by a private copy of its tokenizer
+    (`onnx_backend.private_tokenizer`). A model without a fast tokenizer falls back to the
+    micro-batcher's estimate (~4 characters a token, capped at the window)."""
 
     def __init__(self, embedder: Any, estimate: Callable[[str], int]) -> None:
+        from semflow.onnx_backend import private_tokenizer
+
         self.estimate = estimate
         self.exact = False
         self._tok: Any = None
         try:
-            backend = embedder.model.tokenizer.backend_tokenizer
-            from tokenizers import Tokenizer
-
-            tok = Tokenizer.from_str(backend.to_str())
-            tok.enable_truncation(max_length=int(embedder.max_seq_length))
-            tok.no_padding()
+            tok = private_tokenizer(embedder.tokenizer, int(embedder.max_seq_length))
             self._tok, self.exact = tok, True
         except Exception as err:  # any other model: an honest estimate, said in the log
             log.warning("token counts are estimated: no fast tokenizer (%s)", err)
