@@ -288,3 +288,30 @@ def test_a_small_sync_never_opens_the_live_generation(tmp_path, monkeypatch):
     res = run_sync(src, svc)
     assert (res.generation, res.counts["indexed"], res.counts["points"]) == (2, 2, 8)
     assert opened == []
+
+
+def test_only_the_tenant_index_is_loaded_when_a_generation_opens(tmp_path):
+    """Every segment of a fresh generation and of its copy keeps the tenant index on the
+    heap; the other payload indexes, the payloads and the id tracker are on the cold tier
+    (memory-mapped, read on first touch), and filters on them still answer."""
+    store = _built(tmp_path / "idx", 400)
+    with store.writer(MV, DIM) as w:
+        _change(w)
+    for gen in (1, 2):
+        gen_dir = store._gen_dir(gen)
+        cfg = json.loads((gen_dir / "edge_config.json").read_text())
+        assert (cfg["payload_memory"], cfg["id_tracker_memory"]) == ("cold", "cold")
+        segments = list((gen_dir / "segments").iterdir())
+        assert len(segments) >= 2  # a sealed segment and the appendable one
+        for seg in segments:
+            fields = json.loads((seg / "payload_index" / "config.json").read_text())
+            fields = fields["indexed_fields"]
+            assert fields.pop("tenant") == "keyword", seg
+            assert {f: v["memory"] for f, v in fields.items()} == dict.fromkeys(
+                ("type", "source", "doc_id", "labels"), "cold"
+            ), seg
+    with store.open_live() as idx:
+        assert [h.id for h in idx.retrieve(_points(1, start=7)[0])] == _points(1, start=7)[0]
+        v = _points(1, start=7, tag="v2")[1][0]
+        assert idx.search(v, "t1", 1, filters={"doc_id": "7"})[0].payload["text"].startswith("v2")
+        assert idx.search(v, "t2", 5) == []
