@@ -76,10 +76,11 @@ _SEALED_IMMUTABLE = (
 )
 # Payload indexes that stay in RAM (on the heap, parsed when a generation is opened): the
 # tenant filter is part of every search. The other payload indexes, the payloads and the id
-# tracker are memory-mapped on the cold tier: opening a generation reads none of them, so a
-# writer's copy and a reader's swap open about twice as fast and each process holds about
-# half the heap (benchmarks/sync.py, `open`); a filter on `type`, `source`, `doc_id` or
-# `labels` reads its pages on first use, from the page cache that all processes share.
+# tracker are memory-mapped on the cold tier: opening a generation parses none of them, so
+# a writer's copy and a reader's swap open about twice as fast and each process holds a
+# tenth of the heap, searches as fast (benchmarks/index_open.py); a filter on `type`,
+# `source`, `doc_id` or `labels` reads its pages on first use, from the page cache that all
+# processes share.
 _HOT_FIELDS = ("tenant",)
 # Vector storages of sealed segments; an appendable segment stores its vectors in chunks.
 _SEALED_STORAGE = {"Mmap", "InRamMmap"}
