@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from semflow.errors import IndexError_
-from semflow.index.qdrant_edge import EdgeStore
+from semflow.index.qdrant_edge import EdgeStore, _sealed
 
 DIM = 64
 MV = "test-model@000000000000"
@@ -139,7 +139,7 @@ def test_writer_killed_mid_sync_leaves_the_live_generation_intact(tmp_path):
         import sys, time
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_index_clone import _change, MV, DIM, THRESHOLD_KB
-        from semflow.index.qdrant_edge import EdgeStore
+        from semflow.index.qdrant_edge import EdgeStore, _sealed
         store = EdgeStore({str(root)!r}, indexing_threshold_kb=THRESHOLD_KB)
         with store.writer(MV, DIM) as w:
             _change(w)
@@ -302,7 +302,10 @@ def test_only_the_tenant_index_is_loaded_when_a_generation_opens(tmp_path):
         cfg = json.loads((gen_dir / "edge_config.json").read_text())
         assert (cfg["payload_memory"], cfg["id_tracker_memory"]) == ("cold", "cold")
         segments = list((gen_dir / "segments").iterdir())
-        assert len(segments) >= 2  # a sealed segment and the appendable one
+        sealed = [seg for seg in segments if _sealed(seg)]
+        assert sealed and len(segments) > len(sealed)  # a sealed segment and an appendable one
+        if gen == 1:  # the cold id tracker's mappings of a sealed segment: shared with the copy
+            assert all((seg / "id_tracker.i2e").stat().st_nlink == 2 for seg in sealed)
         for seg in segments:
             fields = json.loads((seg / "payload_index" / "config.json").read_text())
             fields = fields["indexed_fields"]
