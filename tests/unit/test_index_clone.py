@@ -139,7 +139,7 @@ def test_writer_killed_mid_sync_leaves_the_live_generation_intact(tmp_path):
         import sys, time
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_index_clone import _change, MV, DIM, THRESHOLD_KB
-        from semflow.index.qdrant_edge import EdgeStore, _sealed
+        from semflow.index.qdrant_edge import EdgeStore
         store = EdgeStore({str(root)!r}, indexing_threshold_kb=THRESHOLD_KB)
         with store.writer(MV, DIM) as w:
             _change(w)
