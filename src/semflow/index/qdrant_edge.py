@@ -46,6 +46,7 @@ from semflow.index.base import (
     hybrid_candidates,
     stored_embedder_version,
 )
+from semflow.index.edge_tier import durable_write, to_cold, to_hot
 from semflow.index.lock import file_lock
 
 if TYPE_CHECKING:
@@ -209,24 +210,6 @@ def _check_linked_untouched(stats: CloneStats, base: int) -> None:
                 f"qdrant-edge wrote to {path}, a file shared with generation {base}; "
                 "this engine version cannot share files between generations"
             )
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class EdgeIndex(VectorIndex):
@@ -486,10 +469,12 @@ class EdgeStore(IndexStore):
             # a fresh generation holds no chunked document until one is upserted
             "chunked": False if base_meta is None else base_meta.get("chunked"),
         }
-        clone = None
+        clone = hot = None
         if base is not None:
             clone = clone_generation(self._gen_dir(base), path)
             meta["clone"] = clone.to_meta()
+            # see semflow.index.edge_tier: the copy does not read the vectors it keeps
+            hot = to_cold(path)
             shard = q.EdgeShard.load(str(path))
         else:
             sparse = (
@@ -526,10 +511,12 @@ class EdgeStore(IndexStore):
             meta["points"] = index.count()
             meta["chunked"] = index.chunked
             index.close()
+            if hot is not None:
+                to_hot(path, hot)
             if clone is not None:
                 _check_linked_untouched(clone, base)
-            _atomic_write(path / "meta.json", json.dumps(meta, indent=1))
-            _atomic_write(self.root / "LIVE", str(gen))
+            durable_write(path / "meta.json", json.dumps(meta, indent=1))
+            durable_write(self.root / "LIVE", str(gen))
         except BaseException:
             with contextlib.suppress(Exception):
                 index.close()
