@@ -89,7 +89,7 @@ def to_cold(shard: Path) -> HotForm | None:
         not hnsw
         or not isinstance(vectors, dict)
         or set(hnsw) - set(vectors)
-        or any(o.get("on_disk") is not False or "memory" in o for o in hnsw.values())
+        or any(o.get("on_disk") or "memory" in o for o in hnsw.values())
         or any("memory" in v or v.get("on_disk") for v in vectors.values())
     ):
         return None

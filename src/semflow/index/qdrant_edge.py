@@ -322,6 +322,10 @@ class EdgeIndex(VectorIndex):
     def _count(self, flt: Any) -> int:
         import qdrant_edge as q
 
+        if flt is None:
+            # the segments' live-point counters: exact, and free (an exact count with no
+            # filter walks every point: 0.1 s of each publish at 1M points)
+            return int(self._shard.info().points_count)
         return int(self._shard.count(q.CountRequest(exact=True, filter=flt)))
 
     def _scroll(self, flt: Any, fields: list[str], offset: Any) -> tuple[list[Any], Any]:
