@@ -1,10 +1,11 @@
-"""A writer's copy of a generation is opened on qdrant-edge's cold tier, and published on the hot one.
+"""A writer's copy of a generation is opened on qdrant-edge's cold tier, published on the hot one.
 
 Opening a shard pre-reads the vectors of its sealed segments and loads their HNSW graphs into
 RAM: what a reader needs to search fast, and what a writer that adds 100 points to a copy of
 a 1M-point generation does not (it appends to the appendable segment and flips deletion
 flags; it reads a sealed segment's vectors only if the optimizer rebuilds that segment). At
-1M points that pre-read is 1.5 GB per sync, read from disk where the page cache is cold.
+1M points the vectors alone are 1.5 GB, read at every sync from disk where the page cache is
+cold. (A sealed sparse index is not read at open on either tier: it is left as it is.)
 
 The engine keeps the tier in the shard's `edge_config.json` and in each segment's
 `segment.json`, not in the data files: a sealed segment's vector file and graph file are the
@@ -15,8 +16,8 @@ exactly as before. Both config files are the copy's own (`clone_generation` copi
 never links them), and the engine's config-mismatch optimizer sees one tier throughout, so it
 rebuilds nothing.
 
-`tests/unit/test_edge_tier.py` checks that a copy opened this way leaves the vector file
-unread, and that what it publishes answers like a generation written on the hot tier.
+`tests/unit/test_edge_tier.py` checks that a copy opened this way leaves those files unread,
+and that what it publishes is what a writer on the hot tier would have published.
 """
 
 from __future__ import annotations
