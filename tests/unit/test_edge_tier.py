@@ -78,11 +78,19 @@ def test_a_writers_copy_leaves_the_vectors_and_graph_unread(tmp_path):
     files = _big_files(store._gen_dir(1))
     for f in files:
         _drop_cache(f)
+    live_configs = _configs(store._gen_dir(1))
     with store.writer(MV, DIM) as w:
         _change(w)
         # the copy's files are the live generation's (hard links): the same pages; a header
         # page or two may be read (hot: all of them)
         assert max(_resident(f) for f in files) < 0.05
+        # the tier switch is in the copy's own config files: the live generation's readers
+        # open it on the hot tier meanwhile
+        assert _configs(store._gen_dir(1)) == live_configs
+        assert _configs(w.path)[0]["vectors"][""]["memory"] == "cold"
+        assert "memory" not in live_configs[0]["vectors"][""]
+        with store.open_live() as reader:
+            assert reader.count() == 4000
     assert max(_resident(f) for f in files) < 0.05
     # the engine rebuilt no sealed segment (a tier it took for a config change would)
     kept = {s.name for s in (store._gen_dir(2) / "segments").iterdir()}
