@@ -149,7 +149,8 @@ def test_what_a_cold_writer_publishes_is_what_a_hot_one_would(tmp_path, monkeypa
 
 
 def test_a_layout_it_does_not_know_is_opened_as_it_is(tmp_path):
-    """No sealed segment yet, or a shard already on the cold tier: nothing is switched."""
+    """No sealed segment yet, a shard already on the cold tier, or a config it cannot read:
+    nothing is switched."""
     store = EdgeStore(tmp_path / "small", keep=5)  # the engine's threshold: nothing sealed
     with store.writer(MV, DIM) as w:
         w.upsert(*_points(20))
@@ -161,4 +162,12 @@ def test_a_layout_it_does_not_know_is_opened_as_it_is(tmp_path):
     hot = edge_tier.to_cold(gen)
     assert hot is not None and edge_tier.to_cold(gen) is None  # already cold
     edge_tier.to_hot(gen, hot)
+    before = _configs(gen)
+    # a segment config in a shape it was not written for: nothing switched, nothing written
+    seg = next(s for s in (gen / "segments").iterdir() if not _sealed(s)) / "segment.json"
+    text = seg.read_text()
+    seg.write_text(json.dumps({"config": {"vector_data": {"": {"storage_type": "Mmap"}}}}))
+    assert edge_tier.to_cold(gen) is None
+    seg.write_text(text)
+    assert _configs(gen) == before
     assert edge_tier.to_cold(gen) is not None

@@ -77,18 +77,33 @@ def to_cold(shard: Path) -> HotForm | None:
     """Switch the unopened copy `shard` to the cold tier; returns what `to_hot` restores, or
     None (the copy left as it is) when it has no HNSW segment on the hot tier or a layout this
     module does not know."""
-    config_text = (shard / "edge_config.json").read_text()
-    config = json.loads(config_text)
-    segments = _segment_configs(shard)
+    try:
+        config_text = (shard / "edge_config.json").read_text()
+        plan = _cold_plan(json.loads(config_text), _segment_configs(shard))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # an engine layout this module was not written for: opened as it is
+    if plan is None:
+        return None
+    config, segments, hnsw = plan
+    for path, seg in segments:
+        _replace(path, seg)
+    _replace(shard / "edge_config.json", config)
+    return HotForm(config_text, hnsw)
+
+
+def _cold_plan(
+    config: dict[str, Any], segments: list[tuple[Path, dict[str, Any]]]
+) -> tuple[dict[str, Any], list[tuple[Path, dict[str, Any]]], dict[str, dict[str, Any]]] | None:
+    """The cold twins of the shard config and of the segment configs (changed in place),
+    and the hot HNSW options; None when there is nothing on the hot tier to switch."""
     hnsw: dict[str, dict[str, Any]] = {}
     for _, seg in segments:
         for name, vec in seg["config"].get("vector_data", {}).items():
             if vec["index"]["type"] == "hnsw":
                 hnsw.setdefault(name, vec["index"]["options"])
-    vectors = config.get("vectors")
+    vectors = config["vectors"]
     if (
         not hnsw
-        or not isinstance(vectors, dict)
         or set(hnsw) - set(vectors)
         or any(o.get("on_disk") or "memory" in o for o in hnsw.values())
         or any("memory" in v or v.get("on_disk") for v in vectors.values())
@@ -98,14 +113,12 @@ def to_cold(shard: Path) -> HotForm | None:
         vec["memory"] = _COLD
         if name in hnsw:
             vec["hnsw_config"] = _cold_options(hnsw[name])
-    for path, seg in segments:
+    for _, seg in segments:
         for vec in seg["config"].get("vector_data", {}).values():
             vec["storage_type"] = _STORAGE_COLD.get(vec["storage_type"], vec["storage_type"])
             if vec["index"]["type"] == "hnsw":
                 vec["index"]["options"] = _cold_options(vec["index"]["options"])
-        _replace(path, seg)
-    _replace(shard / "edge_config.json", config)
-    return HotForm(config_text, hnsw)
+    return config, segments, hnsw
 
 
 def _cold_options(options: dict[str, Any]) -> dict[str, Any]:
