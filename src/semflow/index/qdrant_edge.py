@@ -17,6 +17,8 @@ appendable segment, deletion flags, versions, trackers) is copied, holes kept. R
 keep their files: the writer of N+1 only ever writes copies or new files, and the engine
 replaces its small metadata files by rename. The writer checks that no linked file changed
 before it publishes (`IndexError_` otherwise; `tests/unit/test_index_clone.py` proves it).
+It opens its clone on the engine's cold tier, so it reads only what it changes
+(`semflow.index.edge_tier`), and publishes it on the hot tier readers open.
 """
 
 from __future__ import annotations
