@@ -112,8 +112,8 @@ def _configs(gen_dir: Path) -> tuple[dict, list]:
 @pytest.mark.parametrize("sparse", [False, True])
 def test_what_a_cold_writer_publishes_is_what_a_hot_one_would(tmp_path, monkeypatch, sparse):
     """The same syncs, one store written through cold copies and one through hot copies
-    (the switch turned off): the same configs on disk, the same answers; the optimizer
-    built a new sealed segment on the cold tier and rebuilt none of the old ones."""
+    (the switch turned off): the same configs on disk, the same answers, as many sealed
+    segments kept; in both, the optimizer sealed a new segment inside a writer's copy."""
     from semflow.config import get_settings
     from semflow.sparse import lexical_encoder
 
