@@ -16,7 +16,15 @@ import pytest
 
 from semflow.index import edge_tier
 from semflow.index.qdrant_edge import EdgeStore, _sealed
-from tests.unit.test_index_clone import DIM, MV, THRESHOLD_KB, _answers, _change, _points
+from tests.unit.test_index_clone import (
+    DIM,
+    MV,
+    THRESHOLD_KB,
+    _answers,
+    _built,
+    _change,
+    _points,
+)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -54,13 +62,6 @@ def _resident(path: Path) -> float:
     return sum(b & 1 for b in vec.raw) / pages
 
 
-def _store(root: Path, n: int) -> EdgeStore:
-    store = EdgeStore(root, lock_timeout_s=0.5, keep=5, indexing_threshold_kb=THRESHOLD_KB)
-    with store.writer(MV, DIM) as w:
-        w.upsert(*_points(n))
-    return store
-
-
 def _big_files(gen_dir: Path) -> list[Path]:
     """The sealed segments' vector and graph files: what opening on the hot tier reads."""
     seg = [s for s in (gen_dir / "segments").iterdir() if _sealed(s)]
@@ -74,7 +75,7 @@ def test_a_writers_copy_leaves_the_vectors_and_graph_unread(tmp_path):
     """With the live generation's files out of the page cache, a writer opens its copy and
     changes it without reading the shared vector and graph files; a reader of the published
     generation reads them whole, as before (which is what shows the measure works)."""
-    store = _store(tmp_path / "idx", 4000)
+    store = _built(tmp_path / "idx", 4000)
     files = _big_files(store._gen_dir(1))
     for f in files:
         _drop_cache(f)
@@ -157,7 +158,7 @@ def test_a_layout_it_does_not_know_is_opened_as_it_is(tmp_path):
     before = _configs(store._gen_dir(1))
     assert edge_tier.to_cold(store._gen_dir(1)) is None
     assert _configs(store._gen_dir(1)) == before
-    store = _store(tmp_path / "sealed", 400)
+    store = _built(tmp_path / "sealed", 400)
     gen = store._gen_dir(1)
     hot = edge_tier.to_cold(gen)
     assert hot is not None and edge_tier.to_cold(gen) is None  # already cold
