@@ -105,12 +105,17 @@ def _mapping():
 
 
 def huge_store(root: Path):
-    """The 1M index's store, with the served lexical encoder: its points carry sparse (BM25)
-    vectors beside the dense ones, as a synced index's do."""
+    """The 1M index's store, as the library opens one: its points carry sparse (BM25) vectors
+    beside the dense ones, and its writer seals a segment every `index_segment_points`."""
     from semflow.index.qdrant_edge import EdgeStore
     from semflow.sparse import lexical_encoder
 
-    return EdgeStore(root / "idx", lexical=lexical_encoder(load_settings().base_embedder_dir))
+    s = load_settings()
+    return EdgeStore(
+        root / "idx",
+        lexical=lexical_encoder(s.base_embedder_dir),
+        segment_points=s.index_segment_points,
+    )
 
 
 def cached_huge_index(n: int, embedder_version: str, texts: list[str], labels: list[str]) -> Path:
@@ -124,7 +129,11 @@ def cached_huge_index(n: int, embedder_version: str, texts: list[str], labels: l
     root = CACHE / f"huge-{n}"
     marker = root / "BUILT.json"
     store = huge_store(root)
-    wanted = {"embedder_version": embedder_version, "sparse_encoder": store.lexical.version}
+    wanted = {
+        "embedder_version": embedder_version,
+        "sparse_encoder": store.lexical.version,
+        "segment_points": store.segment_points,
+    }
     if marker.exists() and wanted.items() <= json.loads(marker.read_text()).items():
         return root
     shutil.rmtree(root, ignore_errors=True)

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     )
     chunk_overlap_tokens: int = Field(default=32, ge=0, description="Tokens two chunks share.")
     writer_lock_timeout_s: float = Field(default=120.0, ge=0)
+    # The embedded engine searches a generation's segments in parallel, one thread each: a
+    # writer seals a segment every this many points, so a large index is not one segment.
+    index_segment_points: int = Field(
+        default=500_000, ge=1000, description="Points per sealed segment of the embedded index."
+    )
     redis_url: str | None = None
     cache_size: int = Field(default=10000, ge=0)
     cache_ttl_s: int = Field(default=86400, ge=1)  # how long Redis keeps a served embedding

@@ -31,5 +31,8 @@ def open_store(settings: Settings | None = None) -> IndexStore:
     from semflow.index.qdrant_edge import EdgeStore
 
     return EdgeStore(
-        s.index_dir / s.collection, lock_timeout_s=s.writer_lock_timeout_s, lexical=lexical
+        s.index_dir / s.collection,
+        lock_timeout_s=s.writer_lock_timeout_s,
+        lexical=lexical,
+        segment_points=s.index_segment_points,
     )

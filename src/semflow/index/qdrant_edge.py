@@ -224,11 +224,16 @@ class EdgeIndex(VectorIndex):
         shard: Any,
         writable: bool,
         lexical: LexicalEncoder | None = None,
+        seal_every: int | None = None,
     ) -> None:
+        """`seal_every` (a writer's): index the appendable segment as a sealed one each time
+        this many points have been upserted into it."""
         super().__init__(int(meta["generation"]), int(meta["dimension"]), meta, lexical)
         self.path = path
         self._shard = shard
         self._writable = writable
+        self._seal_every = seal_every
+        self._unsealed = 0
 
     # -- helpers -----------------------------------------------------------
     @staticmethod
@@ -274,6 +279,12 @@ class EdgeIndex(VectorIndex):
                 )
             ]
             self._shard.update(q.UpdateOperation.upsert_points(pts))
+            self._unsealed += len(pts)
+            if self._seal_every is not None and self._unsealed >= self._seal_every:
+                # Without this a big write lands in one appendable segment, which the final
+                # optimize() indexes whole: one segment, searched on one thread.
+                self._shard.optimize()
+                self._unsealed = 0
 
     def delete(self, ids: Sequence[str]) -> None:
         import qdrant_edge as q
@@ -373,16 +384,20 @@ class EdgeStore(IndexStore):
         keep: int = 3,
         lexical: LexicalEncoder | None = None,
         indexing_threshold_kb: int | None = None,
+        segment_points: int | None = None,
     ) -> None:
         """`lexical`: the encoder of the sparse vectors a fresh generation gets beside the
         dense ones (None: dense only). `indexing_threshold_kb`: the engine's, for shards this
         store creates (None: the engine's default); tests lower it to get sealed segments from
-        a few points."""
+        a few points. `segment_points`: a writer seals a segment every this many points, and
+        the engine's merges of a fresh generation stop at that size (None: the engine's
+        defaults: one segment per write)."""
         self.root = Path(root)
         self.lock_timeout_s = lock_timeout_s
         self.keep = keep
         self.lexical = lexical
         self.indexing_threshold_kb = indexing_threshold_kb
+        self.segment_points = segment_points
 
     # -- layout ------------------------------------------------------------
     def _gen_dir(self, gen: int) -> Path:
@@ -488,13 +503,10 @@ class EdgeStore(IndexStore):
                 if meta["sparse_encoder"]
                 else None
             )
-            optimizers = None
-            if self.indexing_threshold_kb is not None:
-                optimizers = q.EdgeOptimizersConfig(indexing_threshold=self.indexing_threshold_kb)
             cfg = q.EdgeConfig(
                 vectors=q.EdgeVectorParams(size=dimension, distance=q.Distance.Cosine),
                 sparse_vectors=sparse,
-                optimizers=optimizers,
+                optimizers=self._optimizers(dimension),
                 wal_enabled=False,
                 # See _HOT_FIELDS: memory-mapped, read on first touch, not loaded at open.
                 payload_memory=q.Memory.Cold,
@@ -508,7 +520,9 @@ class EdgeStore(IndexStore):
                     else q.KeywordIndexParams(memory=q.Memory.Cold)
                 )
                 shard.update(q.UpdateOperation.create_field_index(name, schema))
-        index = EdgeIndex(path, meta, shard, writable=True, lexical=self.lexical)
+        index = EdgeIndex(
+            path, meta, shard, writable=True, lexical=self.lexical, seal_every=self.segment_points
+        )
         try:
             if meta["chunked"] is None:  # a base written before the flag: asked once, here
                 index.chunked = index.has_chunks()
@@ -529,6 +543,21 @@ class EdgeStore(IndexStore):
             shutil.rmtree(path, ignore_errors=True)
             raise
         self.prune(self.keep)
+
+    def _optimizers(self, dimension: int) -> Any:
+        """The optimizer settings of a fresh generation (a copy keeps its base's)."""
+        import qdrant_edge as q
+
+        if self.indexing_threshold_kb is None and self.segment_points is None:
+            return None
+        # The engine's cap on a merged segment, in KB of vectors: `segment_points` dense
+        # vectors' worth, so two sealed full segments are never merged into one again.
+        max_kb = (
+            None if self.segment_points is None else self.segment_points * dimension * 4 // 1024
+        )
+        return q.EdgeOptimizersConfig(
+            indexing_threshold=self.indexing_threshold_kb, max_segment_size=max_kb
+        )
 
     def _sparse_encoder(self, base_meta: dict[str, Any] | None) -> str | None:
         """The sparse encoder of a new generation: a copy keeps its base's vector layout
