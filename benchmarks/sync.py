@@ -17,8 +17,10 @@
 The 100k home (catalog + index) and the 1M index (random normalised 384-d vectors, payloads
 like the sample's documents and BM25 vectors of their texts, written straight to the store:
 no catalog rows) are built once and cached under $SEMFLOW_BENCH_CACHE
-(/tmp/semflow-bench-index); the JSON says how long the builds took. Each run adds a few generations to the cached indexes (the writer prunes
-old ones): their point counts grow by `--changed` per incremental sync.
+(/tmp/semflow-bench-index); the JSON says how long the builds took. Each run adds a few
+generations to the cached indexes (the writer prunes old ones): their point counts grow by
+`--changed` per incremental sync. The 1M index is built with `SEMFLOW_INDEX_SEGMENT_POINTS`
+and rebuilt when it changes.
 
 Usage: python benchmarks/sync.py [--docs 10000] [--big 100000] [--huge 1000000]
        [--changed 100] [--repeats 3] [--queries 1000]   (--docs 0 / --huge 0: leave out
