@@ -10,10 +10,8 @@ import numpy as np
 from semflow.config import get_settings
 from semflow.index.qdrant_edge import EdgeStore, _sealed
 from semflow.sparse import lexical_encoder
+from tests.unit.test_index_clone import DIM, MV, THRESHOLD_KB
 
-DIM = 64
-MV = "test-model@000000000000"
-THRESHOLD_KB = 10  # 40 points at 64-d: past it the optimizer builds an HNSW segment
 WORDS = ["card", "lost", "payment", "refund", "transfer", "euro", "pin", "fee", "top", "up"]
 QUERIES = ["lost card", "refund fee", "euro transfer", "top up pin"]
 
