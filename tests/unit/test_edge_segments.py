@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from semflow.config import get_settings
 from semflow.index.qdrant_edge import EdgeStore, _sealed
@@ -93,3 +94,28 @@ def test_a_big_write_is_sealed_in_segments_that_answer_as_one(tmp_path: Path) ->
     assert max(_sealed_sizes(split)) == max(sizes)
     probes = np.concatenate([probes, more[1][::50]])
     assert _answers(split, probes) == _answers(whole, probes)
+
+
+def test_a_writer_that_fails_after_sealing_leaves_the_live_generation_and_the_next_write_works(
+    tmp_path: Path,
+) -> None:
+    store = _store(tmp_path / "idx", 1000)
+    ids, vecs, payloads = _points(500)
+    with store.writer(MV, DIM, fresh=True) as w:
+        w.upsert(ids, vecs, payloads)
+    probes = vecs[::50]
+    before = _answers(store, probes)
+
+    more = _points(2600, start=500)
+    with pytest.raises(RuntimeError, match="sync failed"), store.writer(MV, DIM) as w:
+        w.upsert(*more)  # seals two segments inside the writer's copy
+        raise RuntimeError("sync failed")
+    assert store.generations() == [1] and store.live_generation() == 1
+    assert _answers(store, probes) == before
+
+    with store.writer(MV, DIM) as w:
+        w.upsert(*more)
+    assert store.live_generation() == 2
+    assert len(_sealed_sizes(store)) >= 3
+    after = _answers(store, np.concatenate([probes, more[1][::97]]))
+    assert after[0] == 3100 and after[2] == ids[::50] + more[0][::97]
