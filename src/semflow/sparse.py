@@ -8,6 +8,13 @@ corpus statistics have to be kept or refreshed here.
 
 The constants are part of the vectors' format, not tuning knobs: they are in the encoder's
 `version`, which a generation records, so a change needs a full refresh like a new embedder.
+
+Each tenant has its own term space: in a generation whose metadata maps tenants to spaces
+(`sparse_tenant_spaces`, numbered in order of a tenant's first document), tenant T's token t
+is stored at sparse index `space(T) * vocab_size + t`. The index counts document frequencies
+per sparse index, so the IDF of a tenant's search counts its own documents only, and another
+tenant's words never move its scores or its ranking (in one shared space, a tenant could read
+from its own scores which words the others' documents hold).
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ B = 0.75
 # The length a document is "typical" at, in tokens. Fixed rather than measured on a corpus,
 # so that incremental syncs keep writing vectors comparable to the ones already stored.
 AVG_LEN = 32.0
+# Sparse indices are unsigned 32-bit in Qdrant: how many term spaces of `vocab_size` fit.
+_MAX_SPARSE_INDEX = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,11 @@ class LexicalEncoder:
             self._version = f"wordpiece-bm25@{h.hexdigest()[:12]}"
         return self._version
 
+    @property
+    def vocab_size(self) -> int:
+        """The tokenizer's vocabulary size: every token id is below it."""
+        return len(self._load()[1])
+
     def _load(self) -> tuple[Any, np.ndarray]:
         if self._tokenizer is None or self._keep is None:
             with self._lock:
@@ -108,6 +122,18 @@ class LexicalEncoder:
         """A query vector: 1.0 for each distinct token (the index multiplies in the IDF)."""
         keys = sorted(set(self._token_ids([text])[0]))
         return SparseTerms(keys, [1.0] * len(keys))
+
+
+def tenant_spaces(vocab_size: int) -> int:
+    """How many term spaces of `vocab_size` fit in a sparse index (140,717 for MiniLM's
+    30,522 tokens)."""
+    return _MAX_SPARSE_INDEX // vocab_size
+
+
+def in_tenant_space(terms: SparseTerms, space: int, vocab_size: int) -> SparseTerms:
+    """`terms` moved into term space `space` (the order of the indices is kept)."""
+    base = space * vocab_size
+    return SparseTerms([base + i for i in terms.indices], terms.values)
 
 
 @functools.lru_cache(maxsize=8)

@@ -3,6 +3,7 @@ and generations built before them (dense only until a full refresh)."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -151,3 +152,106 @@ def test_sparse_vectors_of_another_encoder_are_refused(stores, lexical):
             idx.search(vecs[0], "t1", 5, mode="hybrid", text="Quorbel")
     with pytest.raises(IndexError_, match="full refresh"), other.writer(MV, DIM) as w:
         w.upsert(*_points(["charge from Zanquovor"], start=50))
+
+
+def _sparse_scores(store, tenant, text):
+    with store.open_live() as idx:
+        hits = idx.search(None, tenant, 10, mode="sparse", text=text)
+    return {h.payload["doc_id"]: round(h.score, 5) for h in hits}
+
+
+def test_another_tenants_words_never_move_a_tenants_sparse_scores(stores, lexical):
+    """A hostile tenant learns nothing of another's words from its own BM25 scores: the
+    document frequencies of a tenant's search count its own documents only (the index's
+    point count is all that the tenants share)."""
+    store = stores(lexical)
+    probe = "payment Quorbel refund"
+    seen = []
+    for victim_text in ("weather in Lisbon", "Quorbel payment refund"):
+        with store.writer(MV, DIM, fresh=True) as w:
+            w.upsert(*_points(TEXTS, tenant="attacker"))
+            w.upsert(*_points([f"{victim_text} {i}" for i in range(30)], "victim", start=50))
+        seen.append(_sparse_scores(store, "attacker", probe))
+        # the victim's own search counts the victim's documents
+        assert len(_sparse_scores(store, "victim", victim_text)) == 10
+    assert seen[0] and seen[0] == seen[1]
+
+
+def test_tenants_get_term_spaces_in_order_and_copies_keep_them(stores, lexical):
+    """A fresh generation numbers the tenants' term spaces as they first write; incremental
+    writes keep those and add new tenants after them, so every document stays findable."""
+    store = stores(lexical)
+    with store.writer(MV, DIM, fresh=True) as w:
+        w.upsert(*_points(TEXTS, tenant="t1"))
+        w.upsert(*_points(["Quorbel in t2"], tenant="t2", start=100))
+    with store.open_live() as idx:
+        assert idx.tenant_spaces == {"t1": 0, "t2": 1}
+    with store.writer(MV, DIM) as w:
+        w.upsert(*_points(["Quorbel again"], tenant="t1", start=200))
+        w.upsert(*_points(["Quorbel in t3"], tenant="t3", start=300))
+    with store.open_live() as idx:
+        assert idx.tenant_spaces == {"t1": 0, "t2": 1, "t3": 2}
+        # a tenant without documents finds nothing, in sparse mode and in hybrid
+        assert idx.search(None, "nobody", 5, mode="sparse", text="Quorbel") == []
+        assert (
+            _docs(idx.search(_points(["x"])[1][0], "nobody", 5, mode="hybrid", text="Quorbel"))
+            == []
+        )
+    assert set(_sparse_scores(store, "t1", "Quorbel")) == {"2", "200"}
+    assert set(_sparse_scores(store, "t2", "Quorbel")) == {"100"}
+    assert set(_sparse_scores(store, "t3", "Quorbel")) == {"300"}
+
+
+def test_a_generation_from_before_keeps_one_shared_term_space(stores, lexical, monkeypatch):
+    """A generation written before tenant term spaces answers as it did, and so do its
+    copies, until a full refresh gives it spaces."""
+    store = stores(lexical)
+    with store.writer(MV, DIM, fresh=True) as w:
+        w.upsert(*_points(TEXTS, tenant="t1"))
+    _forget_term_spaces(store)
+    with store.writer(MV, DIM) as w:
+        w.upsert(*_points(["Quorbel again"], tenant="t2", start=100))
+    with store.open_live() as idx:
+        assert idx.tenant_spaces is None
+    assert set(_sparse_scores(store, "t1", "Quorbel")) == {"2"}
+    assert set(_sparse_scores(store, "t2", "Quorbel")) == {"100"}
+    with store.writer(MV, DIM, fresh=True) as w:
+        w.upsert(*_points(TEXTS, tenant="t1"))
+    with store.open_live() as idx:
+        assert idx.tenant_spaces == {"t1": 0}
+
+
+def _forget_term_spaces(store) -> None:
+    """Rewrite the live generation as one built before term spaces: one shared space."""
+    from semflow.index.base import TENANT_SPACES
+
+    ids, vecs, pls = _points(TEXTS, tenant="t1")
+    with store.open_live() as idx:
+        if isinstance(store, EdgeStore):
+            meta_file = store._gen_dir(idx.generation) / "meta.json"
+            meta = json.loads(meta_file.read_text())
+            meta[TENANT_SPACES] = None
+            meta_file.write_text(json.dumps(meta))
+        else:
+            store.client.update_collection(idx.collection, metadata={TENANT_SPACES: None})
+    # the points were written in t1's space 0: rewrite them in the shared space
+    with store.writer(MV, DIM) as w:
+        w.upsert(ids, vecs, pls)
+
+
+def test_a_server_reader_finds_a_tenant_written_after_it_opened(lexical):
+    """On the server backend writes go into the live collection: a reader opened before a
+    tenant's first document reads the tenant map again when it meets that tenant."""
+    from qdrant_client import QdrantClient
+
+    client = QdrantClient(location=":memory:")
+    store = ServerStore(":memory:", f"c{time.monotonic_ns()}", client=client, lexical=lexical)
+    with store.writer(MV, DIM, fresh=True) as w:
+        w.upsert(*_points(TEXTS, tenant="t1"))
+    reader = store.open_live()
+    assert reader.search(None, "late", 5, mode="sparse", text="Quorbel") == []
+    with store.writer(MV, DIM) as w:
+        w.upsert(*_points(["Quorbel arrives late"], tenant="late", start=100))
+    assert _docs(reader.search(None, "late", 5, mode="sparse", text="Quorbel")) == ["100"]
+    assert _docs(reader.search(None, "t1", 5, mode="sparse", text="Quorbel")) == ["2"]
+    reader.close()

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from semflow.config import get_settings
-from semflow.sparse import AVG_LEN, K1, B, LexicalEncoder, lexical_encoder
+from semflow.sparse import (
+    AVG_LEN,
+    K1,
+    B,
+    LexicalEncoder,
+    lexical_encoder,
+    in_tenant_space,
+    tenant_spaces,
+)
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +91,19 @@ def test_a_model_without_a_fast_tokenizer_has_no_encoder(model_dir: Path, tmp_pa
     shutil.copy(model_dir / "vocab.txt", tmp_path / "vocab.txt")
     assert lexical_encoder(tmp_path) is None
     assert lexical_encoder(model_dir) is lexical_encoder(model_dir)  # shared
+
+
+def test_each_term_space_holds_the_whole_vocabulary_within_32_bits(enc: LexicalEncoder) -> None:
+    vocab = enc.vocab_size
+    assert vocab == 30522  # MiniLM's WordPiece vocabulary
+    assert tenant_spaces(vocab) == 140717
+    q = enc.query("lost card refund")
+    last = in_tenant_space(q, tenant_spaces(vocab) - 1, vocab)
+    assert max(last.indices) < 2**32  # Qdrant's sparse indices are unsigned 32-bit
+    for space in (0, 1, 7, tenant_spaces(vocab) - 1):
+        t = in_tenant_space(q, space, vocab)
+        # each token keeps its id within the space, in order; the weights are untouched
+        assert [i - space * vocab for i in t.indices] == q.indices
+        assert t.indices == sorted(t.indices) and t.values == q.values
+    # two spaces never share an index: the largest of one is below the smallest of the next
+    assert in_tenant_space(q, 1, vocab).indices[-1] < in_tenant_space(q, 2, vocab).indices[0]

@@ -20,9 +20,10 @@ import numpy as np
 from semflow.documents import PARENT_FIELD
 from semflow.errors import FilterError, IndexError_, SearchModeError
 from semflow.index.lock import Reentrant
+from semflow.sparse import SparseTerms, in_tenant_space, tenant_spaces
 
 if TYPE_CHECKING:
-    from semflow.sparse import LexicalEncoder, SparseTerms
+    from semflow.sparse import LexicalEncoder
 
 # Payload fields that get a keyword index and may be used in filters.
 INDEXED_FIELDS = ("tenant", "type", "source", "doc_id", "labels")
@@ -33,6 +34,8 @@ _INT64 = (-(2**63), 2**63 - 1)
 _META_KEY = re.compile(r"^metadata\.[A-Za-z0-9_\-]{1,64}$")
 # The name of the lexical (sparse) vector beside the unnamed dense one in each point.
 SPARSE_VECTOR = "lexical"
+# The metadata field of a generation that maps each tenant to its sparse term space.
+TENANT_SPACES = "sparse_tenant_spaces"
 SEARCH_MODES = ("dense", "sparse", "hybrid")
 # Reciprocal rank fusion's k (a document's fused score is the sum of 1 / (k + rank) over the
 # lists). Measured with benchmarks/quality.py search (nDCG@10, 1000 Banking77 test queries /
@@ -185,6 +188,10 @@ class VectorIndex(ABC):
         self.dimension = dimension
         self.embedder_version = stored_embedder_version(meta)
         self.sparse_encoder: str | None = meta.get("sparse_encoder")
+        # tenant -> its term space (semflow.sparse); None: one space shared by all tenants
+        # (a generation built before). A writer adds the tenants it writes first.
+        spaces = meta.get(TENANT_SPACES)
+        self.tenant_spaces: dict[str, int] | None = None if spaces is None else dict(spaces)
         # whether some document is several points (chunks); a generation that does not say
         # (written before the flag) counts as chunked
         self.chunked = meta.get("chunked") is not False
@@ -223,11 +230,41 @@ class VectorIndex(ABC):
         return lex
 
     def _sparse_of(self, payloads: Sequence[Mapping[str, Any]]) -> list[SparseTerms] | None:
-        """The sparse vectors of points with these payloads (from their `text`), or None
-        when this generation holds dense vectors only."""
+        """The sparse vectors of points with these payloads (from their `text`, in their
+        tenant's term space), or None when this generation holds dense vectors only. A
+        tenant new to the generation gets the next term space."""
         if not self.has_sparse:
             return None
-        return self._encoder().documents([str(p.get("text") or "") for p in payloads])
+        enc = self._encoder()
+        docs = enc.documents([str(p.get("text") or "") for p in payloads])
+        spaces = self.tenant_spaces
+        if spaces is None:
+            return docs
+        out = []
+        for terms, p in zip(docs, payloads, strict=True):
+            tenant = str(p.get("tenant", ""))
+            if tenant not in spaces:
+                # past the last space (140,717 tenants) tenants share spaces again
+                spaces[tenant] = len(spaces) % tenant_spaces(enc.vocab_size)
+            out.append(in_tenant_space(terms, spaces[tenant], enc.vocab_size))
+        return out
+
+    def _query_terms(self, text: str, tenant: str) -> SparseTerms:
+        """The sparse query of `text`, in `tenant`'s term space: empty when the tenant has no
+        point in this generation."""
+        enc = self._encoder()
+        terms = enc.query(text)
+        if self.tenant_spaces is None:
+            return terms
+        space = self._tenant_space(tenant)
+        return (
+            SparseTerms([], []) if space is None else in_tenant_space(terms, space, enc.vocab_size)
+        )
+
+    def _tenant_space(self, tenant: str) -> int | None:
+        """`tenant`'s term space (None: the tenant has written no point here)."""
+        assert self.tenant_spaces is not None
+        return self.tenant_spaces.get(tenant)
 
     @abstractmethod
     def upsert(
@@ -272,7 +309,7 @@ class VectorIndex(ABC):
                 raise ValueError(f"mode {mode!r} needs the query text")
             if score_threshold is not None:
                 raise SearchModeError(THRESHOLD_DENSE_ONLY)
-            sparse = self._encoder().query(text)
+            sparse = self._query_terms(text, tenant)
         if vector is None and mode != "sparse":
             raise ValueError(f"mode {mode!r} needs the query vector")
         dense = None if vector is None or mode == "sparse" else [float(x) for x in vector]

@@ -41,6 +41,7 @@ from semflow.index.base import (
     INDEXED_FIELDS,
     RRF_K,
     SPARSE_VECTOR,
+    TENANT_SPACES,
     Hit,
     IndexStore,
     SearchQuery,
@@ -486,7 +487,7 @@ class EdgeStore(IndexStore):
             "embedder_version": embedder_version,
             "dimension": dimension,
             "based_on": base,
-            "sparse_encoder": self._sparse_encoder(base_meta),
+            **self._sparse_layout(base_meta),
             # a fresh generation holds no chunked document until one is upserted
             "chunked": False if base_meta is None else base_meta.get("chunked"),
         }
@@ -530,6 +531,7 @@ class EdgeStore(IndexStore):
             index.optimize()
             meta["points"] = index.count()
             meta["chunked"] = index.chunked
+            meta[TENANT_SPACES] = index.tenant_spaces  # with the tenants this write added
             index.close()
             if hot is not None:
                 to_hot(path, hot)
@@ -559,12 +561,15 @@ class EdgeStore(IndexStore):
             indexing_threshold=self.indexing_threshold_kb, max_segment_size=max_kb
         )
 
-    def _sparse_encoder(self, base_meta: dict[str, Any] | None) -> str | None:
-        """The sparse encoder of a new generation: a copy keeps its base's vector layout
-        (sparse vectors only if the base had them), a fresh one gets this store's."""
+    def _sparse_layout(self, base_meta: dict[str, Any] | None) -> dict[str, Any]:
+        """The sparse vectors of a new generation, as meta fields: a copy keeps its base's
+        layout (sparse vectors, and tenant term spaces, only if the base had them), a fresh
+        one gets this store's encoder and a term space per tenant."""
         if base_meta is not None:
-            return base_meta.get("sparse_encoder")
-        return self.lexical.version if self.lexical is not None else None
+            return {k: base_meta.get(k) for k in ("sparse_encoder", TENANT_SPACES)}
+        if self.lexical is None:
+            return {"sparse_encoder": None, TENANT_SPACES: None}
+        return {"sparse_encoder": self.lexical.version, TENANT_SPACES: {}}
 
     def _drop(self, generation: int) -> None:
         shutil.rmtree(self._gen_dir(generation), ignore_errors=True)

@@ -28,6 +28,7 @@ from semflow.index.base import (
     INDEXED_FIELDS,
     RRF_K,
     SPARSE_VECTOR,
+    TENANT_SPACES,
     Hit,
     IndexStore,
     SearchQuery,
@@ -90,7 +91,14 @@ class ServerIndex(VectorIndex):
         from qdrant_client import models as m
 
         vecs = self._vectors(ids, vectors)
+        known = len(self.tenant_spaces or ())
         sparse = self._sparse_of(payloads)
+        if self.tenant_spaces is not None and len(self.tenant_spaces) > known:
+            # stored before any point lands in a new space, so that a reader that meets an
+            # unknown tenant can look it up (the writer lock keeps the map one writer's)
+            self.client.update_collection(
+                self.collection, metadata={TENANT_SPACES: self.tenant_spaces}
+            )
         for i in range(0, len(ids), _BATCH):
             batch: Any = vecs[i : i + _BATCH].tolist()
             if sparse is not None:
@@ -117,6 +125,16 @@ class ServerIndex(VectorIndex):
                 ),
                 wait=True,
             )
+
+    def _tenant_space(self, tenant: str) -> int | None:
+        """As the base, but a tenant this reader has not seen may have been written since it
+        opened (writes go into the live collection): it reads the map again."""
+        space = super()._tenant_space(tenant)
+        if space is None:
+            meta = self.client.get_collection(self.collection).config.metadata or {}
+            self.tenant_spaces = dict(meta.get(TENANT_SPACES) or {})
+            space = self.tenant_spaces.get(tenant)
+        return space
 
     def delete(self, ids: Sequence[str]) -> None:
         from qdrant_client import models as m
@@ -246,6 +264,7 @@ class ServerStore(IndexStore):
         sparse = None
         if self.lexical is not None:
             meta["sparse_encoder"] = self.lexical.version
+            meta[TENANT_SPACES] = {}  # semflow.sparse: a term space per tenant
             sparse = {SPARSE_VECTOR: m.SparseVectorParams(modifier=m.Modifier.IDF)}
         self.client.create_collection(
             coll,
