@@ -50,7 +50,7 @@ import pandas as pd
 from benchmarks._load import int_options
 from semflow.app import Services
 from semflow.config import SAMPLE_DIR, load_settings
-from semflow.index.base import SEARCH_MODES
+from semflow.index.base import SEARCH_MODES, TENANT_SPACES
 
 CACHE = Path(os.environ.get("SEMFLOW_BENCH_CACHE", "/tmp/semflow-bench-index"))
 HUGE_SOURCE = "huge"
@@ -135,6 +135,7 @@ def cached_huge_index(n: int, embedder_version: str, texts: list[str], labels: l
         "embedder_version": embedder_version,
         "sparse_encoder": store.lexical.version,
         "segment_points": store.segment_points,
+        TENANT_SPACES: True,  # built since tenant term spaces (semflow.sparse)
     }
     if marker.exists() and wanted.items() <= json.loads(marker.read_text()).items():
         return root
