@@ -124,7 +124,7 @@ class LexicalEncoder:
         return SparseTerms(keys, [1.0] * len(keys))
 
 
-def tenant_spaces(vocab_size: int) -> int:
+def max_tenant_spaces(vocab_size: int) -> int:
     """How many term spaces of `vocab_size` fit in a sparse index (140,717 for MiniLM's
     30,522 tokens)."""
     return _MAX_SPARSE_INDEX // vocab_size

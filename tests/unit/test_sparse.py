@@ -14,9 +14,9 @@ from semflow.sparse import (
     K1,
     B,
     LexicalEncoder,
-    lexical_encoder,
     in_tenant_space,
-    tenant_spaces,
+    lexical_encoder,
+    max_tenant_spaces,
 )
 
 
@@ -96,11 +96,11 @@ def test_a_model_without_a_fast_tokenizer_has_no_encoder(model_dir: Path, tmp_pa
 def test_each_term_space_holds_the_whole_vocabulary_within_32_bits(enc: LexicalEncoder) -> None:
     vocab = enc.vocab_size
     assert vocab == 30522  # MiniLM's WordPiece vocabulary
-    assert tenant_spaces(vocab) == 140717
+    assert max_tenant_spaces(vocab) == 140717
     q = enc.query("lost card refund")
-    last = in_tenant_space(q, tenant_spaces(vocab) - 1, vocab)
+    last = in_tenant_space(q, max_tenant_spaces(vocab) - 1, vocab)
     assert max(last.indices) < 2**32  # Qdrant's sparse indices are unsigned 32-bit
-    for space in (0, 1, 7, tenant_spaces(vocab) - 1):
+    for space in (0, 1, 7, max_tenant_spaces(vocab) - 1):
         t = in_tenant_space(q, space, vocab)
         # each token keeps its id within the space, in order; the weights are untouched
         assert [i - space * vocab for i in t.indices] == q.indices

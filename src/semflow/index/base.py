@@ -20,7 +20,7 @@ import numpy as np
 from semflow.documents import PARENT_FIELD
 from semflow.errors import FilterError, IndexError_, SearchModeError
 from semflow.index.lock import Reentrant
-from semflow.sparse import SparseTerms, in_tenant_space, tenant_spaces
+from semflow.sparse import SparseTerms, in_tenant_space, max_tenant_spaces
 
 if TYPE_CHECKING:
     from semflow.sparse import LexicalEncoder
@@ -245,7 +245,7 @@ class VectorIndex(ABC):
             tenant = str(p.get("tenant", ""))
             if tenant not in spaces:
                 # past the last space (140,717 tenants) tenants share spaces again
-                spaces[tenant] = len(spaces) % tenant_spaces(enc.vocab_size)
+                spaces[tenant] = len(spaces) % max_tenant_spaces(enc.vocab_size)
             out.append(in_tenant_space(terms, spaces[tenant], enc.vocab_size))
         return out
 
