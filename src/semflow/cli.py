@@ -262,6 +262,7 @@ def _print_status(out: dict[str, Any]) -> None:
                 ("live generation", idx["live_generation"]),
                 ("generations", ", ".join(map(str, idx["generations"])) or None),
                 ("embedder", idx["embedder_version"]),
+                ("sparse vectors", idx["sparse"]),
                 ("points", idx["points"]),
             ],
             "",

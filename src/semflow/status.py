@@ -33,6 +33,7 @@ def index_status(svc: Services) -> dict[str, Any]:
         "live_generation": live,
         "generations": store.generations(),
         "embedder_version": None,
+        "sparse": None,
         "points": 0,
         "points_per_tenant": {},
     }
@@ -41,10 +42,21 @@ def index_status(svc: Services) -> dict[str, Any]:
             tenants = Counter(p.get("tenant") for _, p in idx.iter_payloads(fields=("tenant",)))
             out.update(
                 embedder_version=idx.embedder_version,
+                sparse=_sparse_layout(idx),
                 points=sum(tenants.values()),
                 points_per_tenant=dict(sorted(tenants.items(), key=lambda kv: str(kv[0]))),
             )
     return out
+
+
+def _sparse_layout(idx: Any) -> str:
+    """The live generation's sparse vectors in a sentence, with what an old layout needs."""
+    refresh = "until a full refresh (`semflow sync --full-refresh`)"
+    if not idx.has_sparse:
+        return f"none: dense search only {refresh}"
+    if idx.tenant_spaces is None:
+        return f"one BM25 term space shared by all tenants: their statistics mix {refresh}"
+    return f"a BM25 term space per tenant ({len(idx.tenant_spaces)} in use)"
 
 
 def catalog_status(svc: Services, runs: int = 5) -> dict[str, Any]:

@@ -30,6 +30,7 @@ def test_json_names_generation_tenants_runs_and_models(synced, capsys):
     assert idx["ok"] and idx["live_generation"] == 1
     assert idx["points_per_tenant"] == {"bank": synced.counts["indexed"]}
     assert idx["embedder_version"].startswith("all-MiniLM-L6-v2@")
+    assert idx["sparse"] == "a BM25 term space per tenant (1 in use)"
     assert cat["recent_runs"][0]["counts"]["indexed"] == synced.counts["indexed"]
     assert cat["documents"] == {"indexed": synced.counts["indexed"]} and cat["dead_letters"] == {}
     assert models["ok"] and models["champion"] is None and models["challenger"] is None
@@ -41,6 +42,21 @@ def test_tables_on_a_terminal(synced, capsys):
     for title in ("Index", "Points per tenant", "Recent syncs", "Model semflow"):
         assert title in text
     assert "bank" in text and "champion" in text
+    assert "BM25 term space per tenant" in text
+
+
+def test_an_index_from_before_tenant_term_spaces_says_what_refreshes_it(synced, capsys):
+    from semflow.index.base import TENANT_SPACES
+
+    store = Services.from_settings(get_settings()).store
+    meta_file = store._gen_dir(store.live_generation()) / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta[TENANT_SPACES] = None  # as a generation written before them
+    meta_file.write_text(json.dumps(meta))
+    main(["status", "--json", "--service-url", ""])
+    sparse = json.loads(capsys.readouterr().out)["index"]["sparse"]
+    assert sparse.startswith("one BM25 term space shared by all tenants")
+    assert "semflow sync --full-refresh" in sparse
 
 
 def test_a_part_that_is_down_says_why_and_the_rest_is_shown(synced, capsys, monkeypatch):
