@@ -318,3 +318,24 @@ def test_only_the_tenant_index_is_loaded_when_a_generation_opens(tmp_path):
         v = _points(1, start=7, tag="v2")[1][0]
         assert idx.search(v, "t1", 1, filters={"doc_id": "7"})[0].payload["text"].startswith("v2")
         assert idx.search(v, "t2", 5) == []
+
+
+def test_a_reader_keeps_answering_after_its_generation_is_pruned(tmp_path):
+    """A server holds a generation open while later writes publish newer ones and prune it
+    from disk: the files it mapped stay readable until it closes it."""
+    store = EdgeStore(
+        tmp_path / "idx", lock_timeout_s=0.5, keep=2, indexing_threshold_kb=THRESHOLD_KB
+    )
+    with store.writer(MV, DIM) as w:
+        w.upsert(*_points(1000))
+    probe_ids, probe_vecs, _ = _points(12, start=0)
+    reader = store.open_live()
+    try:
+        seen = _answers(reader, probe_ids, probe_vecs)
+        for k in range(3):
+            with store.writer(MV, DIM, fresh=True) as w:
+                w.upsert(*_points(50, start=10**6 * (k + 1)))
+        assert store.generations() == [3, 4] and not store._gen_dir(1).exists()
+        assert _answers(reader, probe_ids, probe_vecs) == seen
+    finally:
+        reader.close()
