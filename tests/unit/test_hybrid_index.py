@@ -1,5 +1,6 @@
 """Sparse vectors beside the dense ones, on both backends: dense, sparse and hybrid search,
-and generations built before them (dense only until a full refresh)."""
+each tenant's terms in a space of its own, and generations built before them (dense only, or
+one shared term space, until a full refresh)."""
 
 from __future__ import annotations
 
@@ -202,7 +203,7 @@ def test_tenants_get_term_spaces_in_order_and_copies_keep_them(stores, lexical):
     assert set(_sparse_scores(store, "t3", "Quorbel")) == {"300"}
 
 
-def test_a_generation_from_before_keeps_one_shared_term_space(stores, lexical, monkeypatch):
+def test_a_generation_from_before_keeps_one_shared_term_space(stores, lexical):
     """A generation written before tenant term spaces answers as it did, and so do its
     copies, until a full refresh gives it spaces."""
     store = stores(lexical)
