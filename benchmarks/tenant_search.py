@@ -29,22 +29,16 @@ import numpy as np
 import pandas as pd
 
 from benchmarks._load import int_options
-from semflow.config import SAMPLE_DIR, get_settings
+from semflow.config import SAMPLE_DIR, get_settings, load_settings
+from semflow.index import open_store
 from semflow.index.base import TENANT_SPACES
-from semflow.index.qdrant_edge import EdgeStore
-from semflow.sparse import lexical_encoder
 
 MV = "bench-model@000000000000"
 DIM = 384
 
 
-def _build(root: Path, texts: list[str], n: int, tenants: int, shared: bool) -> tuple[Any, float]:
-    s = get_settings()
-    store = EdgeStore(
-        root,
-        lexical=lexical_encoder(s.base_embedder_dir),
-        segment_points=s.index_segment_points,
-    )
+def _build(home: Path, texts: list[str], n: int, tenants: int, shared: bool) -> tuple[Any, float]:
+    store = open_store(load_settings(home=home, index_backend="edge"))  # as a sync opens it
     if shared:  # the layout before: one term space for every tenant
         layout = store._sparse_layout
         store._sparse_layout = lambda base: {**layout(base), TENANT_SPACES: None}  # type: ignore[method-assign]
@@ -103,7 +97,7 @@ def main() -> None:
         for name, shared in (("shared space (before)", True), ("space per tenant", False)):
             store, build_s = _build(tmp / name.split()[0], texts, args.points, args.tenants, shared)
             out[name] = {"build_s": round(build_s, 1), **_latencies(store, queries, vectors)}
-            shutil.rmtree(store.root, ignore_errors=True)
+            shutil.rmtree(tmp / name.split()[0], ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     before, now = out["shared space (before)"], out["space per tenant"]

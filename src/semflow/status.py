@@ -42,14 +42,14 @@ def index_status(svc: Services) -> dict[str, Any]:
             tenants = Counter(p.get("tenant") for _, p in idx.iter_payloads(fields=("tenant",)))
             out.update(
                 embedder_version=idx.embedder_version,
-                sparse=_sparse_layout(idx),
+                sparse=_describe_sparse(idx),
                 points=sum(tenants.values()),
                 points_per_tenant=dict(sorted(tenants.items(), key=lambda kv: str(kv[0]))),
             )
     return out
 
 
-def _sparse_layout(idx: Any) -> str:
+def _describe_sparse(idx: Any) -> str:
     """The live generation's sparse vectors in a sentence, with what an old layout needs."""
     refresh = "until a full refresh (`semflow sync --full-refresh`)"
     if not idx.has_sparse:
