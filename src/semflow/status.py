@@ -55,8 +55,12 @@ def _describe_sparse(idx: Any) -> str:
     if not idx.has_sparse:
         return f"none: dense search only {refresh}"
     if idx.tenant_spaces is None:
-        return f"one BM25 term space shared by all tenants: their statistics mix {refresh}"
-    return f"a BM25 term space per tenant ({len(idx.tenant_spaces)} in use)"
+        layout = "one BM25 term space shared by all tenants: their statistics mix"
+    else:
+        layout = f"a BM25 term space per tenant ({len(idx.tenant_spaces)} in use)"
+    if idx.keeps_stopwords:
+        layout += "; stop words kept: slower sparse searches"
+    return f"{layout} {refresh}" if idx.tenant_spaces is None or idx.keeps_stopwords else layout
 
 
 def catalog_status(svc: Services, runs: int = 5) -> dict[str, Any]:

@@ -155,6 +155,32 @@ def test_sparse_vectors_of_another_encoder_are_refused(stores, lexical):
         w.upsert(*_points(["charge from Zanquovor"], start=50))
 
 
+def test_a_generation_from_before_stop_words_keeps_them_until_a_full_refresh(stores, lexical):
+    """An index whose sparse vectors kept stop words (built before they were dropped) is
+    searched and extended with that encoder, so its vectors and queries still agree."""
+    before = LexicalEncoder(lexical.tokenizer_file.parent, stopwords=False)
+    with stores(before).writer(MV, DIM) as w:
+        w.upsert(*_points(TEXTS))
+    store = stores(lexical)  # this release's process
+    with store.writer(MV, DIM) as w:
+        w.upsert(*_points(["where is the charge from Zanquovor"], start=50))
+    with store.open_live() as idx:
+        assert idx.sparse_encoder == before.version and idx.keeps_stopwords
+        # the stop words are terms of this generation, in queries as in documents
+        assert set(_docs(idx.search(None, "t1", 10, mode="sparse", text="where is"))) == {
+            "3",
+            "50",
+        }
+        assert _docs(idx.search(None, "t1", 1, mode="sparse", text="Zanquovor")) == ["50"]
+        assert _docs(idx.search(None, "t1", 1, mode="sparse", text="Quorbel")) == ["2"]
+    with store.writer(MV, DIM, fresh=True) as w:
+        w.upsert(*_points(TEXTS))
+    with store.open_live() as idx:
+        assert idx.sparse_encoder == lexical.version and not idx.keeps_stopwords
+        assert idx.search(None, "t1", 10, mode="sparse", text="where is") == []
+        assert _docs(idx.search(None, "t1", 1, mode="sparse", text="Quorbel")) == ["2"]
+
+
 def _sparse_scores(store, tenant, text):
     with store.open_live() as idx:
         hits = idx.search(None, tenant, 10, mode="sparse", text=text)

@@ -12,6 +12,7 @@ from semflow.config import get_settings
 from semflow.sparse import (
     AVG_LEN,
     K1,
+    STOPWORDS,
     B,
     LexicalEncoder,
     in_tenant_space,
@@ -37,17 +38,53 @@ def _weights(enc: LexicalEncoder, text: str) -> dict[str, float]:
 
 
 def test_document_weights_are_bm25_saturated_term_frequencies(enc: LexicalEncoder) -> None:
-    w = _weights(enc, "Card card CARD, where is my card?!")
-    # lower-cased by the tokenizer's normaliser; punctuation and [CLS]/[SEP] carry no weight
-    assert set(w) == {"card", "where", "is", "my"}
-    n = 7  # tokens kept: card x4, where, is, my
+    w = _weights(enc, "Card card CARD, lost card in London?!")
+    # lower-cased by the tokenizer's normaliser; punctuation, [CLS]/[SEP] and the stop word
+    # "in" carry no weight
+    assert set(w) == {"card", "lost", "london"}
+    n = 6  # tokens kept: card x4, lost, london
     norm = K1 * (1 - B + B * n / AVG_LEN)
     assert w["card"] == pytest.approx(4 * (K1 + 1) / (4 + norm))
-    assert w["where"] == pytest.approx((K1 + 1) / (1 + norm))
+    assert w["lost"] == pytest.approx((K1 + 1) / (1 + norm))
     # more occurrences weigh more, but never more than k1 + 1
-    assert w["where"] < w["card"] < K1 + 1
-    terms = enc.documents(["card where"])[0]
+    assert w["lost"] < w["card"] < K1 + 1
+    terms = enc.documents(["card lost"])[0]
     assert terms.indices == sorted(set(terms.indices))
+
+
+def test_stop_words_are_dropped_from_documents_and_queries(enc: LexicalEncoder) -> None:
+    tok, _ = enc._load()
+    text = "Where is my card? I don't have it and the app says nothing"
+    kept = {tok.id_to_token(i) for i in enc.query(text).indices}
+    assert kept == {"card", "app", "says", "nothing"}  # "don't": don, ', t
+    assert set(_weights(enc, text)) == kept
+    # a word that starts with a stop word is not one
+    assert {tok.id_to_token(i) for i in enc.query("thereafter the ones").indices} == {
+        "thereafter",
+        "ones",
+    }
+    assert enc.query("Where is it? How do I do that?").indices == []  # only stop words
+    assert {"the", "my", "i", "how", "not", "don", "t"} <= STOPWORDS
+
+
+def test_generations_from_before_stop_words_keep_their_encoder(
+    enc: LexicalEncoder, model_dir: Path
+) -> None:
+    """An index built before stop words were dropped recorded the encoder that kept them
+    (this version): it is still written and searched with that one, until a full refresh."""
+    before = enc.for_version("wordpiece-bm25@348123f6cd27")
+    assert before is not None and not before.stopwords and before is not enc
+    assert before.version == LexicalEncoder(model_dir, stopwords=False).version
+    assert enc.for_version(enc.version) is enc and enc.version != before.version
+    assert enc.for_version("wordpiece-bm25@000000000000") is None
+    assert before.for_version(enc.version) is None  # the old one does not know the new
+    tok, _ = before._load()
+    assert {tok.id_to_token(i) for i in before.query("where is my card").indices} == {
+        "where",
+        "is",
+        "my",
+        "card",
+    }
 
 
 def test_longer_documents_weigh_a_term_less(enc: LexicalEncoder) -> None:

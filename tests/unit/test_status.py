@@ -59,6 +59,21 @@ def test_an_index_from_before_tenant_term_spaces_says_what_refreshes_it(synced, 
     assert "semflow sync --full-refresh" in sparse
 
 
+def test_an_index_that_kept_stop_words_says_what_refreshes_it(synced, capsys):
+    from semflow.sparse import LexicalEncoder
+
+    store = Services.from_settings(get_settings()).store
+    meta_file = store._gen_dir(store.live_generation()) / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    before = LexicalEncoder(get_settings().base_embedder_dir, stopwords=False)
+    meta["sparse_encoder"] = before.version  # as a generation built before they were dropped
+    meta_file.write_text(json.dumps(meta))
+    main(["status", "--json", "--service-url", ""])
+    sparse = json.loads(capsys.readouterr().out)["index"]["sparse"]
+    assert sparse.startswith("a BM25 term space per tenant (1 in use); stop words kept")
+    assert "semflow sync --full-refresh" in sparse
+
+
 def test_a_part_that_is_down_says_why_and_the_rest_is_shown(synced, capsys, monkeypatch):
     port = free_port()  # nothing listens there
     monkeypatch.setenv("SEMFLOW_CATALOG_URL", f"postgresql+psycopg2://u:s3cret@127.0.0.1:{port}/x")

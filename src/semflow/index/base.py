@@ -203,6 +203,13 @@ class VectorIndex(ABC):
         an older generation answers dense searches only until a full refresh)."""
         return self.sparse_encoder is not None
 
+    @property
+    def keeps_stopwords(self) -> bool:
+        """Whether its sparse vectors hold stop words (built before they were dropped: they
+        answer as before, with slower sparse searches, until a full refresh)."""
+        lex = None if self._lexical is None else self._lexical.for_version(self.sparse_encoder)
+        return lex is not None and not lex.stopwords
+
     def search_mode(
         self, requested: str | None, default: str, score_threshold: float | None = None
     ) -> str:
@@ -217,11 +224,12 @@ class VectorIndex(ABC):
         return default
 
     def _encoder(self) -> LexicalEncoder:
-        """The encoder of this generation's sparse vectors; refused when this process's
-        encoder writes other vectors (another tokenizer, other BM25 constants)."""
-        lex = self._lexical
-        if lex is None or lex.version != self.sparse_encoder:
-            have = "none" if lex is None else lex.version
+        """The encoder of this generation's sparse vectors (this process's, or its variant
+        from before stop words were dropped); refused when neither writes them (another
+        tokenizer, other BM25 constants)."""
+        lex = None if self._lexical is None else self._lexical.for_version(self.sparse_encoder)
+        if lex is None:
+            have = "none" if self._lexical is None else self._lexical.version
             raise IndexError_(
                 f"generation {self.generation}'s sparse vectors were made by "
                 f"{self.sparse_encoder}, but this process's encoder is {have}; rebuild the "
