@@ -266,21 +266,35 @@ def _forget_term_spaces(store) -> None:
         w.upsert(ids, vecs, pls)
 
 
-def test_a_server_reader_finds_a_tenant_written_after_it_opened(lexical):
+def test_a_server_reader_finds_a_tenant_written_after_it_opened(lexical, monkeypatch):
     """On the server backend writes go into the live collection: a reader opened before a
-    tenant's first document reads the tenant map again when it meets that tenant."""
+    tenant's first document reads the tenant map again when it meets that tenant, but a
+    tenant without documents searching in a loop costs the server one metadata read per
+    `TENANT_MAP_RECHECK_S`, not one per search."""
     from qdrant_client import QdrantClient
+
+    from semflow.index import qdrant_server
 
     client = QdrantClient(location=":memory:")
     store = ServerStore(":memory:", f"c{time.monotonic_ns()}", client=client, lexical=lexical)
     with store.writer(MV, DIM, fresh=True) as w:
         w.upsert(*_points(TEXTS, tenant="t1"))
     reader = store.open_live()
-    assert reader.search(None, "late", 5, mode="sparse", text="Quorbel") == []
+    reads = []
+    real_get = client.get_collection
+    monkeypatch.setattr(
+        client, "get_collection", lambda *a, **k: reads.append(a) or real_get(*a, **k)
+    )
+    for _ in range(50):
+        assert reader.search(None, "late", 5, mode="sparse", text="Quorbel") == []
+    assert len(reads) == 1
     with store.writer(MV, DIM) as w:
         w.upsert(*_points(["Quorbel arrives late"], tenant="late", start=100))
+    monkeypatch.setattr(qdrant_server, "TENANT_MAP_RECHECK_S", 0.0)  # the interval has passed
+    reads.clear()
     assert _docs(reader.search(None, "late", 5, mode="sparse", text="Quorbel")) == ["100"]
     assert _docs(reader.search(None, "t1", 5, mode="sparse", text="Quorbel")) == ["2"]
+    assert len(reads) == 1  # a tenant the reader knows costs no read
     reader.close()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
     from semflow.sparse import LexicalEncoder
 
 _BATCH = 512
+# How often a reader may read the tenant map again for a tenant it does not know: a search by
+# a tenant without documents must not cost the server a metadata read each time.
+TENANT_MAP_RECHECK_S = 1.0
 # One lock per (client, collection): stores sharing an in-process client share its writers.
 _CLIENT_LOCKS: weakref.WeakKeyDictionary[Any, dict[str, threading.Lock]] = (
     weakref.WeakKeyDictionary()
@@ -71,6 +75,7 @@ class ServerIndex(VectorIndex):
         # Collections created before chunking have points without the field: grouped by
         # over-fetching instead (their points are one per document anyway).
         self._group_by = meta.get("group_by")
+        self._map_read_at = -TENANT_MAP_RECHECK_S  # the first unknown tenant reads it again
 
     @staticmethod
     def _filter(terms: list[tuple[str, list[Any]]]) -> Any:
@@ -128,9 +133,13 @@ class ServerIndex(VectorIndex):
 
     def _tenant_space(self, tenant: str) -> int | None:
         """As the base, but a tenant this reader has not seen may have been written since it
-        opened (writes go into the live collection): it reads the map again."""
+        opened (writes go into the live collection): it reads the map again, at most once
+        per `TENANT_MAP_RECHECK_S` (so a tenant's first documents may take that long to be
+        found by a reader that has just looked for a tenant it did not know)."""
         space = super()._tenant_space(tenant)
-        if space is None:
+        now = time.monotonic()
+        if space is None and now - self._map_read_at >= TENANT_MAP_RECHECK_S:
+            self._map_read_at = now
             meta = self.client.get_collection(self.collection).config.metadata or {}
             self.tenant_spaces = dict(meta.get(TENANT_SPACES) or {})
             space = self.tenant_spaces.get(tenant)
