@@ -147,6 +147,18 @@ def index_prune(keep: Annotated[int, typer.Option(min=1)] = 3) -> None:
     _echo({"dropped": Services.from_settings().store.prune(keep)})
 
 
+@index_app.command("rebuild")
+def index_rebuild() -> None:
+    """Rewrite the live generation in this release's layout (sparse vectors, a term space per
+    tenant, sealed segments) from its own stored vectors and texts: no model, no source."""
+    from dataclasses import asdict
+
+    from semflow.app import Services
+    from semflow.index.rebuild import rebuild_live
+
+    _echo(asdict(rebuild_live(Services.from_settings().store)))
+
+
 @model_app.command("list")
 def model_list() -> None:
     """Registered versions, newest first, with aliases and gate results."""

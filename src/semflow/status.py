@@ -51,7 +51,10 @@ def index_status(svc: Services) -> dict[str, Any]:
 
 def _describe_sparse(idx: Any) -> str:
     """The live generation's sparse vectors in a sentence, with what an old layout needs."""
-    refresh = "until a full refresh (`semflow sync --full-refresh`)"
+    refresh = (
+        "until `semflow index rebuild` (from its own vectors, no model) or a full refresh "
+        "(`semflow sync --full-refresh`)"
+    )
     if not idx.has_sparse:
         return f"none: dense search only {refresh}"
     if idx.tenant_spaces is None:

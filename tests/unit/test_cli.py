@@ -85,6 +85,17 @@ def test_sync_then_search_returns_sensible_neighbours(env):
     status = json.loads(r.stdout)
     assert status["points"] == counts["points"] and status["catalog"]["indexed"] == counts["points"]
 
+    # a rebuild from the index's own points (no model): same points, same scores (documents
+    # of equal score may swap places)
+    r = run(env, "index", "rebuild")
+    assert r.returncode == 0, r.stderr
+    rebuilt = json.loads(r.stdout)
+    assert rebuilt["points"] == counts["points"] and rebuilt["generation"] > rebuilt["replaced"]
+    r = run(env, "search", "Visa", "--mode", "sparse", "--top-k", "3")
+    again = json.loads(r.stdout)["results"]
+    assert [round(x["score"], 4) for x in again] == [round(x["score"], 4) for x in out["results"]]
+    assert all("visa" in x["text"].lower() for x in again)
+
 
 @pytest.mark.parametrize(
     ("args", "code", "message"),
@@ -114,6 +125,9 @@ def test_bad_setting_exits_2(env):
 def test_search_before_any_sync_says_so(tmp_path, env):
     r = run(dict(env, SEMFLOW_HOME=str(tmp_path)), "search", "card")
     assert r.returncode == 1 and "no index has been published" in r.stderr
+    r = run(dict(env, SEMFLOW_HOME=str(tmp_path)), "index", "rebuild")
+    assert r.returncode == 1 and "there is no live generation" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_keys_new_prints_a_key_its_scoped_entry_accepts(capsys):

@@ -71,6 +71,7 @@ def test_an_index_that_kept_stop_words_says_what_refreshes_it(synced, capsys):
     main(["status", "--json", "--service-url", ""])
     sparse = json.loads(capsys.readouterr().out)["index"]["sparse"]
     assert sparse.startswith("a BM25 term space per tenant (1 in use); stop words kept")
+    assert "semflow index rebuild" in sparse
     assert "semflow sync --full-refresh" in sparse
 
 

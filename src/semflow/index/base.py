@@ -233,7 +233,7 @@ class VectorIndex(ABC):
             raise IndexError_(
                 f"generation {self.generation}'s sparse vectors were made by "
                 f"{self.sparse_encoder}, but this process's encoder is {have}; rebuild the "
-                "index with a full refresh"
+                "index (`semflow index rebuild`, from its own vectors, or a full refresh)"
             )
         return lex
 
@@ -310,8 +310,8 @@ class VectorIndex(ABC):
                 raise SearchModeError(
                     f"index generation {self.generation} has no sparse vectors (it was built "
                     f"before hybrid search), so it cannot answer mode {mode!r}; search with "
-                    "mode 'dense', or rebuild the index with a full refresh "
-                    "(`semflow sync --full-refresh`)"
+                    "mode 'dense', or rebuild the index: `semflow index rebuild` (from its "
+                    "own vectors, no model) or a full refresh (`semflow sync --full-refresh`)"
                 )
             if text is None:
                 raise ValueError(f"mode {mode!r} needs the query text")
@@ -363,10 +363,25 @@ class VectorIndex(ABC):
             if offset is None:
                 break
 
+    def iter_points(self) -> Iterator[tuple[list[str], np.ndarray, list[dict[str, Any]]]]:
+        """Every point, a page at a time: (ids, dense vectors, whole payloads)."""
+        offset = None
+        while True:
+            recs, offset = self._scroll(None, True, offset, with_vectors=True)
+            if recs:
+                hits = self._records(recs, with_vectors=True)
+                vectors = np.array([h.payload.pop("_vector") for h in hits], dtype=np.float32)
+                yield [h.id for h in hits], vectors, [h.payload for h in hits]
+            if offset is None:
+                break
+
     @abstractmethod
-    def _scroll(self, flt: Any, fields: list[str], offset: Any) -> tuple[list[Any], Any]:
-        """One page of records that match `flt` (with `fields` of their payload) and the next
-        offset, or None after the last page."""
+    def _scroll(
+        self, flt: Any, fields: list[str] | bool, offset: Any, with_vectors: bool = False
+    ) -> tuple[list[Any], Any]:
+        """One page of records that match `flt` (with `fields` of their payload, or all of it
+        for True; with their dense vector if `with_vectors`) and the next offset, or None
+        after the last page."""
 
     @staticmethod
     @abstractmethod

@@ -342,12 +342,15 @@ class EdgeIndex(VectorIndex):
             return int(self._shard.info().points_count)
         return int(self._shard.count(q.CountRequest(exact=True, filter=flt)))
 
-    def _scroll(self, flt: Any, fields: list[str], offset: Any) -> tuple[list[Any], Any]:
+    def _scroll(
+        self, flt: Any, fields: list[str] | bool, offset: Any, with_vectors: bool = False
+    ) -> tuple[list[Any], Any]:
         import qdrant_edge as q
 
-        return self._shard.scroll(
-            q.ScrollRequest(offset=offset, limit=1000, filter=flt, with_payload=fields)
+        req = q.ScrollRequest(
+            offset=offset, limit=1000, filter=flt, with_payload=fields, with_vector=with_vectors
         )
+        return self._shard.scroll(req)
 
     def has_chunks(self) -> bool:
         """Whether some point is a document's second chunk or later (a scan in the engine:

@@ -192,13 +192,16 @@ class ServerIndex(VectorIndex):
     def _count(self, flt: Any) -> int:
         return int(self.client.count(self.collection, count_filter=flt, exact=True).count)
 
-    def _scroll(self, flt: Any, fields: list[str], offset: Any) -> tuple[list[Any], Any]:
+    def _scroll(
+        self, flt: Any, fields: list[str] | bool, offset: Any, with_vectors: bool = False
+    ) -> tuple[list[Any], Any]:
         return self.client.scroll(
             self.collection,
             scroll_filter=flt,
             limit=1000,
             offset=offset,
             with_payload=fields,
+            with_vectors=with_vectors,
         )
 
     def close(self) -> None:
