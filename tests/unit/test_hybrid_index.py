@@ -10,11 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from semflow.config import get_settings
 from semflow.errors import IndexError_, SearchModeError
 from semflow.index.qdrant_edge import EdgeStore
 from semflow.index.qdrant_server import ServerStore
-from semflow.sparse import LexicalEncoder, lexical_encoder
+from semflow.sparse import LexicalEncoder
 
 DIM = 8
 MV = "test-model@000000000000"
@@ -28,30 +27,12 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def lexical() -> LexicalEncoder:
-    enc = lexical_encoder(get_settings().base_embedder_dir)
-    assert enc is not None
-    return enc
-
-
 class OtherEncoder(LexicalEncoder):
     """The same tokenizer posing as another encoder version (other BM25 constants)."""
 
     @property
     def version(self) -> str:
         return "wordpiece-bm25@000000000000"
-
-
-@pytest.fixture(params=["edge", "server"])
-def stores(request, tmp_path):
-    """`make(lexical)`: a store of one shared collection that encodes with `lexical`."""
-    if request.param == "edge":
-        return lambda lexical: EdgeStore(tmp_path / "idx", lock_timeout_s=0.5, lexical=lexical)
-    from qdrant_client import QdrantClient
-
-    client, name = QdrantClient(location=":memory:"), f"c{time.monotonic_ns()}"
-    return lambda lexical: ServerStore(":memory:", name, client=client, lexical=lexical)
 
 
 def _points(texts, tenant="t1", start=0):
