@@ -10,13 +10,13 @@ English stop words (`STOPWORDS`) are dropped from documents and queries, as Luce
 analyzer and Qdrant's own BM25 (fastembed's `Qdrant/bm25`) drop theirs: their IDF is near its
 floor, so they barely move a ranking, yet their posting lists are the index's longest and a
 sparse search walks every query term's list (at 1M Banking77-like points, keeping them made
-sparse search 2.5x slower: benchmarks/sync.py).
+sparse search 2.6x slower at p50 and 2.2x at p99: benchmarks/stopwords.py).
 
 The constants and the stop words are part of the vectors' format, not tuning knobs: they are
 in the encoder's `version`, which a generation records. A generation built before stop words
 were dropped keeps being written and searched with the encoder it was built with
-(`LexicalEncoder.for_version`) until a full refresh; any other change needs a full refresh
-like a new embedder.
+(`LexicalEncoder.for_version`) until it is rebuilt (`semflow index rebuild`, or a full
+refresh); any other change needs a rebuild too.
 
 Each tenant has its own term space: in a generation whose metadata maps tenants to spaces
 (`sparse_tenant_spaces`, numbered in order of a tenant's first document), tenant T's token t

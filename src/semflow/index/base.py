@@ -206,7 +206,7 @@ class VectorIndex(ABC):
     @property
     def keeps_stopwords(self) -> bool:
         """Whether its sparse vectors hold stop words (built before they were dropped: they
-        answer as before, with slower sparse searches, until a full refresh)."""
+        answer as before, with slower sparse searches, until the index is rebuilt)."""
         lex = None if self._lexical is None else self._lexical.for_version(self.sparse_encoder)
         return lex is not None and not lex.stopwords
 
