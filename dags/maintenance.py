@@ -2,8 +2,9 @@
 ### Maintenance (daily)
 
 Each step reports what it removed (or, with `dry_run`, what it would remove):
-retry dead-letter documents through the normal sync, drop index generations beyond the
-newest `keep_generations`, purge prediction logs older than `prediction_retention_days`,
+retry dead-letter documents through the normal sync, rebuild the live index generation from
+its own points when its layout is older than this release's (`semflow index rebuild`: no
+model, no source), drop index generations beyond the newest `keep_generations`, purge prediction logs older than `prediction_retention_days`,
 prune failed catalog rows unchanged for `failed_row_days`, and delete MLflow runs older
 than `mlflow_run_days` that no registered model version uses. Cut-offs are counted from the
 run's data interval end, so re-running a day removes the same things.
@@ -56,6 +57,16 @@ def maintenance():
         return retry(source_from_name, dry_run=params["dry_run"]).to_dict()
 
     @task
+    def upgrade_index_layout(params=None) -> dict:
+        from semflow.app import Services
+        from semflow.logging import configure_logging
+        from semflow.maintenance import upgrade_index_layout as upgrade
+
+        configure_logging()
+        store = Services.from_settings().store
+        return upgrade(store, dry_run=params["dry_run"]).to_dict()
+
+    @task
     def prune_generations(params=None) -> dict:
         from semflow.app import Services
         from semflow.logging import configure_logging
@@ -97,8 +108,10 @@ def maintenance():
         return purge(get_settings().tracking_uri, before, dry_run=params["dry_run"]).to_dict()
 
     # Retry first: a document retried today is not pruned as an old failure, and the
-    # generation the retry publishes counts when old generations are dropped.
-    retry_dead_letters() >> [prune_failed_rows(), prune_generations()]
+    # generations the retry and the upgrade publish count when old generations are dropped.
+    upgrade = upgrade_index_layout()
+    retry_dead_letters() >> [prune_failed_rows(), upgrade]
+    upgrade >> prune_generations()
     purge_predictions()
     purge_mlflow_runs()
 

@@ -141,6 +141,26 @@ def prune_generations(store: Any, keep: int, *, dry_run: bool = False) -> StepRe
     return _done(report)
 
 
+def upgrade_index_layout(store: Any, *, dry_run: bool = False) -> StepReport:
+    """Rebuild the live generation from its own points (`semflow index rebuild`) when its
+    layout is older than this release's (`VectorIndex.outdated_layout`); the layout it
+    replaces is what the report lists as removed."""
+    from semflow.index.rebuild import rebuild_live
+
+    report = StepReport("upgrade_index_layout", dry_run)
+    if store.live_generation() is None:
+        report.details["reason"] = "no live index generation"
+        return _done(report)
+    with store.open_live() as idx:
+        generation, reasons = idx.generation, idx.outdated_layout()
+    report.details["outdated"] = reasons
+    if reasons:
+        report.removed = [f"generation {generation}'s layout"]
+        if not dry_run:
+            report.details["rebuild"] = asdict(rebuild_live(store))
+    return _done(report)
+
+
 # -- prediction logs ------------------------------------------------------------------------
 def purge_predictions(home: Path, before: date, *, dry_run: bool = False) -> StepReport:
     """Delete prediction-log days strictly before `before`."""
@@ -286,6 +306,7 @@ def run_maintenance(
     return [
         retry_dead_letters(resolve, svc, dry_run=dry_run),
         prune_failed_rows(svc.catalog, cut["failed_before"], dry_run=dry_run),
+        upgrade_index_layout(svc.store, dry_run=dry_run),
         prune_generations(svc.store, keep_generations, dry_run=dry_run),
         purge_predictions(s.home, cut["predictions_before"], dry_run=dry_run),
         purge_mlflow_runs(s.tracking_uri, cut["runs_before"], dry_run=dry_run),

@@ -96,6 +96,7 @@ def test_maintenance_dry_run_then_real(dags, semflow_home):
         t: "success"
         for t in (
             "retry_dead_letters",
+            "upgrade_index_layout",
             "prune_generations",
             "purge_predictions",
             "prune_failed_rows",

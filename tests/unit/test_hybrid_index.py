@@ -221,6 +221,7 @@ def test_a_generation_from_before_keeps_one_shared_term_space(stores, lexical):
         w.upsert(*_points(["Quorbel again"], tenant="t2", start=100))
     with store.open_live() as idx:
         assert idx.tenant_spaces is None
+        assert idx.outdated_layout() == ["one BM25 term space shared by all tenants"]
     assert set(_sparse_scores(store, "t1", "Quorbel")) == {"2"}
     assert set(_sparse_scores(store, "t2", "Quorbel")) == {"100"}
     with store.writer(MV, DIM, fresh=True) as w:

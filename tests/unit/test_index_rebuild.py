@@ -54,6 +54,10 @@ def test_an_old_layout_gets_this_releases_without_the_model(stores, lexical):
             w.upsert(*a)
             w.upsert(*b)
         store = stores(lexical)
+        with store.open_live() as idx:
+            assert idx.outdated_layout() == (
+                ["stop words in its sparse vectors"] if old else ["no sparse vectors"]
+            )
         answers, vectors = _answers(store, a[1]), _vectors(store, a[0] + b[0])
         report = rebuild_live(store)
         assert report.points == 50 and report.generation != report.replaced
@@ -67,6 +71,7 @@ def test_an_old_layout_gets_this_releases_without_the_model(stores, lexical):
         np.testing.assert_allclose(_vectors(store, a[0] + b[0]), vectors, atol=1e-6)
         with store.open_live() as idx:
             assert idx.count() == 50 and idx.tenant_spaces == {"t1": 0, "t2": 1}
+            assert idx.outdated_layout() == []
             assert idx.search(None, "t1", 5, mode="sparse", text="where is") == []
             hits = idx.search(None, "t2", 50, mode="sparse", text="Quorbel")
             assert {h.payload["tenant"] for h in hits} == {"t2"}

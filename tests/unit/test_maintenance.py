@@ -23,9 +23,11 @@ from semflow.maintenance import (
     purge_predictions,
     retry_dead_letters,
     run_maintenance,
+    upgrade_index_layout,
 )
 from semflow.sources.base import FieldMapping
 from semflow.sources.files import FileSource
+from semflow.sparse import LexicalEncoder
 
 REF = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -60,6 +62,31 @@ def test_prune_generations(tmp_path):
     assert prune_generations(store, 2).count == 0
     with pytest.raises(SettingsError):
         prune_generations(store, 0)
+
+
+def test_upgrade_index_layout_rebuilds_only_an_old_one(tmp_path, lexical):
+    before = LexicalEncoder(lexical.tokenizer_file.parent, stopwords=False)
+    ids = [f"00000000-0000-0000-0000-00000000000{k}" for k in range(3)]
+    texts = ["where is my card", "my card is lost", "refund from Quorbel"]
+    payloads = [{"tenant": "t", "doc_id": str(k), "text": t} for k, t in enumerate(texts)]
+    with EdgeStore(tmp_path / "idx", lexical=before).writer("m@1", 4) as w:
+        w.upsert(ids, np.eye(4, dtype=np.float32)[:3], payloads)
+    store = EdgeStore(tmp_path / "idx", lexical=lexical)  # this release's process
+    assert upgrade_index_layout(EdgeStore(tmp_path / "none")).details == {
+        "reason": "no live index generation"
+    }
+    dry = upgrade_index_layout(store, dry_run=True)
+    assert dry.removed == ["generation 1's layout"] and store.live_generation() == 1
+    assert dry.details["outdated"] == ["stop words in its sparse vectors"]
+    real = upgrade_index_layout(store)
+    assert real.removed == ["generation 1's layout"] and store.live_generation() == 2
+    assert real.details["rebuild"]["points"] == 3
+    with store.open_live() as idx:
+        assert idx.outdated_layout() == [] and not idx.keeps_stopwords
+        assert idx.search(None, "t", 3, mode="sparse", text="where is my") == []
+    again = upgrade_index_layout(store)  # the next day: nothing to do
+    assert again.removed == [] and again.details["outdated"] == []
+    assert store.live_generation() == 2
 
 
 def test_purge_predictions(tmp_path):
@@ -216,14 +243,15 @@ def test_run_maintenance_reports_every_step(semflow_home):
     assert [r.step for r in reports] == [
         "retry_dead_letters",
         "prune_failed_rows",
+        "upgrade_index_layout",
         "prune_generations",
         "purge_predictions",
         "purge_mlflow_runs",
     ]
     assert all(r.dry_run for r in reports)
-    assert reports[3].removed == ["2026-01-01.jsonl"]
+    assert reports[4].removed == ["2026-01-01.jsonl"]
     assert (semflow_home / "predictions" / "2026-01-01.jsonl").exists()
-    assert run_maintenance(REF, str)[3].removed == ["2026-01-01.jsonl"]
+    assert run_maintenance(REF, str)[4].removed == ["2026-01-01.jsonl"]
     assert not (semflow_home / "predictions" / "2026-01-01.jsonl").exists()
 
 

@@ -210,6 +210,21 @@ class VectorIndex(ABC):
         lex = None if self._lexical is None else self._lexical.for_version(self.sparse_encoder)
         return lex is not None and not lex.stopwords
 
+    def outdated_layout(self) -> list[str]:
+        """What of this generation's layout this process would write otherwise (empty: none):
+        `semflow index rebuild` writes it anew."""
+        if self._lexical is None:
+            return []
+        if not self.has_sparse:
+            return ["no sparse vectors"]
+        if self._lexical.for_version(self.sparse_encoder) is None:
+            return [f"sparse vectors of another encoder ({self.sparse_encoder})"]
+        old = (
+            ("one BM25 term space shared by all tenants", self.tenant_spaces is None),
+            ("stop words in its sparse vectors", self.keeps_stopwords),
+        )
+        return [reason for reason, applies in old if applies]
+
     def search_mode(
         self, requested: str | None, default: str, score_threshold: float | None = None
     ) -> str:
