@@ -148,15 +148,27 @@ def index_prune(keep: Annotated[int, typer.Option(min=1)] = 3) -> None:
 
 
 @index_app.command("rebuild")
-def index_rebuild() -> None:
+def index_rebuild(
+    if_outdated: Annotated[
+        bool,
+        typer.Option(
+            "--if-outdated", help="Only when the live layout is older than this release's."
+        ),
+    ] = False,
+) -> None:
     """Rewrite the live generation in this release's layout (sparse vectors, a term space per
     tenant, sealed segments) from its own stored vectors and texts: no model, no source."""
     from dataclasses import asdict
 
     from semflow.app import Services
     from semflow.index.rebuild import rebuild_live
+    from semflow.maintenance import upgrade_index_layout
 
-    _echo(asdict(rebuild_live(Services.from_settings().store)))
+    store = Services.from_settings().store
+    if if_outdated:
+        _echo(upgrade_index_layout(store).to_dict())
+    else:
+        _echo(asdict(rebuild_live(store)))
 
 
 @model_app.command("list")

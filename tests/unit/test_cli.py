@@ -95,6 +95,11 @@ def test_sync_then_search_returns_sensible_neighbours(env):
     again = json.loads(r.stdout)["results"]
     assert [round(x["score"], 4) for x in again] == [round(x["score"], 4) for x in out["results"]]
     assert all("visa" in x["text"].lower() for x in again)
+    r = run(env, "index", "rebuild", "--if-outdated")  # the layout is this release's already
+    step = json.loads(r.stdout)
+    assert r.returncode == 0 and step["removed"] == [] and step["details"]["outdated"] == []
+    r = run(env, "index", "status")
+    assert json.loads(r.stdout)["live_generation"] == rebuilt["generation"]
 
 
 @pytest.mark.parametrize(
