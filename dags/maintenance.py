@@ -4,9 +4,10 @@
 Each step reports what it removed (or, with `dry_run`, what it would remove):
 retry dead-letter documents through the normal sync, rebuild the live index generation from
 its own points when its layout is older than this release's (`semflow index rebuild`: no
-model, no source), drop index generations beyond the newest `keep_generations`, purge prediction logs older than `prediction_retention_days`,
-prune failed catalog rows unchanged for `failed_row_days`, and delete MLflow runs older
-than `mlflow_run_days` that no registered model version uses. Cut-offs are counted from the
+model, no source), drop index generations beyond the newest `keep_generations`, purge
+prediction logs older than `prediction_retention_days`, prune failed catalog rows unchanged
+for `failed_row_days`, and delete MLflow runs older than `mlflow_run_days` that no registered
+model version uses. Cut-offs are counted from the
 run's data interval end, so re-running a day removes the same things.
 """
 
