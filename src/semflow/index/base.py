@@ -203,11 +203,16 @@ class VectorIndex(ABC):
         an older generation answers dense searches only until a full refresh)."""
         return self.sparse_encoder is not None
 
+    def _stored_encoder(self) -> LexicalEncoder | None:
+        """The encoder that wrote this generation's sparse vectors, when this process has it
+        (its own, or its variant from before stop words were dropped)."""
+        return None if self._lexical is None else self._lexical.for_version(self.sparse_encoder)
+
     @property
     def keeps_stopwords(self) -> bool:
         """Whether its sparse vectors hold stop words (built before they were dropped: they
         answer as before, with slower sparse searches, until the index is rebuilt)."""
-        lex = None if self._lexical is None else self._lexical.for_version(self.sparse_encoder)
+        lex = self._stored_encoder()
         return lex is not None and not lex.stopwords
 
     def outdated_layout(self) -> list[str]:
@@ -217,7 +222,7 @@ class VectorIndex(ABC):
             return []
         if not self.has_sparse:
             return ["no sparse vectors"]
-        if self._lexical.for_version(self.sparse_encoder) is None:
+        if self._stored_encoder() is None:
             return [f"sparse vectors of another encoder ({self.sparse_encoder})"]
         old = (
             ("one BM25 term space shared by all tenants", self.tenant_spaces is None),
@@ -242,7 +247,7 @@ class VectorIndex(ABC):
         """The encoder of this generation's sparse vectors (this process's, or its variant
         from before stop words were dropped); refused when neither writes them (another
         tokenizer, other BM25 constants)."""
-        lex = None if self._lexical is None else self._lexical.for_version(self.sparse_encoder)
+        lex = self._stored_encoder()
         if lex is None:
             have = "none" if self._lexical is None else self._lexical.version
             raise IndexError_(
