@@ -36,6 +36,21 @@ def int_options(doc: str, **defaults: int) -> argparse.Namespace:
     return ap.parse_args()
 
 
+def latency_ms(latencies: Sequence[float]) -> dict[str, float]:
+    """p50 and p99 of latencies given in milliseconds."""
+    a = np.asarray(latencies)
+    return {
+        "p50_ms": round(float(np.percentile(a, 50)), 3),
+        "p99_ms": round(float(np.percentile(a, 99)), 3),
+    }
+
+
+def best_ratio(before: Sequence[float], now: Sequence[float]) -> float:
+    """The best (smallest) of the reference's passes over the best of the new code's: a pass
+    slowed by the shared machine's load counts for neither."""
+    return round(min(before) / min(now), 2)
+
+
 def banking77_texts() -> list[str]:
     with (REPO / "data" / "banking77" / "train.csv").open() as fh:
         return [r["text"] for r in csv.DictReader(fh)]

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import pandas as pd
 
-from benchmarks._load import int_options
+from benchmarks._load import best_ratio, int_options, latency_ms
 from semflow.config import SAMPLE_DIR, get_settings
 from semflow.sparse import LexicalEncoder
 
@@ -72,11 +72,7 @@ def _pass(shard: Any, queries: list[Any]) -> dict[str, float]:
         )
         lat.append((time.perf_counter() - t) * 1000)
         assert len(hits) == 10
-    a = np.array(lat)
-    return {
-        "p50_ms": round(float(np.percentile(a, 50)), 3),
-        "p99_ms": round(float(np.percentile(a, 99)), 3),
-    }
+    return latency_ms(lat)
 
 
 def main() -> None:
@@ -119,10 +115,8 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     before, now = (out[n] for n in encoders)
     out["ratio_before_over_now"] = {
-        stat: round(
-            min(before[f"pass {r}"][stat] for r in (1, 2))
-            / min(now[f"pass {r}"][stat] for r in (1, 2)),
-            2,
+        stat: best_ratio(
+            [before[f"pass {r}"][stat] for r in (1, 2)], [now[f"pass {r}"][stat] for r in (1, 2)]
         )
         for stat in ("p50_ms", "p99_ms")
     }

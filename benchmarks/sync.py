@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import pandas as pd
 
-from benchmarks._load import int_options
+from benchmarks._load import int_options, latency_ms
 from semflow.app import Services
 from semflow.config import SAMPLE_DIR, load_settings
 from semflow.index.base import SEARCH_MODES, TENANT_SPACES
@@ -273,12 +273,7 @@ def _latency(
                 )
             lat.append((time.perf_counter() - t) * 1000)
             assert len(hits) == 10
-    a = np.array(lat)
-    return {
-        "warm_up": {"searches": warmed, "s": round(warm_s, 3)},
-        "p50_ms": round(float(np.percentile(a, 50)), 3),
-        "p99_ms": round(float(np.percentile(a, 99)), 3),
-    }
+    return {"warm_up": {"searches": warmed, "s": round(warm_s, 3)}, **latency_ms(lat)}
 
 
 def _latencies(stores: dict, queries: Queries, warm_queries: int) -> dict[str, dict]:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import pandas as pd
 
-from benchmarks._load import int_options
+from benchmarks._load import best_ratio, int_options, latency_ms
 from semflow.config import SAMPLE_DIR, get_settings, load_settings
 from semflow.index import open_store
 from semflow.index.base import TENANT_SPACES
@@ -70,11 +70,7 @@ def _latencies(store: Any, queries: list[str], vectors: np.ndarray) -> dict[str,
                     hits = idx.search(v, "t0", 10, mode=mode, text=text)
                     lat.append((time.perf_counter() - t) * 1000)
                     assert all(h.payload["tenant"] == "t0" for h in hits)
-                a = np.array(lat)
-                out[f"{mode} pass {rep + 1}"] = {
-                    "p50_ms": round(float(np.percentile(a, 50)), 3),
-                    "p99_ms": round(float(np.percentile(a, 99)), 3),
-                }
+                out[f"{mode} pass {rep + 1}"] = latency_ms(lat)
     return out
 
 
@@ -102,10 +98,9 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     before, now = out["shared space (before)"], out["space per tenant"]
     out["ratio_p50_before_over_now"] = {
-        mode: round(
-            min(before[f"{mode} pass {r}"]["p50_ms"] for r in (1, 2))
-            / min(now[f"{mode} pass {r}"]["p50_ms"] for r in (1, 2)),
-            2,
+        mode: best_ratio(
+            [before[f"{mode} pass {r}"]["p50_ms"] for r in (1, 2)],
+            [now[f"{mode} pass {r}"]["p50_ms"] for r in (1, 2)],
         )
         for mode in ("sparse", "hybrid")
     }
