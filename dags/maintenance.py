@@ -19,6 +19,24 @@ from airflow.sdk import Param, dag, task
 
 from semflow.config import dag_default_args
 
+PARAMS = {
+    "dry_run": Param(False, type="boolean", description="Report only, remove nothing"),
+    "keep_generations": Param(3, type="integer", minimum=1),
+    "prediction_retention_days": Param(30, type="integer", minimum=1),
+    "failed_row_days": Param(7, type="integer", minimum=1),
+    "mlflow_run_days": Param(90, type="integer", minimum=1),
+}
+
+
+def _step(name: str, params, data_interval_end, resolve=None) -> dict:
+    """Run one step of `semflow.maintenance` with this run's params; its report."""
+    from semflow.logging import configure_logging
+    from semflow.maintenance import run_step
+
+    configure_logging()
+    options = {k: params[k] for k in PARAMS}
+    return run_step(name, data_interval_end, resolve, **options).to_dict()
+
 
 @dag(
     schedule="@daily",
@@ -28,85 +46,34 @@ from semflow.config import dag_default_args
     default_args=dag_default_args(),
     tags=["semflow", "maintenance"],
     doc_md=__doc__,
-    params={
-        "dry_run": Param(False, type="boolean", description="Report only, remove nothing"),
-        "keep_generations": Param(3, type="integer", minimum=1),
-        "prediction_retention_days": Param(30, type="integer", minimum=1),
-        "failed_row_days": Param(7, type="integer", minimum=1),
-        "mlflow_run_days": Param(90, type="integer", minimum=1),
-    },
+    params=PARAMS,
 )
 def maintenance():
-    def _cut(params, end):
-        from semflow.maintenance import cutoffs
-
-        return cutoffs(
-            end,
-            params["prediction_retention_days"],
-            params["failed_row_days"],
-            params["mlflow_run_days"],
-        )
-
     @task
-    def retry_dead_letters(params=None) -> dict:
+    def retry_dead_letters(params=None, data_interval_end=None) -> dict:
         from semflow_airflow import source_from_name
 
-        from semflow.logging import configure_logging
-        from semflow.maintenance import retry_dead_letters as retry
-
-        configure_logging()
-        return retry(source_from_name, dry_run=params["dry_run"]).to_dict()
+        return _step("retry_dead_letters", params, data_interval_end, source_from_name)
 
     @task
-    def upgrade_index_layout(params=None) -> dict:
-        from semflow.app import Services
-        from semflow.logging import configure_logging
-        from semflow.maintenance import upgrade_index_layout as upgrade
-
-        configure_logging()
-        store = Services.from_settings().store
-        return upgrade(store, dry_run=params["dry_run"]).to_dict()
+    def upgrade_index_layout(params=None, data_interval_end=None) -> dict:
+        return _step("upgrade_index_layout", params, data_interval_end)
 
     @task
-    def prune_generations(params=None) -> dict:
-        from semflow.app import Services
-        from semflow.logging import configure_logging
-        from semflow.maintenance import prune_generations as prune
-
-        configure_logging()
-        store = Services.from_settings().store
-        return prune(store, params["keep_generations"], dry_run=params["dry_run"]).to_dict()
+    def prune_generations(params=None, data_interval_end=None) -> dict:
+        return _step("prune_generations", params, data_interval_end)
 
     @task
     def purge_predictions(params=None, data_interval_end=None) -> dict:
-        from semflow.config import get_settings
-        from semflow.logging import configure_logging
-        from semflow.maintenance import purge_predictions as purge
-
-        configure_logging()
-        before = _cut(params, data_interval_end)["predictions_before"]
-        return purge(get_settings().home, before, dry_run=params["dry_run"]).to_dict()
+        return _step("purge_predictions", params, data_interval_end)
 
     @task
     def prune_failed_rows(params=None, data_interval_end=None) -> dict:
-        from semflow.app import Services
-        from semflow.logging import configure_logging
-        from semflow.maintenance import prune_failed_rows as prune
-
-        configure_logging()
-        cat = Services.from_settings().catalog
-        before = _cut(params, data_interval_end)["failed_before"]
-        return prune(cat, before, dry_run=params["dry_run"]).to_dict()
+        return _step("prune_failed_rows", params, data_interval_end)
 
     @task
     def purge_mlflow_runs(params=None, data_interval_end=None) -> dict:
-        from semflow.config import get_settings
-        from semflow.logging import configure_logging
-        from semflow.maintenance import purge_mlflow_runs as purge
-
-        configure_logging()
-        before = _cut(params, data_interval_end)["runs_before"]
-        return purge(get_settings().tracking_uri, before, dry_run=params["dry_run"]).to_dict()
+        return _step("purge_mlflow_runs", params, data_interval_end)
 
     # Retry first: a document retried today is not pruned as an old failure, and the
     # generations the retry and the upgrade publish count when old generations are dropped.

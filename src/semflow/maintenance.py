@@ -288,9 +288,21 @@ def cutoffs(
     }
 
 
-def run_maintenance(
+# The steps in the DAG's order.
+STEPS = (
+    "retry_dead_letters",
+    "prune_failed_rows",
+    "upgrade_index_layout",
+    "prune_generations",
+    "purge_predictions",
+    "purge_mlflow_runs",
+)
+
+
+def run_step(
+    step: str,
     reference: datetime,
-    resolve: Callable[[str], Source],
+    resolve: Callable[[str], Source] | None = None,
     *,
     services: Services | None = None,
     dry_run: bool = False,
@@ -298,16 +310,43 @@ def run_maintenance(
     prediction_retention_days: int = PREDICTION_RETENTION_DAYS,
     failed_row_days: int = FAILED_ROW_DAYS,
     mlflow_run_days: int = MLFLOW_RUN_DAYS,
-) -> list[StepReport]:
-    """Every step in the DAG's order, in one process (what a CLI command would run)."""
+) -> StepReport:
+    """One of `STEPS`, with the cut-offs counted from `reference` (the DAG run's data
+    interval end): what each task of the DAG runs. `resolve` (a source name to a Source) is
+    needed by `retry_dead_letters` only."""
     svc = services or Services.from_settings()
     s = svc.settings
     cut = cutoffs(reference, prediction_retention_days, failed_row_days, mlflow_run_days)
-    return [
-        retry_dead_letters(resolve, svc, dry_run=dry_run),
-        prune_failed_rows(svc.catalog, cut["failed_before"], dry_run=dry_run),
-        upgrade_index_layout(svc.store, dry_run=dry_run),
-        prune_generations(svc.store, keep_generations, dry_run=dry_run),
-        purge_predictions(s.home, cut["predictions_before"], dry_run=dry_run),
-        purge_mlflow_runs(s.tracking_uri, cut["runs_before"], dry_run=dry_run),
-    ]
+    if step == "retry_dead_letters":
+        if resolve is None:
+            raise ValueError("retry_dead_letters needs `resolve`")
+        return retry_dead_letters(resolve, svc, dry_run=dry_run)
+    steps: dict[str, Callable[[], StepReport]] = {
+        "prune_failed_rows": lambda: prune_failed_rows(
+            svc.catalog, cut["failed_before"], dry_run=dry_run
+        ),
+        "upgrade_index_layout": lambda: upgrade_index_layout(svc.store, dry_run=dry_run),
+        "prune_generations": lambda: prune_generations(
+            svc.store, keep_generations, dry_run=dry_run
+        ),
+        "purge_predictions": lambda: purge_predictions(
+            s.home, cut["predictions_before"], dry_run=dry_run
+        ),
+        "purge_mlflow_runs": lambda: purge_mlflow_runs(
+            s.tracking_uri, cut["runs_before"], dry_run=dry_run
+        ),
+    }
+    return steps[step]()
+
+
+def run_maintenance(
+    reference: datetime,
+    resolve: Callable[[str], Source],
+    *,
+    services: Services | None = None,
+    **options: Any,
+) -> list[StepReport]:
+    """Every step in the DAG's order, in one process (what a CLI command would run);
+    `options` are `run_step`'s."""
+    svc = services or Services.from_settings()
+    return [run_step(step, reference, resolve, services=svc, **options) for step in STEPS]
