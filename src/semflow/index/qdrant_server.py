@@ -137,9 +137,8 @@ class ServerIndex(VectorIndex):
         per `TENANT_MAP_RECHECK_S` (so a tenant's first documents may take that long to be
         found by a reader that has just looked for a tenant it did not know)."""
         space = super()._tenant_space(tenant)
-        now = time.monotonic()
-        if space is None and now - self._map_read_at >= TENANT_MAP_RECHECK_S:
-            self._map_read_at = now
+        if space is None and time.monotonic() - self._map_read_at >= TENANT_MAP_RECHECK_S:
+            self._map_read_at = time.monotonic()
             meta = self.client.get_collection(self.collection).config.metadata or {}
             self.tenant_spaces = dict(meta.get(TENANT_SPACES) or {})
             space = self.tenant_spaces.get(tenant)
