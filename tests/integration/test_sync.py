@@ -4,6 +4,7 @@ provider's MongoHook (no MongoDB server is installable here), the qdrant-edge en
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,7 +13,7 @@ import sqlalchemy as sa
 from semflow.app import Services
 from semflow.catalog import DELETED, FAILED, INDEXED, Catalog
 from semflow.config import get_settings
-from semflow.errors import SourceError
+from semflow.errors import SemflowError, SourceError
 from semflow.index import open_store
 from semflow.sources import FieldMapping, PostgresSource
 from semflow.sync import run_sync
@@ -287,6 +288,58 @@ def test_sync_into_qdrant_client_backend(semflow_home, embedder, tmp_path):
         hit = idx.search(embedder.encode(["brand new"])[0], "default", 1)[0]
         assert hit.payload["doc_id"] == "9"
     assert cat.ids("f", [INDEXED]) == ids
+
+
+def test_a_server_sync_that_fails_mid_apply_leaves_the_collection_as_it_was(
+    semflow_home, embedder, tmp_path, monkeypatch
+):
+    """The server backend writes an incremental sync into the live collection. A fault after
+    the first partitions were upserted (the last one's vectors are gone) rolls them back: the
+    readers' collection holds what it held before, updates, deletes and new documents alike;
+    the retried sync then writes it all."""
+    import json
+
+    from semflow.index.qdrant_server import ServerStore
+    from semflow.sources import FileSource
+    from semflow.sync import apply_sync, embed_partitions, plan_sync
+
+    monkeypatch.setenv("SEMFLOW_SYNC_PARTITION_SIZE", "2")
+    get_settings.cache_clear()
+    path = tmp_path / "d.jsonl"
+
+    def write(rows):
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def held(store):
+        with store.open_live() as idx:
+            pls = idx.iter_payloads("f", ("doc_id", "text"))
+            return {p["doc_id"]: p["text"] for _, p in pls}
+
+    write([{"id": i, "text": f"question {i} about transfers", "gone": False} for i in range(6)])
+    src = FileSource("f", path, FieldMapping(updated_at=None, deleted="gone"))
+    store = ServerStore(":memory:", "srv")
+    cat = Catalog(get_settings().catalog_database_url)
+    svc = Services.from_settings(None, embedder=embedder, catalog=cat, store=store)
+    run_sync(src, svc)
+    before = held(store)
+    write(
+        [{"id": i, "text": f"question {i} about cards", "gone": i == 2} for i in range(4)]
+        + [{"id": 9, "text": "brand new", "gone": False}]
+    )
+    plan = plan_sync(
+        src, catalog=cat, store=store, embedder_version=embedder.version, settings=svc.settings
+    )
+    assert len(plan.partitions) >= 2
+    vectors = embed_partitions(plan, plan.partitions, embedder, svc.settings.sync_embed_group)
+    Path(vectors[-1]).unlink()
+    with pytest.raises(SemflowError, match="has not been embedded"):
+        apply_sync(plan, catalog=cat, store=store, dimension=embedder.dimension, vectors=vectors)
+    assert held(store) == before
+    assert cat.ids("f", [INDEXED]) == set(before)
+    run_sync(src, svc)
+    after = held(store)
+    assert after["0"] == "question 0 about cards" and after["9"] == "brand new"
+    assert "2" not in after
 
 
 def test_a_failed_document_fixed_at_source_is_read_again_by_id(table, semflow_home, embedder):

@@ -283,8 +283,8 @@ def test_a_server_reader_finds_a_tenant_written_after_it_opened(lexical, monkeyp
 def test_a_write_that_fails_after_a_new_tenant_leaves_search_as_it_was(stores, lexical):
     """A fault after a writer gave a new tenant its space, then more traffic: the embedded
     store publishes nothing; the server (whose incremental writes land in the live collection)
-    keeps the space it stored. Either way the others' ranking holds and the tenant's retried
-    write is found in its one space."""
+    rolls the points back but keeps the space it stored (a reader may have cached it). Either
+    way the others' scores hold and the tenant's retried write is found in its one space."""
     store = stores(lexical)
     with store.writer(MV, DIM, fresh=True) as w:
         w.upsert(*_points(TEXTS, tenant="t1"))
@@ -292,10 +292,7 @@ def test_a_write_that_fails_after_a_new_tenant_leaves_search_as_it_was(stores, l
     with pytest.raises(RuntimeError, match="boom"), store.writer(MV, DIM) as w:
         w.upsert(*_points(["Quorbel for the newcomer"], tenant="new", start=100))
         raise RuntimeError("boom")
-    after_fault = _sparse_scores(store, "t1", "Quorbel refund")
-    assert list(after_fault) == list(before)
-    if isinstance(store, EdgeStore):
-        assert after_fault == before
+    assert _sparse_scores(store, "t1", "Quorbel refund") == before
     with store.writer(MV, DIM) as w:
         w.upsert(*_points(["Quorbel for the newcomer"], tenant="new", start=100))
     with store.open_live() as idx:

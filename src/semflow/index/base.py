@@ -519,7 +519,9 @@ class IndexStore(ABC):
     ) -> Iterator[VectorIndex]:
         """A writable generation based on the live one (or empty if `fresh`), under `lock()`.
 
-        Published atomically when the block exits without error; discarded otherwise.
+        Published atomically when the block exits without error; discarded otherwise (the
+        server backend's incremental write, which lands in the live collection, is rolled
+        back: `semflow.index.server_undo`).
         """
         with self.lock():
             yield from self._write(self.live_generation(), embedder_version, dimension, fresh)

@@ -2,8 +2,9 @@
 
 Each generation is a collection `<name>_g<N>`; the alias `<name>` points to the live one and
 is switched atomically by one `update_collection_aliases` call. An incremental sync writes
-into the live collection in place (upserts are idempotent); only a fresh build (full refresh,
-new model) creates a new generation.
+into the live collection in place (upserts are idempotent), keeping what it replaces so that
+a failed write is rolled back (`semflow.index.server_undo`); only a fresh build (full
+refresh, new model) creates a new generation.
 
 Writers still take a lock (`IndexStore.lock`), because a sync's writes and its catalog record
 must not interleave with another writer's: a thread lock per client in local mode (one process
@@ -13,6 +14,7 @@ owns a local collection), a `flock` under `lock_dir` for a server reached by URL
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import threading
 import time
@@ -37,9 +39,12 @@ from semflow.index.base import (
     hybrid_candidates,
 )
 from semflow.index.lock import file_lock, thread_lock
+from semflow.index.server_undo import UndoLog
 
 if TYPE_CHECKING:
     from semflow.sparse import LexicalEncoder
+
+log = logging.getLogger("semflow.index")
 
 _BATCH = 512
 # How often a reader may read the tenant map again for a tenant it does not know: a search by
@@ -76,6 +81,8 @@ class ServerIndex(VectorIndex):
         # over-fetching instead (their points are one per document anyway).
         self._group_by = meta.get("group_by")
         self._map_read_at = -TENANT_MAP_RECHECK_S  # the first unknown tenant reads it again
+        # set by an in-place writer: what its writes replace, put back if the write fails
+        self.undo: UndoLog | None = None
 
     @staticmethod
     def _filter(terms: list[tuple[str, list[Any]]]) -> Any:
@@ -104,6 +111,8 @@ class ServerIndex(VectorIndex):
             self.client.update_collection(
                 self.collection, metadata={TENANT_SPACES: self.tenant_spaces}
             )
+        if self.undo is not None:
+            self.undo.remember(ids)
         for i in range(0, len(ids), _BATCH):
             batch: Any = vecs[i : i + _BATCH].tolist()
             if sparse is not None:
@@ -148,6 +157,8 @@ class ServerIndex(VectorIndex):
         from qdrant_client import models as m
 
         if ids:
+            if self.undo is not None:
+                self.undo.remember(ids, deleting=True)
             self.client.delete(
                 self.collection, points_selector=m.PointIdsList(points=list(ids)), wait=True
             )
@@ -312,7 +323,12 @@ class ServerStore(IndexStore):
         if live is not None and not fresh:
             index = ServerIndex(self.client, self._coll(live), live, self.lexical)
             self._check_embedder(live, index.embedder_version, embedder_version)
-            yield index
+            index.undo = UndoLog(self.client, index.collection, _BATCH)
+            try:
+                yield index
+            except BaseException as err:
+                _roll_back(index.undo, err)
+                raise
             return
         gen = self._next_generation(live)
         self._create(gen, embedder_version, dimension)
@@ -325,3 +341,16 @@ class ServerStore(IndexStore):
 
     def _drop(self, generation: int) -> None:
         self.client.delete_collection(self._coll(generation))
+
+
+def _roll_back(undo: UndoLog, err: BaseException) -> None:
+    """Undo a failed in-place write; when that fails too (the server went away), say so on
+    the original error, which is the one raised."""
+    try:
+        undo.rollback()
+    except Exception as undo_err:  # the write's own error is the one raised
+        log.error("could not roll back a failed write to %s: %s", undo.collection, undo_err)
+        err.add_note(
+            f"its writes to {undo.collection} could not be rolled back ({undo_err}); the next "
+            "sync writes those documents again"
+        )
