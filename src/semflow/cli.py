@@ -161,14 +161,13 @@ def index_rebuild(
     from dataclasses import asdict
 
     from semflow.app import Services
-    from semflow.index.rebuild import rebuild_live
-    from semflow.maintenance import upgrade_index_layout
+    from semflow.maintenance import rebuild_index, upgrade_index_layout
 
-    store = Services.from_settings().store
+    svc = Services.from_settings()
     if if_outdated:
-        _echo(upgrade_index_layout(store).to_dict())
+        _echo(upgrade_index_layout(svc.store, svc.catalog).to_dict())
     else:
-        _echo(asdict(rebuild_live(store)))
+        _echo(asdict(rebuild_index(svc.store, svc.catalog)))
 
 
 @model_app.command("list")

@@ -12,12 +12,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from semflow.app import Services
 from semflow.catalog import Catalog
 from semflow.documents import Document
 from semflow.sources.base import Source
+
+if TYPE_CHECKING:
+    from semflow.index.rebuild import RebuildReport
 
 log = logging.getLogger("semflow.maintenance")
 
@@ -141,12 +144,32 @@ def prune_generations(store: Any, keep: int, *, dry_run: bool = False) -> StepRe
     return _done(report)
 
 
-def upgrade_index_layout(store: Any, *, dry_run: bool = False) -> StepReport:
-    """Rebuild the live generation from its own points (`semflow index rebuild`) when its
-    layout is older than this release's (`VectorIndex.outdated_layout`); the layout it
-    replaces is what the report lists as removed."""
+# What the catalog's run history names a rebuild's source: it is the whole index's, not one
+# source's.
+REBUILD_RUN_SOURCE = "*"
+
+
+def rebuild_index(store: Any, catalog: Catalog) -> RebuildReport:
+    """`rebuild_live`, recorded in the catalog's run history beside the syncs (mode `rebuild`,
+    source `*`, the generation it published), so `semflow status` tells where the live
+    generation came from; a failed one is recorded with its error."""
     from semflow.index.rebuild import rebuild_live
 
+    run_id = catalog.start_run(REBUILD_RUN_SOURCE, (None, None), "rebuild")
+    try:
+        report = rebuild_live(store)
+    except BaseException as err:
+        catalog.finish_run(run_id, "failed", {}, None, error=str(err)[:2000])
+        raise
+    counts = {"points": report.points, "replaced": report.replaced}
+    catalog.finish_run(run_id, "succeeded", counts, report.generation)
+    return report
+
+
+def upgrade_index_layout(store: Any, catalog: Catalog, *, dry_run: bool = False) -> StepReport:
+    """Rebuild the live generation from its own points (`rebuild_index`) when its layout is
+    older than this release's (`VectorIndex.outdated_layout`); the layout it replaces is what
+    the report lists as removed."""
     report = StepReport("upgrade_index_layout", dry_run)
     if store.live_generation() is None:
         report.details["reason"] = "no live index generation"
@@ -157,7 +180,7 @@ def upgrade_index_layout(store: Any, *, dry_run: bool = False) -> StepReport:
     if reasons:
         report.removed = [f"generation {generation}'s layout"]
         if not dry_run:
-            report.details["rebuild"] = asdict(rebuild_live(store))
+            report.details["rebuild"] = asdict(rebuild_index(store, catalog))
     return _done(report)
 
 
@@ -325,7 +348,9 @@ def run_step(
         "prune_failed_rows": lambda: prune_failed_rows(
             svc.catalog, cut["failed_before"], dry_run=dry_run
         ),
-        "upgrade_index_layout": lambda: upgrade_index_layout(svc.store, dry_run=dry_run),
+        "upgrade_index_layout": lambda: upgrade_index_layout(
+            svc.store, svc.catalog, dry_run=dry_run
+        ),
         "prune_generations": lambda: prune_generations(
             svc.store, keep_generations, dry_run=dry_run
         ),

@@ -12,7 +12,7 @@ import pytest
 from semflow.app import Services
 from semflow.catalog import FAILED, INDEXED, Catalog
 from semflow.config import get_settings
-from semflow.errors import SettingsError
+from semflow.errors import IndexError_, SettingsError
 from semflow.index.qdrant_edge import EdgeStore
 from semflow.maintenance import (
     cutoffs,
@@ -21,6 +21,7 @@ from semflow.maintenance import (
     prune_generations,
     purge_mlflow_runs,
     purge_predictions,
+    rebuild_index,
     retry_dead_letters,
     run_maintenance,
     upgrade_index_layout,
@@ -72,21 +73,41 @@ def test_upgrade_index_layout_rebuilds_only_an_old_one(tmp_path, lexical):
     with EdgeStore(tmp_path / "idx", lexical=before).writer("m@1", 4) as w:
         w.upsert(ids, np.eye(4, dtype=np.float32)[:3], payloads)
     store = EdgeStore(tmp_path / "idx", lexical=lexical)  # this release's process
-    assert upgrade_index_layout(EdgeStore(tmp_path / "none")).details == {
+    cat = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    assert upgrade_index_layout(EdgeStore(tmp_path / "none"), cat).details == {
         "reason": "no live index generation"
     }
-    dry = upgrade_index_layout(store, dry_run=True)
+    dry = upgrade_index_layout(store, cat, dry_run=True)
     assert dry.removed == ["generation 1's layout"] and store.live_generation() == 1
     assert dry.details["outdated"] == ["stop words in its sparse vectors"]
-    real = upgrade_index_layout(store)
+    assert cat.recent_runs() == []  # neither the check nor the dry run is a run
+    real = upgrade_index_layout(store, cat)
     assert real.removed == ["generation 1's layout"] and store.live_generation() == 2
     assert real.details["rebuild"]["points"] == 3
     with store.open_live() as idx:
         assert idx.outdated_layout() == [] and not idx.keeps_stopwords
         assert idx.search(None, "t", 3, mode="sparse", text="where is my") == []
-    again = upgrade_index_layout(store)  # the next day: nothing to do
+    again = upgrade_index_layout(store, cat)  # the next day: nothing to do
     assert again.removed == [] and again.details["outdated"] == []
     assert store.live_generation() == 2
+    # the run history says where generation 2 came from
+    [run] = cat.recent_runs()
+    assert (run["source"], run["mode"], run["status"], run["generation"]) == (
+        "*",
+        "rebuild",
+        "succeeded",
+        2,
+    )
+    assert run["counts"] == {"points": 3, "replaced": 1}
+
+
+def test_a_failed_rebuild_is_recorded_with_its_error(tmp_path, lexical):
+    cat = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    with pytest.raises(IndexError_, match="no live generation"):
+        rebuild_index(EdgeStore(tmp_path / "none", lexical=lexical), cat)
+    [run] = cat.recent_runs()
+    assert (run["mode"], run["status"], run["generation"]) == ("rebuild", "failed", None)
+    assert "no live generation" in run["error"]
 
 
 def test_purge_predictions(tmp_path):
