@@ -4,8 +4,8 @@ provider's MongoHook (no MongoDB server is installable here), the qdrant-edge en
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa

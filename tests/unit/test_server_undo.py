@@ -85,11 +85,11 @@ def test_a_rollback_the_server_refuses_leaves_the_writes_error_to_say_so(
     def unreachable(*args, **kwargs):
         raise ConnectionError("server unreachable")
 
-    with caplog.at_level(logging.ERROR, logger="semflow.index"):
-        with pytest.raises(RuntimeError, match="boom") as err, store.writer(MV, DIM) as w:
-            w.upsert(*_points(["Quorbel newcomer"], tenant="new", start=100))
-            monkeypatch.setattr(store.client, "delete", unreachable)
-            raise RuntimeError("boom")
+    caplog.set_level(logging.ERROR, logger="semflow.index")
+    with pytest.raises(RuntimeError, match="boom") as err, store.writer(MV, DIM) as w:
+        w.upsert(*_points(["Quorbel newcomer"], tenant="new", start=100))
+        monkeypatch.setattr(store.client, "delete", unreachable)
+        raise RuntimeError("boom")
     assert any("could not be rolled back" in n for n in err.value.__notes__)
     assert "server unreachable" in caplog.text
     monkeypatch.setattr(store.client, "delete", real_delete)
@@ -98,11 +98,12 @@ def test_a_rollback_the_server_refuses_leaves_the_writes_error_to_say_so(
     assert "100" in {pl["doc_id"] for _, (_, pl) in _snapshot(store).items()}
 
 
-def test_a_write_that_succeeds_keeps_nothing_to_undo(lexical):
+def test_a_write_that_succeeds_stays_and_its_undo_file_is_closed(lexical):
     store = ServerStore(":memory:", "ok", lexical=lexical)
     _seeded(store)
     with store.writer(MV, DIM) as w:
-        w.upsert(*_points(["Quorbel newcomer"], tenant="new", start=100))
+        w.upsert(*_points(["Quorbel newcomer", TEXTS[0]], tenant="new", start=100))
+        w.upsert(*_points(TEXTS[:1], tenant="t1"))  # replaces a point: spilled to the file
         undo = w.undo
-    assert undo is not None and len(undo) == 1
-    assert len(_snapshot(store)) == len(TEXTS) + 2
+    assert undo is not None and len(undo) == 3 and undo._spill.closed
+    assert len(_snapshot(store)) == len(TEXTS) + 3

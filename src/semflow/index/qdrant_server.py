@@ -329,6 +329,8 @@ class ServerStore(IndexStore):
             except BaseException as err:
                 _roll_back(index.undo, err)
                 raise
+            finally:
+                index.undo.close()
             return
         gen = self._next_generation(live)
         self._create(gen, embedder_version, dimension)

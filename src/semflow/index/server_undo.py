@@ -15,6 +15,8 @@ never go to another tenant.
 from __future__ import annotations
 
 import logging
+import pickle
+import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,23 +46,26 @@ class _Saved:
 
 
 class UndoLog:
-    """What one in-place write replaced, and the points it created."""
+    """What one in-place write replaced, and the points it created. The replaced points are
+    spilled to an unnamed temporary file a batch at a time, so a large incremental write keeps
+    only their ids in memory."""
 
     def __init__(self, client: Any, collection: str, batch: int) -> None:
         self.client = client
         self.collection = collection
         self.batch = batch
-        # point id -> the point before the write, or None when the write created it
-        self._before: dict[str, _Saved | None] = {}
+        # point id -> whether it existed before the write touched it
+        self._existed: dict[str, bool] = {}
+        self._spill = tempfile.TemporaryFile(prefix="semflow-undo-")  # noqa: SIM115 - closed by close()
 
     def __len__(self) -> int:
-        return len(self._before)
+        return len(self._existed)
 
     def remember(self, ids: Sequence[Any], *, deleting: bool = False) -> None:
         """Keep the current state of the points `ids` that this write has not touched yet
         (before an upsert of them, or a delete: a point a delete does not find is not one
         the write created)."""
-        new = list(dict.fromkeys(_key(i) for i in ids if _key(i) not in self._before))
+        new = list(dict.fromkeys(_key(i) for i in ids if _key(i) not in self._existed))
         for start in range(0, len(new), self.batch):
             chunk = new[start : start + self.batch]
             records = self.client.retrieve(
@@ -68,33 +73,40 @@ class UndoLog:
             )
             found = {_key(r.id): r for r in records}
             for pid in chunk:
-                rec = found.get(pid)
-                if rec is not None:
-                    self._before[pid] = _saved(rec)
-                elif not deleting:
-                    self._before[pid] = None
+                if pid in found or not deleting:
+                    self._existed[pid] = pid in found
+            if found:
+                pickle.dump([_saved(r) for r in found.values()], self._spill)
 
     def rollback(self) -> None:
         """Delete the points the write created and put back the ones it replaced."""
         from qdrant_client import models as m
 
-        created = [pid for pid, saved in self._before.items() if saved is None]
+        created = [pid for pid, existed in self._existed.items() if not existed]
         for start in range(0, len(created), self.batch):
             self.client.delete(
                 self.collection,
                 points_selector=m.PointIdsList(points=created[start : start + self.batch]),
                 wait=True,
             )
-        replaced = [saved for saved in self._before.values() if saved is not None]
-        for start in range(0, len(replaced), self.batch):
-            points = [_point(saved) for saved in replaced[start : start + self.batch]]
-            self.client.upsert(self.collection, points=points, wait=True)
+        restored = 0
+        self._spill.seek(0)
+        while True:
+            try:
+                saved = pickle.load(self._spill)
+            except EOFError:
+                break
+            self.client.upsert(self.collection, points=[_point(p) for p in saved], wait=True)
+            restored += len(saved)
         log.warning(
             "rolled back a failed write to %s: %d points deleted, %d restored",
             self.collection,
             len(created),
-            len(replaced),
+            restored,
         )
+
+    def close(self) -> None:
+        self._spill.close()
 
 
 def _saved(record: Any) -> _Saved:
