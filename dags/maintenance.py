@@ -17,14 +17,20 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
-from semflow.config import dag_default_args
+from semflow.config import (
+    FAILED_ROW_DAYS,
+    KEEP_GENERATIONS,
+    MLFLOW_RUN_DAYS,
+    PREDICTION_RETENTION_DAYS,
+    dag_default_args,
+)
 
 PARAMS = {
     "dry_run": Param(False, type="boolean", description="Report only, remove nothing"),
-    "keep_generations": Param(3, type="integer", minimum=1),
-    "prediction_retention_days": Param(30, type="integer", minimum=1),
-    "failed_row_days": Param(7, type="integer", minimum=1),
-    "mlflow_run_days": Param(90, type="integer", minimum=1),
+    "keep_generations": Param(KEEP_GENERATIONS, type="integer", minimum=1),
+    "prediction_retention_days": Param(PREDICTION_RETENTION_DAYS, type="integer", minimum=1),
+    "failed_row_days": Param(FAILED_ROW_DAYS, type="integer", minimum=1),
+    "mlflow_run_days": Param(MLFLOW_RUN_DAYS, type="integer", minimum=1),
 }
 
 

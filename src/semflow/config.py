@@ -359,6 +359,14 @@ DAG_DEFAULT_ARGS: dict[str, Any] = {
 }
 
 
+# The maintenance DAG's defaults: its params start from these, and `semflow.maintenance` (which
+# the DAG file must not import at parse time) uses the same ones.
+KEEP_GENERATIONS = 3
+PREDICTION_RETENTION_DAYS = 30
+FAILED_ROW_DAYS = 7
+MLFLOW_RUN_DAYS = 90
+
+
 def dag_default_args() -> dict[str, Any]:
     """`default_args` for `@dag`: owner, retries and a timedelta retry delay."""
     from datetime import timedelta

@@ -16,6 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from semflow.app import Services
 from semflow.catalog import Catalog
+from semflow.config import (
+    FAILED_ROW_DAYS,
+    KEEP_GENERATIONS,
+    MLFLOW_RUN_DAYS,
+    PREDICTION_RETENTION_DAYS,
+)
 from semflow.documents import Document
 from semflow.sources.base import Source
 
@@ -23,12 +29,6 @@ if TYPE_CHECKING:
     from semflow.index.rebuild import RebuildReport
 
 log = logging.getLogger("semflow.maintenance")
-
-# Defaults the DAG exposes as params.
-KEEP_GENERATIONS = 3
-PREDICTION_RETENTION_DAYS = 30
-FAILED_ROW_DAYS = 7
-MLFLOW_RUN_DAYS = 90
 
 
 @dataclass
