@@ -294,9 +294,10 @@ def test_a_server_sync_that_fails_mid_apply_leaves_the_collection_as_it_was(
     semflow_home, embedder, tmp_path, monkeypatch
 ):
     """The server backend writes an incremental sync into the live collection. A fault after
-    the first partitions were upserted (the last one's vectors are gone) rolls them back: the
-    readers' collection holds what it held before, updates, deletes and new documents alike;
-    the retried sync then writes it all."""
+    the first partitions were upserted (the last one's vectors are gone), and one after every
+    partition and the tombstone were written (the catalog read that follows fails), are both
+    rolled back: the readers' collection holds what it held before, updates, deletes and new
+    documents alike; the retried sync then writes it all."""
     import json
 
     from semflow.index.qdrant_server import ServerStore
@@ -331,9 +332,23 @@ def test_a_server_sync_that_fails_mid_apply_leaves_the_collection_as_it_was(
     )
     assert len(plan.partitions) >= 2
     vectors = embed_partitions(plan, plan.partitions, embedder, svc.settings.sync_embed_group)
-    Path(vectors[-1]).unlink()
+    gone = Path(vectors[-1])
+    kept = gone.read_bytes()
+    gone.unlink()
     with pytest.raises(SemflowError, match="has not been embedded"):
         apply_sync(plan, catalog=cat, store=store, dimension=embedder.dimension, vectors=vectors)
+    assert held(store) == before
+    gone.write_bytes(kept)
+
+    def catalog_gone(*args, **kwargs):
+        raise RuntimeError("the catalog went away")
+
+    with monkeypatch.context() as mp:
+        mp.setattr("semflow.sync.apply.failed_rows", catalog_gone)
+        with pytest.raises(RuntimeError, match="the catalog went away"):
+            apply_sync(
+                plan, catalog=cat, store=store, dimension=embedder.dimension, vectors=vectors
+            )
     assert held(store) == before
     assert cat.ids("f", [INDEXED]) == set(before)
     run_sync(src, svc)
