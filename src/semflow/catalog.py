@@ -279,6 +279,13 @@ class Catalog:
             with self.engine.begin() as c:
                 c.execute(stmt)
 
+    def fail_run(
+        self, run_id: int, err: BaseException, counts: dict[str, Any] | None = None
+    ) -> None:
+        """Finish a run as failed, with the start of its error (a traceback-sized message
+        must not bloat the run history)."""
+        self.finish_run(run_id, "failed", counts, None, error=str(err)[:_ERROR_CHARS])
+
     def record(self, rows: list[dict[str, Any]], conn: Any) -> None:
         """Upsert document rows (keys: the table's columns) inside the caller's transaction.
 
@@ -328,6 +335,8 @@ _DEFAULTS: dict[str, Any] = {"attempts": 0, "truncated": False, "last_error": No
 # 999 in old builds); more travel as one array parameter: one statement for a whole source
 # instead of one per 900 ids, and nothing compiled per id.
 _IN_LIST_MAX = 900
+# How much of a failed run's error the run history keeps.
+_ERROR_CHARS = 2000
 
 
 def _id_in(conn: sa.Connection, ids: list[str]) -> sa.ColumnElement[bool]:

@@ -159,7 +159,7 @@ def rebuild_index(store: Any, catalog: Catalog) -> RebuildReport:
     try:
         report = rebuild_live(store)
     except BaseException as err:
-        catalog.finish_run(run_id, "failed", {}, None, error=str(err)[:2000])
+        catalog.fail_run(run_id, err)
         raise
     counts = {"points": report.points, "replaced": report.replaced}
     catalog.finish_run(run_id, "succeeded", counts, report.generation)

@@ -65,7 +65,8 @@ class UndoLog:
         """Keep the current state of the points `ids` that this write has not touched yet
         (before an upsert of them, or a delete: a point a delete does not find is not one
         the write created)."""
-        new = list(dict.fromkeys(_key(i) for i in ids if _key(i) not in self._existed))
+        keys = (_key(i) for i in ids)
+        new = list(dict.fromkeys(k for k in keys if k not in self._existed))
         for start in range(0, len(new), self.batch):
             chunk = new[start : start + self.batch]
             records = self.client.retrieve(

@@ -69,7 +69,7 @@ def apply_sync(
         with store.lock():
             generation = _apply_locked(plan, catalog, store, dimension, vectors, run_id, counts)
     except BaseException as err:
-        catalog.finish_run(run_id, "failed", counts, None, error=str(err)[:2000])
+        catalog.fail_run(run_id, err, counts)
         raise
     shutil.rmtree(plan.plan_dir, ignore_errors=True)
     return SyncResult(plan.source, run_id, generation, plan.mode, counts, time.perf_counter() - t0)
