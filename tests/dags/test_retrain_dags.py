@@ -116,10 +116,17 @@ def test_only_changes_over_the_threshold_trigger_training(
     assert _events(run, DOCUMENTS) == [
         {"source": "small", "generation": 2, "indexed": 5, "deleted": 0}
     ]
-    # From the log records: another test's configure_logging() may own stdout's handler.
+    # From the log records, caught on the `semflow` logger itself: a test that ran earlier in
+    # this process may have called configure_logging(), which stops semflow's records from
+    # propagating to the root logger, where caplog listens.
     caplog.clear()
-    with caplog.at_level(logging.INFO):
-        run = _validate(3)
+    semflow_log = logging.getLogger("semflow")
+    semflow_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="semflow"):
+            run = _validate(3)
+    finally:
+        semflow_log.removeHandler(caplog.handler)
     assert "retraining policy: no retrain: 5 labelled documents changed" in caplog.text
     states = _states(run)
     assert (states["decide"], states["announce"]) == ("success", "skipped")

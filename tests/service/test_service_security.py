@@ -43,7 +43,11 @@ def svc(tmp_path_factory: pytest.TempPathFactory, embedder):
         docs_for("bank", ["I lost my card", "reset my password"])
         + docs_for("other", ["other tenant's secret card note"], prefix="o"),
     )
-    with serve(home, tmp, SEMFLOW_MAX_JOBS="2", SEMFLOW_JOB_WORKERS="1") as url:
+    # A deadline far above the default 30 s: the long /embed below took over 30 s on a slow
+    # 2-core machine with `make test`'s other process busy, and was cut with a 504.
+    with serve(
+        home, tmp, SEMFLOW_MAX_JOBS="2", SEMFLOW_JOB_WORKERS="1", SEMFLOW_REQUEST_TIMEOUT_S="110"
+    ) as url:
         yield url, home, tmp
 
 
