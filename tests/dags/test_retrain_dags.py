@@ -116,9 +116,9 @@ def test_only_changes_over_the_threshold_trigger_training(
     assert _events(run, DOCUMENTS) == [
         {"source": "small", "generation": 2, "indexed": 5, "deleted": 0}
     ]
-    # From the log records, caught on the `semflow` logger itself: a test that ran earlier in
-    # this process may have called configure_logging(), which stops semflow's records from
-    # propagating to the root logger, where caplog listens.
+    # From the log records, caught on the `semflow` logger itself: after test_pipeline's tests
+    # in the same process, none of semflow's records reached the root logger, where caplog
+    # listens (configure_logging() is one thing that stops them: propagate = False).
     caplog.clear()
     semflow_log = logging.getLogger("semflow")
     semflow_log.addHandler(caplog.handler)
