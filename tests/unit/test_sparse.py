@@ -122,6 +122,10 @@ def test_version_names_the_vocabulary_not_the_file(enc: LexicalEncoder, tmp_path
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "tokenizer.json").write_text(json.dumps(src))
     assert LexicalEncoder(tmp_path / "other").version != enc.version
+    # The spec's hash is kept per process: a file rewritten in place with another vocabulary
+    # gets that vocabulary's version, not the one kept for its path.
+    (tmp_path / "copy" / "tokenizer.json").write_text(json.dumps(src))
+    assert LexicalEncoder(tmp_path / "copy").version == LexicalEncoder(tmp_path / "other").version
 
 
 def test_a_model_without_a_fast_tokenizer_has_no_encoder(model_dir: Path, tmp_path: Path) -> None:
