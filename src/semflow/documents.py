@@ -96,10 +96,16 @@ class Document:
         return digest
 
     def payload(
-        self, embedder_version: str, truncated: bool = False, chunk_no: int = 0, chunks: int = 1
+        self,
+        embedder_version: str,
+        truncated: bool = False,
+        chunk_no: int = 0,
+        chunks: int = 1,
+        content_hash: str | None = None,
     ) -> dict[str, Any]:
         """The point payload stored in the index (its keys: PAYLOAD_FIELDS); for a chunk of a
-        long document, `text` is the chunk's and `chunk_no` / `chunks` place it."""
+        long document, `text` is the chunk's, `chunk_no` / `chunks` place it and
+        `content_hash` is the whole document's."""
         return {
             "source": self.source,
             "doc_id": self.doc_id,
@@ -110,7 +116,7 @@ class Document:
             "labels": list(self.labels),
             "metadata": self.metadata,
             "updated_at": self.updated_at.isoformat() if self.updated_at else None,
-            "content_hash": self.content_hash,
+            "content_hash": content_hash or self.content_hash,
             "embedder_version": embedder_version,
             "truncated": truncated,
             "chunk_no": chunk_no,

@@ -7,6 +7,7 @@ Everything happens under the index writer lock, and newer wins (see `semflow.syn
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 import time
@@ -197,8 +198,10 @@ def _upsert_partitions(
     for k, part in enumerate(plan.partitions):
         docs = read_lines(Path(part))  # one row per chunk, a document's chunks together
         heads = [d for d in docs if d["chunk_no"] == 0]
-        known = known_versions(catalog, ref, plan.source, [d["doc_id"] for d in heads])
-        older = {d["doc_id"] for d in heads if is_older(Document.from_json(d), known)}
+        # a chunk 0 row holds its document whole, and the hash the plan computed of it
+        head_docs = {d["doc_id"]: Document.from_json(d) for d in heads}
+        known = known_versions(catalog, ref, plan.source, list(head_docs))
+        older = {i for i, doc in head_docs.items() if is_older(doc, known)}
         stale += [d["doc_id"] for d in heads if d["doc_id"] in older]
         keep = [i for i, d in enumerate(docs) if d["doc_id"] not in older]
         heads = [d for d in heads if d["doc_id"] not in older]
@@ -213,15 +216,22 @@ def _upsert_partitions(
         ids, payloads = [], []
         for i in keep:
             d = docs[i]
-            doc = Document.from_json({**d, "text": d["index_text"]})
-            payload = doc.payload(plan.embedder_version, d["truncated"], d["chunk_no"], d["chunks"])
-            payload["content_hash"] = d["content_hash"]
+            doc = head_docs[d["doc_id"]]
+            if d["index_text"] != doc.text:  # a chunk of a long document: its point's text
+                doc = dataclasses.replace(doc, text=d["index_text"])
+            payload = doc.payload(
+                plan.embedder_version,
+                d["truncated"],
+                d["chunk_no"],
+                d["chunks"],
+                content_hash=d["content_hash"],
+            )
             ids.append(point_id(plan.source, doc.doc_id, d["chunk_no"]))
             payloads.append(payload)
         for d in heads:
-            r = row(Document.from_json(d), INDEXED, plan.embedder_version, idx.generation, run_id)
-            r.update(content_hash=d["content_hash"], truncated=bool(d["truncated"]))
-            rows.append({**r, "chunks": d["chunks"]})
+            doc = head_docs[d["doc_id"]]
+            r = row(doc, INDEXED, plan.embedder_version, idx.generation, run_id, d["content_hash"])
+            rows.append({**r, "truncated": bool(d["truncated"]), "chunks": d["chunks"]})
         # An update that shrank a document leaves its earlier version's last chunks behind.
         idx.delete(surplus_point_ids(idx, plan.source, {d["doc_id"]: d["chunks"] for d in heads}))
         idx.upsert(ids, vecs[keep], payloads)

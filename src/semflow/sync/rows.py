@@ -72,13 +72,19 @@ def key(source: str, doc_id: str) -> dict[str, Any]:
 
 
 def row(
-    doc: Document, status: str, embedder_version: str, generation: int | None, run_id: int
+    doc: Document,
+    status: str,
+    embedder_version: str,
+    generation: int | None,
+    run_id: int,
+    content_hash: str | None = None,
 ) -> dict[str, Any]:
-    """A document indexed (or deleted) by this run."""
+    """A document indexed (or deleted) by this run; `content_hash`: the one already computed
+    (a plan's), not computed again."""
     return {
         **key(doc.source, doc.doc_id),
         "tenant": doc.tenant,
-        "content_hash": doc.content_hash,
+        "content_hash": content_hash or doc.content_hash,
         "embedder_version": embedder_version,
         "generation": generation,
         "status": status,
