@@ -1,6 +1,6 @@
 """Sync benchmark: prints one JSON object; compares sync with raw `model.encode` in the same run.
 
-1. raw `model.encode` throughput on the Banking77 texts (the reference);
+1. raw `model.encode` throughput on the Banking77 texts (the reference: the faster of two);
 2. a full sync of the same N documents (default 10,000) through plan -> embed -> apply;
 3. a no-change re-sync of those N;
 4. a 100k-document synced index (vectors: real embeddings of the sample plus small noise, so
@@ -12,7 +12,9 @@
 6. search latency with the tenant filter on the 1M index (and on the 100k one) in each mode
    (dense, sparse, and hybrid: the service's default), after the warm-up the service runs on
    a generation before it serves it (`VectorIndex.warm`); then again after `gc.freeze()`, as
-   the service runs (`search_after_gc_freeze`).
+   the service runs (`search_after_gc_freeze`). Each pass opens a store's live generation once,
+   warms it and searches it in every mode, and counts the major page faults (pages read back
+   from disk).
 
 The 100k home (catalog + index) and the 1M index (random normalised 384-d vectors, payloads
 like the sample's documents and BM25 vectors of their texts, written straight to the store:
@@ -34,6 +36,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -243,46 +246,58 @@ def _incremental(store, embedder, texts, labels, changed: int, repeats: int, tmp
 Queries = tuple[np.ndarray, list[str]]  # the test split's vectors and texts
 
 
-def _latency(
-    store, queries: Queries, warm_queries: int, mode: str = "dense", hnsw_ef: int | None = None
-) -> dict:
-    """Search latency in `mode` with the tenant filter after the service's warm-up; with
-    `hnsw_ef` (dense only) the search width is set explicitly (on the engine: the library
-    search does not)."""
+def _latency(idx, queries: Queries, mode: str = "dense", hnsw_ef: int | None = None) -> dict:
+    """Search latency in `mode` with the tenant filter on an open, warmed generation, and the
+    major page faults the searches took (pages read back from disk); with `hnsw_ef` (dense
+    only) the search width is set explicitly (on the engine: the library search does not)."""
     import qdrant_edge as q
 
     lat = []
-    with store.open_live() as idx:
+    flt = idx._filter([("tenant", ["bank"])])
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt
+    for v, text in zip(*queries, strict=True):
         t = time.perf_counter()
-        warmed = idx.warm(warm_queries)
-        warm_s = time.perf_counter() - t
-        flt = idx._filter([("tenant", ["bank"])])
-        for v, text in zip(*queries, strict=True):
-            t = time.perf_counter()
-            if hnsw_ef is None:
-                hits = idx.search(v, "bank", 10, mode=mode, text=text)
-            else:
-                hits = idx._shard.query(
-                    q.QueryRequest(
-                        limit=10,
-                        query=q.Query.Nearest([float(x) for x in v]),
-                        filter=flt,
-                        with_payload=True,
-                        params=q.SearchParams(hnsw_ef=hnsw_ef),
-                    )
+        if hnsw_ef is None:
+            hits = idx.search(v, "bank", 10, mode=mode, text=text)
+        else:
+            hits = idx._shard.query(
+                q.QueryRequest(
+                    limit=10,
+                    query=q.Query.Nearest([float(x) for x in v]),
+                    filter=flt,
+                    with_payload=True,
+                    params=q.SearchParams(hnsw_ef=hnsw_ef),
                 )
-            lat.append((time.perf_counter() - t) * 1000)
-            assert len(hits) == 10
-    return {"warm_up": {"searches": warmed, "s": round(warm_s, 3)}, **latency_ms(lat)}
+            )
+        lat.append((time.perf_counter() - t) * 1000)
+        assert len(hits) == 10
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt - faults
+    return {**latency_ms(lat), "major_faults": faults}
 
 
-def _latencies(stores: dict, queries: Queries, warm_queries: int) -> dict[str, dict]:
-    """`_latency` of every store in every search mode (hybrid is the service's default)."""
-    return {
-        f"{n} {mode}": _latency(st, queries, warm_queries, mode)
-        for n, st in stores.items()
-        for mode in SEARCH_MODES
-    }
+def _latencies(
+    stores: dict, queries: Queries, warm_queries: int, huge_ef: str | None = None
+) -> dict[str, dict]:
+    """As the service searches: each store's live generation opened once and warmed
+    (`VectorIndex.warm`), then `_latency` in every search mode (hybrid is the service's
+    default); with `huge_ef`, that store's dense search again at `SERVED_HNSW_EF`."""
+    out: dict[str, dict] = {}
+    for n, st in stores.items():
+        with st.open_live() as idx:
+            t = time.perf_counter()
+            warmed = idx.warm(warm_queries)
+            out[f"{n} warm_up"] = {"searches": warmed, "s": round(time.perf_counter() - t, 3)}
+            for mode in SEARCH_MODES:
+                out[f"{n} {mode}"] = _latency(idx, queries, mode)
+            if n == huge_ef:
+                out[f"{n} dense hnsw_ef={SERVED_HNSW_EF}"] = _latency(
+                    idx, queries, hnsw_ef=SERVED_HNSW_EF
+                )
+    return out
+
+
+def _worst_p99(latencies: dict[str, dict], prefix: str) -> float:
+    return max(v["p99_ms"] for k, v in latencies.items() if k.startswith(prefix) and "p99_ms" in v)
 
 
 def _ratio_part(args, embedder, texts, labels, tmp: Path) -> dict[str, Any]:
@@ -291,9 +306,14 @@ def _ratio_part(args, embedder, texts, labels, tmp: Path) -> dict[str, Any]:
     from semflow.sync import run_sync
 
     reps = (args.docs + len(texts) - 1) // len(texts)
-    t = time.perf_counter()
-    embedder.encode((texts * reps)[: args.docs])
-    encode_s = time.perf_counter() - t
+    # The faster of two encodes: the first large call of a process can be the slower one
+    # (torch, 10k texts: 39.8 s, then 34.8 s inside the sync), which would flatter the ratio.
+    encode_runs = []
+    for _ in range(2):
+        t = time.perf_counter()
+        embedder.encode((texts * reps)[: args.docs])
+        encode_runs.append(time.perf_counter() - t)
+    encode_s = min(encode_runs)
     small = tmp / "small.parquet"
     _write_corpus(small, texts, labels, args.docs)
     src = FileSource("bench", small, _mapping())
@@ -310,6 +330,8 @@ def _ratio_part(args, embedder, texts, labels, tmp: Path) -> dict[str, Any]:
     enc_rate, sync_rate = args.docs / encode_s, args.docs / sync_s
     return {
         "docs": args.docs,
+        "encode_s": [round(x, 2) for x in encode_runs],
+        "sync_s": round(sync_s, 2),
         "encode_docs_per_s": round(enc_rate, 1),
         "sync_docs_per_s": round(sync_rate, 1),
         "ratio": round(sync_rate / enc_rate, 3),
@@ -365,11 +387,8 @@ def main() -> None:
 
     test_texts = pd.read_csv(SAMPLE_DIR / "test.csv").text.tolist()[: args.queries]
     queries = (embedder.encode(test_texts), test_texts)
-    search = _latencies(stores, queries, sb.index_warm_queries)
-    if args.huge:
-        search[f"{args.huge} dense hnsw_ef={SERVED_HNSW_EF}"] = _latency(
-            stores[str(args.huge)], queries, sb.index_warm_queries, hnsw_ef=SERVED_HNSW_EF
-        )
+    huge_ef = str(args.huge) if args.huge else None
+    search = _latencies(stores, queries, sb.index_warm_queries, huge_ef)
     out["search"] = search
     # Again as the service runs (bentos/service.py): what was loaded frozen out of the
     # garbage collector's sight, so a full collection does not land inside a timed search.
@@ -396,12 +415,8 @@ def main() -> None:
         passed["incremental_independent_of_size"] = huge_s <= 1.5 * big_s + 0.2
         # every mode, the service's default (hybrid) included
         huge = f"{args.huge} "
-        passed["search_p99_1m"] = (
-            max(v["p99_ms"] for k, v in search.items() if k.startswith(huge)) <= 5
-        )
-        passed["search_p99_1m_after_gc_freeze"] = (
-            max(v["p99_ms"] for k, v in frozen.items() if k.startswith(huge)) <= 5
-        )
+        passed["search_p99_1m"] = _worst_p99(search, huge) <= 5
+        passed["search_p99_1m_after_gc_freeze"] = _worst_p99(frozen, huge) <= 5
     out["pass"] = passed
     json.dump(out, sys.stdout, indent=2)
     print()

@@ -51,6 +51,28 @@ def _docs(hits):
     return [h.payload["doc_id"] for h in hits]
 
 
+def test_warm_runs_hybrid_searches_of_the_stored_texts(stores, lexical):
+    """The service answers in hybrid by default: its warm-up reads the sparse index too, each
+    stored point's text and vector finding that point first, in its own tenant."""
+    store = stores(lexical)
+    with store.writer(MV, DIM) as w:
+        w.upsert(*_points(TEXTS))
+        w.upsert(*_points(["a Quorbel refund"], tenant="t2", start=100))
+    with store.open_live() as idx:
+        real_search, seen = idx.search, []
+
+        def spy(vector, tenant, top_k=10, **kw):
+            hits = real_search(vector, tenant, top_k, **kw)
+            seen.append((kw.get("mode"), kw.get("text"), tenant, hits[0].payload))
+            return hits
+
+        idx.search = spy
+        assert idx.warm(100) == len(TEXTS) + 1
+    assert {mode for mode, *_ in seen} == {"hybrid"}
+    assert {t for _, t, _, _ in seen} == {*TEXTS, "a Quorbel refund"}
+    assert all(p["text"] == text and p["tenant"] == tenant for _, text, tenant, p in seen)
+
+
 def test_sparse_and_hybrid_search_find_the_keyword_dense_misses(stores, lexical):
     store = stores(lexical)
     ids, vecs, pls = _points(TEXTS)

@@ -50,6 +50,10 @@ THRESHOLD_DENSE_ONLY = (
 )
 
 
+# A warm-up search's query is the start of a stored text: as long as a typical query.
+WARM_TEXT_CHARS = 200
+
+
 def hybrid_candidates(top_k: int) -> int:
     """How many hits each of the dense and the sparse search hands to the fusion: a few
     times `top_k`, so that a document ranked well by one list only can still rise."""
@@ -444,14 +448,20 @@ class VectorIndex(ABC):
         A generation just opened answers its first few hundred searches several times slower
         (the engine loads graph, vector and payload pages on first touch): at 100k points p99
         is ~5 ms cold and ~1 ms after 200 warm-up searches. A server warms before it swaps in.
+        With sparse vectors the searches are hybrid, the service's default, so the posting
+        lists of the stored texts' terms are read too (the point's text is the query).
         """
         if queries <= 0:
             return 0
         # Ids only: retrieve() below returns each point's whole payload, tenant included.
         ids = [pid for pid, _ in itertools.islice(self.iter_payloads(fields=()), queries)]
         hits = self.retrieve(ids, with_vectors=True)
+        mode = "hybrid" if self.has_sparse else "dense"
         for h in hits:
-            self.search(h.payload["_vector"], str(h.payload.get("tenant", "")), 10)
+            text = str(h.payload.get("text") or "")[:WARM_TEXT_CHARS]
+            self.search(
+                h.payload["_vector"], str(h.payload.get("tenant", "")), 10, mode=mode, text=text
+            )
         return len(hits)
 
     def info(self) -> GenerationInfo:
