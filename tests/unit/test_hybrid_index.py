@@ -154,6 +154,8 @@ def test_sparse_vectors_of_another_encoder_are_refused(stores, lexical):
         assert _docs(idx.search(vecs[0], "t1", 1))[0] == "0"  # dense still answers
         with pytest.raises(IndexError_, match="full refresh"):
             idx.search(vecs[0], "t1", 5, mode="hybrid", text="Quorbel")
+        # a service can still warm it (dense) and swap it in, to answer dense searches
+        assert idx.warm(3) == 3
     with pytest.raises(IndexError_, match="full refresh"), other.writer(MV, DIM) as w:
         w.upsert(*_points(["charge from Zanquovor"], start=50))
 

@@ -448,15 +448,17 @@ class VectorIndex(ABC):
         A generation just opened answers its first few hundred searches several times slower
         (the engine loads graph, vector and payload pages on first touch): at 100k points p99
         is ~5 ms cold and ~1 ms after 200 warm-up searches. A server warms before it swaps in.
-        With sparse vectors the searches are hybrid, the service's default, so the posting
-        lists of the stored texts' terms are read too (the point's text is the query).
+        With sparse vectors this process can query, the searches are hybrid, the service's
+        default, so the posting lists of the stored texts' terms are read too (the point's text
+        is the query); otherwise dense, so a generation whose sparse encoder this process lacks
+        is still warmed and served (dense searches).
         """
         if queries <= 0:
             return 0
         # Ids only: retrieve() below returns each point's whole payload, tenant included.
         ids = [pid for pid, _ in itertools.islice(self.iter_payloads(fields=()), queries)]
         hits = self.retrieve(ids, with_vectors=True)
-        mode = "hybrid" if self.has_sparse else "dense"
+        mode = "hybrid" if self.has_sparse and self._stored_encoder() is not None else "dense"
         for h in hits:
             text = str(h.payload.get("text") or "")[:WARM_TEXT_CHARS]
             self.search(
