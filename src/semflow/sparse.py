@@ -96,7 +96,8 @@ class LexicalEncoder:
         embedder keeps its tokenizer, so it keeps the version)."""
         if self._version is None:
             st = self.tokenizer_file.stat()
-            h = _spec_digest(str(self.tokenizer_file.resolve()), st.st_mtime_ns, st.st_size)
+            # a copy: the cached hasher is shared by every encoder of this file
+            h = _spec_hash(str(self.tokenizer_file.resolve()), st.st_mtime_ns, st.st_size).copy()
             h.update(f"k1={K1} b={B} avg_len={AVG_LEN}".encode())
             if self.stopwords:  # without: the version of the encoder from before
                 h.update(("stopwords=" + " ".join(sorted(STOPWORDS))).encode())
@@ -187,11 +188,6 @@ def _spec_hash(path: str, mtime_ns: int, size: int) -> Any:
     for part in (spec.get("normalizer"), spec.get("pre_tokenizer"), spec.get("model")):
         h.update(json.dumps(part, sort_keys=True).encode())
     return h
-
-
-def _spec_digest(path: str, mtime_ns: int, size: int) -> Any:
-    """A copy of `_spec_hash`'s hasher, for the caller to extend."""
-    return _spec_hash(path, mtime_ns, size).copy()
 
 
 @functools.lru_cache(maxsize=8)
