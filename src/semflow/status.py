@@ -13,6 +13,7 @@ from typing import Any
 
 from semflow.app import Services
 from semflow.config import mask_text
+from semflow.index.base import check_point_count
 
 log = logging.getLogger("semflow.status")
 
@@ -40,6 +41,7 @@ def index_status(svc: Services) -> dict[str, Any]:
     if live is not None:
         with store.open_live() as idx:
             tenants = Counter(p.get("tenant") for _, p in idx.iter_payloads(fields=("tenant",)))
+            check_point_count(live, sum(tenants.values()), idx.published_points)
             out.update(
                 embedder_version=idx.embedder_version,
                 sparse=_describe_sparse(idx),

@@ -441,6 +441,53 @@ def test_no_generation_of_this_embedder_is_409(tmp_path: Path, embedder) -> None
         assert post(url, "/embed", {"texts": ["still works"]}).status_code == 200
 
 
+def test_a_damaged_generation_is_not_served_until_restored(tmp_path: Path, embedder) -> None:
+    """A live generation whose files an interrupted copy lost: the server keeps answering from
+    the one it serves, /health says why, and it swaps to the generation once it is whole."""
+    import shutil
+
+    from semflow.config import load_settings
+    from semflow.index.edge_tier import durable_write
+
+    home = tmp_path / "home"
+    good = build_index(home, embedder, docs_for("bank", BANK_TEXTS))
+    damaged = build_index(home, embedder, docs_for("bank", ["card stolen abroad"], prefix="n"))
+    s = load_settings(home=home)
+    root = s.index_dir / s.collection
+    lost = sorted((root / f"gen-{damaged:06d}").rglob("*id_tracker.mappings"))
+    for i, f in enumerate(lost):
+        shutil.move(f, tmp_path / f"lost-{i}")
+    durable_write(root / "LIVE", str(good))  # served first, then the damaged one goes live
+    with serve(home, tmp_path) as url:
+        r = post(url, "/search", {"query": "card", "tenant": "bank"})
+        assert r.json()["generation"] == good
+        durable_write(root / "LIVE", str(damaged))
+        deadline = time.monotonic() + 20
+        index: dict = {}
+        while time.monotonic() < deadline and index.get("status") != "failing":
+            time.sleep(0.5)
+            index = httpx.get(f"{url}/health").json()["dependencies"]["index"]
+        assert index["status"] == "failing", index
+        assert index["generation"] == good and index["live"] == damaged
+        assert f"index generation {damaged} is incomplete" in index["detail"]
+        assert "try 1 failed" in index["detail"]
+        r = post(url, "/search", {"query": "card", "tenant": "bank"})
+        assert r.status_code == 200 and r.json()["generation"] == good and r.json()["results"]
+
+        for i, f in enumerate(lost):
+            shutil.move(tmp_path / f"lost-{i}", f)
+        deadline = time.monotonic() + 60  # the back-off's next try, then the warm-up
+        while time.monotonic() < deadline:
+            r = post(url, "/search", {"query": "stolen abroad", "tenant": "bank", "top_k": 1})
+            if r.json()["generation"] == damaged:
+                break
+            time.sleep(0.5)
+        assert r.json()["generation"] == damaged, r.json()
+        assert r.json()["results"][0]["text"] == "card stolen abroad"
+        time.sleep(1.1)  # past the health page's one-second cache
+        assert httpx.get(f"{url}/health").json()["dependencies"]["index"]["status"] == "ok"
+
+
 def test_slow_request_is_504_and_the_server_stays_up(tmp_path: Path, embedder) -> None:
     """A request past SEMFLOW_REQUEST_TIMEOUT_S is cut off with a 504 sentence, not a hang."""
     home = tmp_path / "home"

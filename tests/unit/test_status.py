@@ -88,3 +88,18 @@ def test_a_part_that_is_down_says_why_and_the_rest_is_shown(synced, capsys, monk
     assert not out["catalog"]["ok"] and "OperationalError" in out["catalog"]["error"]
     assert not out["service"]["ok"] and "Connect" in out["service"]["error"]
     assert "s3cret" not in raw
+
+
+def test_a_live_generation_copied_in_part_is_a_failed_part(synced, capsys, tmp_path):
+    """Files an interrupted copy lost: status names the generation and what repairs it."""
+    store = Services.from_settings(get_settings()).store
+    gen = store.live_generation()
+    for i, f in enumerate(sorted(store._gen_dir(gen).rglob("*id_tracker.mappings"))):
+        f.rename(tmp_path / f"lost-{i}")
+    with pytest.raises(SystemExit) as done:
+        main(["status", "--json", "--service-url", ""])
+    assert done.value.code == 1
+    index = json.loads(capsys.readouterr().out)["index"]
+    assert not index["ok"]
+    assert f"index generation {gen} is incomplete" in index["error"]
+    assert "semflow sync --full-refresh" in index["error"]

@@ -175,6 +175,17 @@ def _filter_values(key: str, value: Any) -> list[Any]:
     return values
 
 
+def check_point_count(generation: int, found: int, published: int | None) -> None:
+    """Refuse a generation holding another number of points than it was published with: one
+    whose files a copy or a restore lost still opens, as a smaller or empty index."""
+    if published is not None and found != published:
+        raise IndexError_(
+            f"index generation {generation} holds {found} points but was published with "
+            f"{published}: its files are incomplete or damaged; restore them, or rebuild the "
+            "index with `semflow sync --full-refresh`"
+        )
+
+
 class VectorIndex(ABC):
     """One open generation of the index."""
 
@@ -199,6 +210,8 @@ class VectorIndex(ABC):
         # whether some document is several points (chunks); a generation that does not say
         # (written before the flag) counts as chunked
         self.chunked = meta.get("chunked") is not False
+        # how many points the writer counted when it published (None: the backend keeps none)
+        self.published_points: int | None = meta.get("points")
         self._lexical = lexical
 
     @property
@@ -369,6 +382,13 @@ class VectorIndex(ABC):
     def count(self, source: str | None = None) -> int:
         """How many points there are (of one source)."""
         return self._count(self._filter(filter_terms(None, source)))
+
+    def verified_count(self) -> int:
+        """How many points there are, refusing a generation that lost some (see
+        `check_point_count`)."""
+        found = self.count()
+        check_point_count(self.generation, found, self.published_points)
+        return found
 
     @abstractmethod
     def _count(self, flt: Any) -> int:

@@ -3,7 +3,7 @@
 Layout under `root` (e.g. var/index/semflow/):
   LIVE            the live generation number, replaced atomically (write tmp + rename)
   WRITER.lock     flock held by the one writer (see semflow.index.lock)
-  gen-000007/     an edge shard + meta.json
+  gen-000007/     an edge shard + meta.json + manifest.json (its files: semflow.index.edge_manifest)
 
 Published generations are immutable, so their shards are created with the WAL off: any
 number of readers (service workers, the CLI) can open them at once. A writer clones the
@@ -46,9 +46,11 @@ from semflow.index.base import (
     IndexStore,
     SearchQuery,
     VectorIndex,
+    check_point_count,
     hybrid_candidates,
     stored_embedder_version,
 )
+from semflow.index.edge_manifest import MANIFEST, check_manifest, write_manifest
 from semflow.index.edge_tier import durable_write, to_cold, to_hot
 from semflow.index.lock import file_lock
 
@@ -163,8 +165,9 @@ def _copy_range(fin: int, fout: int, start: int, end: int) -> None:
 
 
 def clone_generation(src: Path, dst: Path) -> CloneStats:
-    """`dst` as a writable clone of the published shard `src` (without its meta.json): the
-    immutable files of sealed segments hard-linked, everything else copied."""
+    """`dst` as a writable clone of the published shard `src` (without its meta.json and
+    manifest.json): the immutable files of sealed segments hard-linked, everything else
+    copied."""
     stats = CloneStats()
     for dirpath, _, files in os.walk(src):
         here = Path(dirpath)
@@ -173,7 +176,7 @@ def clone_generation(src: Path, dst: Path) -> CloneStats:
         seg = _segment_of(rel_dir)
         sealed = seg is not None and _sealed(src / seg)
         for name in files:
-            if rel_dir == Path(".") and name == "meta.json":
+            if rel_dir == Path(".") and name in ("meta.json", MANIFEST):
                 continue
             s, d = here / name, dst / rel_dir / name
             in_seg = str((rel_dir / name).relative_to(seg)) if seg is not None else ""
@@ -446,6 +449,7 @@ class EdgeStore(IndexStore):
 
         path = self._gen_dir(gen)
         meta = self.meta(gen)
+        check_manifest(gen, path)
         try:
             shard = q.EdgeShard.load(str(path))
         except Exception as err:  # the engine raises a bare Exception
@@ -496,6 +500,7 @@ class EdgeStore(IndexStore):
         }
         clone = hot = None
         if base is not None:
+            check_manifest(base, self._gen_dir(base))
             clone = clone_generation(self._gen_dir(base), path)
             meta["clone"] = clone.to_meta()
             # see semflow.index.edge_tier: the copy does not read the vectors it keeps
@@ -528,6 +533,8 @@ class EdgeStore(IndexStore):
             path, meta, shard, writable=True, lexical=self.lexical, seal_every=self.segment_points
         )
         try:
+            if base_meta is not None:  # a damaged base must not be published again as whole
+                check_point_count(base, index.count(), base_meta.get("points"))
             if meta["chunked"] is None:  # a base written before the flag: asked once, here
                 index.chunked = index.has_chunks()
             yield index
@@ -540,6 +547,7 @@ class EdgeStore(IndexStore):
                 to_hot(path, hot)
             if clone is not None:
                 _check_linked_untouched(clone, base)
+            write_manifest(path)
             durable_write(path / "meta.json", json.dumps(meta, indent=1))
             durable_write(self.root / "LIVE", str(gen))
         except BaseException:

@@ -155,6 +155,8 @@ class Engine:
         idx = w.current if w else None
         if idx is not None:
             return idx
+        if w is not None and w.last_error is not None:
+            raise Unavailable(f"the index cannot be served yet: {w.last_error}")
         if w is not None and w.live is not None:
             raise ModelMismatchError(
                 f"index generation {w.live} was built with {w.live_embedder_version}, and no "
@@ -350,6 +352,13 @@ class Engine:
     def _index_health(self) -> dict[str, Any]:
         w = self.watcher
         idx = w.current if w else None
+        if w is not None and w.last_error is not None:
+            return {
+                "status": "failing",
+                "generation": idx.generation if idx else None,
+                "live": w.live,
+                "detail": w.last_error,
+            }
         if w is None or w.live is None:
             return {"status": "missing", "detail": "no generation published"}
         if idx is None:

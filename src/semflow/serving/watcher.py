@@ -9,6 +9,12 @@ The watcher serves the newest published generation (up to the live one) that was
 the server's own embedder (`embedder_version`): after a promotion re-indexed with a new
 embedder, a server still running the old model keeps answering from the last generation
 its queries fit, and `behind` says so, instead of refusing every search.
+
+A generation that fails to open or warm (files lost in a copy, a full disk) is closed and
+tried again after a back-off that doubles from `FIRST_RETRY_S` to `MAX_RETRY_S`, not on
+every poll: opening and warming a large generation takes seconds of CPU from the requests
+being served. Until it opens, the old generation keeps serving and `last_error` says why
+(/health reports it).
 """
 
 from __future__ import annotations
@@ -17,9 +23,15 @@ import logging
 import threading
 import time
 
+from semflow.errors import IndexError_
 from semflow.index.base import IndexStore, VectorIndex
 
 log = logging.getLogger(__name__)
+
+# The wait before the next try of a live generation that failed: doubles from the first to
+# the longest (the next poll after it, where polls are further apart).
+FIRST_RETRY_S = 1.0
+MAX_RETRY_S = 60.0
 
 
 class IndexWatcher:
@@ -43,6 +55,7 @@ class IndexWatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.last_error: str | None = None
+        self._retry: dict[int, tuple[int, float]] = {}  # live generation -> (failures, next try)
         self.live: int | None = None  # the store's live generation at the last poll
         self.live_embedder_version: str | None = None
         self._versions: dict[int, str | None] = {}
@@ -74,7 +87,11 @@ class IndexWatcher:
     def _target(self, live: int) -> int | None:
         """Newest generation <= `live` built with this server's embedder (None: none is)."""
         cur = self._current
-        for gen in sorted((g for g in self.store.generations() if g <= live), reverse=True):
+        # The live generation is tried even where its metadata is missing (the store lists only
+        # generations that have it): reading it then fails and says so, instead of an older
+        # generation being served silently.
+        gens = {g for g in self.store.generations() if g <= live} | {live}
+        for gen in sorted(gens, reverse=True):
             if cur is not None and gen == cur.generation:
                 return gen
             version = self._version_of(gen)
@@ -88,28 +105,34 @@ class IndexWatcher:
         """Open the generation to serve if it changed; True when a swap happened."""
         try:
             live = self.store.live_generation()
-            cur = self._current
-            if live is None or (cur is not None and cur.generation == live):
-                self.live = live
-                self.live_embedder_version = (
-                    cur.embedder_version if live is not None and cur else None
-                )
-                return False
+        except Exception as err:  # keep serving the old generation; report in /health
+            return self._failed(err)
+        cur = self._current
+        self.live = live
+        if live is None or (cur is not None and cur.generation == live):
+            self.live_embedder_version = cur.embedder_version if live is not None and cur else None
+            self.last_error = None
+            return False
+        failed = self._retry.get(live)
+        if failed is not None and time.monotonic() < failed[1]:
+            return False
+        try:
             target = self._target(live)
-            self.live = live
             if target is None or (cur is not None and cur.generation == target):
+                self.last_error = None
                 return False
             new = self.store.open_generation(target)
             try:
-                points = new.count()
-                warmed = new.warm(self.warm_queries)
-            except Exception:
+                points, warmed = new.verified_count(), new.warm(self.warm_queries)
+            except IndexError_:
                 new.close()
                 raise
-        except Exception as err:  # keep serving the old generation; report in /health
-            self.last_error = str(err)
-            log.warning("index refresh failed: %s", err)
-            return False
+            except Exception as err:
+                new.close()
+                raise IndexError_(f"warming index generation {target} failed: {err}") from err
+        except Exception as err:
+            return self._failed(err, live)
+        self._retry.clear()
         with self._lock:
             old, self._current, self._points, self.warmed = self._current, new, points, warmed
             if old is not None:
@@ -123,6 +146,17 @@ class IndexWatcher:
             live,
         )
         return True
+
+    def _failed(self, err: Exception, live: int | None = None) -> bool:
+        """Record why the refresh failed; back off the next try of the same live generation."""
+        self.last_error = str(err)
+        if live is not None:
+            failures = self._retry.get(live, (0, 0.0))[0] + 1
+            wait = min(FIRST_RETRY_S * 2 ** (failures - 1), MAX_RETRY_S)
+            self._retry[live] = (failures, time.monotonic() + wait)
+            self.last_error += f" (try {failures} failed; the next in {wait:.0f} s)"
+        log.warning("index refresh failed: %s", self.last_error)
+        return False
 
     def _close_retired(self, force: bool = False) -> None:
         now = time.monotonic()
