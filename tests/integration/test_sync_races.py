@@ -284,6 +284,44 @@ def test_full_refresh_keeps_what_a_sync_published_after_its_plan(
     assert_newest(log, store, catalog)
 
 
+def test_a_full_refresh_replaces_a_live_generation_copied_in_part(
+    log, semflow_home, catalog_url, embedder, tmp_path
+):
+    """The remedy the refusal names: an incremental sync cannot build on a generation that
+    lost files, a full refresh builds without it, and what a sync published after the
+    refresh's plan (only in that generation) is embedded again by the next run."""
+    from semflow.errors import IndexError_
+
+    store, catalog = open_store(get_settings()), Catalog(catalog_url)
+    _write_first_versions(log, 6, "an ATM")
+    _sync(log, store, catalog, embedder, W[0])
+    full = plan_sync(
+        log.source(),
+        catalog=catalog,
+        store=store,
+        embedder_version=embedder.version,
+        full_refresh=True,
+    )
+    full_vectors = [embed_partition(full, p, embedder) for p in full.partitions]
+    log.write(0, "note 0 edited: the ATM kept my card", W[1][0] + MINUTE)
+    log.write(6, "a new note about a cash withdrawal", W[1][0] + 2 * MINUTE)
+    _sync(log, store, catalog, embedder, W[1])
+    damaged = store.live_generation()
+    for i, f in enumerate(sorted(store._gen_dir(damaged).rglob("*id_tracker.mappings"))):
+        f.rename(tmp_path / f"lost-{i}")
+    log.write(1, "note 1 edited while the index is damaged", W[2][0] + MINUTE)
+    with pytest.raises(IndexError_, match=f"index generation {damaged} is incomplete"):
+        _sync(log, store, catalog, embedder, W[2])
+
+    apply_sync(
+        full, catalog=catalog, store=store, dimension=embedder.dimension, vectors=full_vectors
+    )
+    assert store.live_generation() > damaged
+    assert catalog.ids("log", [FAILED]) == {"0", "6"}  # not carried: embedded next run
+    _sync(log, store, catalog, embedder, W[2])
+    assert_newest(log, store, catalog)
+
+
 def test_catalog_record_keeps_the_newer_row(catalog_url):
     catalog = Catalog(catalog_url)
 

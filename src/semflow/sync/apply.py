@@ -19,7 +19,7 @@ import numpy as np
 
 from semflow.catalog import DELETED, INDEXED, Catalog
 from semflow.documents import Document, point_id, to_utc
-from semflow.errors import SemflowError
+from semflow.errors import IndexError_, SemflowError
 from semflow.index import IndexStore, VectorIndex
 from semflow.sync.embed import vectors_path
 from semflow.sync.plan import SyncPlan, read_lines
@@ -101,9 +101,7 @@ def _apply_locked(
         # fresh build the live generation itself (closed before the writer publishes).
         ref: VectorIndex | None = idx
         if full:
-            ref = (
-                None if store.live_generation() is None else stack.enter_context(store.open_live())
-            )
+            ref = _readable_live(store, stack)
         outdated_by = embedder_version if outdated else None
         rows = _upsert_partitions(
             plan, catalog, idx, ref, vectors, outdated_by, run_id, stale, counts
@@ -162,6 +160,19 @@ def _record_only(
         rows = failed_rows(catalog, ref, plan, failed, generation, run_id, [])
     record(catalog, rows, run_id, counts, generation)
     return generation
+
+
+def _readable_live(store: IndexStore, stack: contextlib.ExitStack) -> VectorIndex | None:
+    """The live generation a full refresh compares with and carries from. None when there is
+    none, or when it cannot be opened (copied in part, say): the refresh is what replaces it,
+    so it is built from the source alone (`carry_over` then makes dead letters)."""
+    if store.live_generation() is None:
+        return None
+    try:
+        return stack.enter_context(store.open_live())
+    except IndexError_ as err:
+        log.warning("full refresh without the live generation, which cannot be read: %s", err)
+        return None
 
 
 def _target_model(plan: SyncPlan, store: IndexStore, dimension: int) -> tuple[str, int, bool]:

@@ -108,37 +108,51 @@ def carry_over(
     from the live generation instead of lost, every chunk of it. Returns how many points were
     copied.
 
-    Points of another model cannot be copied: those documents become dead letters (appended
-    to `rows`) that the next run fetches and embeds again.
+    Points of another model cannot be copied, and none can without a readable live
+    generation (`ref` None): those documents become dead letters (appended to `rows`) that
+    the next run fetches and embeds again.
     """
     all_ids = read_ids(plan, "all_ids.json")
     wanted = set(stale) | ({i for i, r in changed.items() if r["status"] == INDEXED} - all_ids)
-    if ref is None or not wanted:
+    if not wanted:
+        return 0
+    if ref is None:
+        rows += [
+            _refetch(
+                plan,
+                {**changed[i], "updated_at": changed[i]["source_updated_at"]},
+                generation,
+                run_id,
+            )
+            for i in sorted(wanted & set(changed))
+        ]
         return 0
     hits = ref.retrieve(held_point_ids(ref, plan.source, sorted(wanted)), with_vectors=True)
     if ref.embedder_version == plan.embedder_version:
         vecs = np.asarray([h.payload.pop("_vector") for h in hits], dtype=np.float32)
         idx.upsert([h.id for h in hits], vecs.reshape(len(hits), -1), [h.payload for h in hits])
         return len(hits)
-    for h in hits:
-        p = h.payload
-        if p.get("chunk_no"):
-            continue  # one dead letter per document: its chunk 0's
-        rows.append(
-            dead_letter(
-                plan.source,
-                str(p["doc_id"]),
-                tenant=p.get("tenant") or "default",
-                content_hash=p.get("content_hash"),
-                updated_at=to_utc(p.get("updated_at")),
-                error="changed while a full refresh embedded the source; "
-                "embedded again by the next run",
-                generation=generation,
-                run_id=run_id,
-                truncated=bool(p.get("truncated")),
-            )
-        )
+    # one dead letter per document: its chunk 0's
+    rows += [
+        _refetch(plan, h.payload, generation, run_id) for h in hits if not h.payload.get("chunk_no")
+    ]
     return 0
+
+
+def _refetch(plan: SyncPlan, doc: dict[str, Any], generation: int, run_id: int) -> dict[str, Any]:
+    """A dead letter for a document a full refresh could not carry over (`doc`: its payload,
+    or its catalog row with `updated_at`)."""
+    return dead_letter(
+        plan.source,
+        str(doc["doc_id"]),
+        tenant=doc.get("tenant") or "default",
+        content_hash=doc.get("content_hash"),
+        updated_at=to_utc(doc.get("updated_at")),
+        error="changed while a full refresh embedded the source; embedded again by the next run",
+        generation=generation,
+        run_id=run_id,
+        truncated=bool(doc.get("truncated")),
+    )
 
 
 def gone_ids(catalog: Catalog, plan: SyncPlan, changed: dict[str, dict[str, Any]]) -> set[str]:
