@@ -252,14 +252,11 @@ def test_reindex_keeps_what_a_sync_published_meanwhile(log, store, catalog_url, 
     assert_newest(log, store, catalog)
 
 
-@pytest.mark.parametrize("same_model", [True, False], ids=["same-model", "new-model"])
-def test_full_refresh_keeps_what_a_sync_published_after_its_plan(
-    log, store, catalog_url, embedder, same_model
-):
-    catalog = Catalog(catalog_url)
+def _full_refresh_outrun_by_a_sync(log, store, catalog, embedder, full_emb):
+    """A full refresh planned and embedded (with `full_emb`), not yet applied, while the hourly
+    sync publishes an edit of note 0 and a new note 6. Returns (plan, vectors)."""
     _write_first_versions(log, 6, "an ATM")
     _sync(log, store, catalog, embedder, W[0])
-    full_emb = embedder if same_model else Reembedder(embedder, lambda: None)
     full = plan_sync(
         log.source(),
         catalog=catalog,
@@ -268,10 +265,19 @@ def test_full_refresh_keeps_what_a_sync_published_after_its_plan(
         full_refresh=True,
     )
     full_vectors = [embed_partition(full, p, full_emb) for p in full.partitions]
-    # While the full refresh embeds, the hourly sync publishes an edit and a new document.
     log.write(0, "note 0 edited: the ATM kept my card", W[1][0] + MINUTE)
     log.write(6, "a new note about a cash withdrawal", W[1][0] + 2 * MINUTE)
     _sync(log, store, catalog, embedder, W[1])
+    return full, full_vectors
+
+
+@pytest.mark.parametrize("same_model", [True, False], ids=["same-model", "new-model"])
+def test_full_refresh_keeps_what_a_sync_published_after_its_plan(
+    log, store, catalog_url, embedder, same_model
+):
+    catalog = Catalog(catalog_url)
+    full_emb = embedder if same_model else Reembedder(embedder, lambda: None)
+    full, full_vectors = _full_refresh_outrun_by_a_sync(log, store, catalog, embedder, full_emb)
     apply_sync(
         full, catalog=catalog, store=store, dimension=embedder.dimension, vectors=full_vectors
     )
@@ -293,19 +299,7 @@ def test_a_full_refresh_replaces_a_live_generation_copied_in_part(
     from semflow.errors import IndexError_
 
     store, catalog = open_store(get_settings()), Catalog(catalog_url)
-    _write_first_versions(log, 6, "an ATM")
-    _sync(log, store, catalog, embedder, W[0])
-    full = plan_sync(
-        log.source(),
-        catalog=catalog,
-        store=store,
-        embedder_version=embedder.version,
-        full_refresh=True,
-    )
-    full_vectors = [embed_partition(full, p, embedder) for p in full.partitions]
-    log.write(0, "note 0 edited: the ATM kept my card", W[1][0] + MINUTE)
-    log.write(6, "a new note about a cash withdrawal", W[1][0] + 2 * MINUTE)
-    _sync(log, store, catalog, embedder, W[1])
+    full, full_vectors = _full_refresh_outrun_by_a_sync(log, store, catalog, embedder, embedder)
     damaged = store.live_generation()
     for i, f in enumerate(sorted(store._gen_dir(damaged).rglob("*id_tracker.mappings"))):
         f.rename(tmp_path / f"lost-{i}")

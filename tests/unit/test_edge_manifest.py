@@ -3,7 +3,6 @@ opens it (which would repair it in place, dropping points), and completing it re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -14,9 +13,7 @@ import pytest
 from semflow.errors import IndexError_
 from semflow.index.edge_manifest import MANIFEST, file_sizes
 from semflow.index.qdrant_edge import EdgeStore
-
-DIM = 8
-MV = "test-model@000000000000"
+from tests.unit.test_index_clone import DIM, MV, _hashes
 
 
 def _publish(store: EdgeStore, start: int, n: int) -> int:
@@ -31,14 +28,6 @@ def _publish(store: EdgeStore, start: int, n: int) -> int:
     gen = store.live_generation()
     assert gen is not None
     return gen
-
-
-def _digest(path: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(path)): hashlib.md5(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture
@@ -76,7 +65,7 @@ def test_a_generation_copied_in_part_is_refused_untouched_and_served_once_comple
         victim.unlink()
     else:
         os.truncate(victim, victim.stat().st_size // 2)
-    before = _digest(path)
+    before = _hashes(path)
 
     for _ in range(2):
         with pytest.raises(IndexError_) as err:
@@ -85,7 +74,7 @@ def test_a_generation_copied_in_part_is_refused_untouched_and_served_once_comple
         assert f"index generation {gen} is incomplete (" in said and str(path) in said
         assert ("1 missing" if damage == "missing" else "1 of another size") in said
         assert str(victim.relative_to(path)) in said and "semflow sync --full-refresh" in said
-    assert _digest(path) == before  # nothing in it was changed by the refusal
+    assert _hashes(path) == before  # nothing in it was changed by the refusal
     with pytest.raises(IndexError_, match="is incomplete"):
         _publish(store, 2000, 1)  # no writer builds on it either
     assert store.live_generation() == gen
