@@ -3,7 +3,8 @@
 Layout under `root` (e.g. var/index/semflow/):
   LIVE            the live generation number, replaced atomically (write tmp + rename)
   WRITER.lock     flock held by the one writer (see semflow.index.lock)
-  gen-000007/     an edge shard + meta.json + manifest.json (its files: semflow.index.edge_manifest)
+  gen-000007/     an edge shard + meta.json + manifest.json (the shard's files and sizes,
+                  checked before it is opened: semflow.index.edge_manifest)
 
 Published generations are immutable, so their shards are created with the WAL off: any
 number of readers (service workers, the CLI) can open them at once. A writer clones the
