@@ -442,8 +442,9 @@ def test_no_generation_of_this_embedder_is_409(tmp_path: Path, embedder) -> None
 
 
 def test_a_damaged_generation_is_not_served_until_restored(tmp_path: Path, embedder) -> None:
-    """A live generation whose files an interrupted copy lost: the server keeps answering from
-    the one it serves, /health says why, and it swaps to the generation once it is whole."""
+    """A live generation whose files an interrupted copy lost: a server with nothing else to
+    serve answers searches 503 with the reason; one that serves a generation keeps it and
+    /health says why; both swap to the generation once it is whole."""
     import shutil
 
     from semflow.config import load_settings
@@ -457,35 +458,47 @@ def test_a_damaged_generation_is_not_served_until_restored(tmp_path: Path, embed
     lost = sorted((root / f"gen-{damaged:06d}").rglob("*id_tracker.mappings"))
     for i, f in enumerate(lost):
         shutil.move(f, tmp_path / f"lost-{i}")
-    durable_write(root / "LIVE", str(good))  # served first, then the damaged one goes live
-    with serve(home, tmp_path) as url:
-        r = post(url, "/search", {"query": "card", "tenant": "bank"})
-        assert r.json()["generation"] == good
-        durable_write(root / "LIVE", str(damaged))
-        deadline = time.monotonic() + 20
-        index: dict = {}
-        while time.monotonic() < deadline and index.get("status") != "failing":
+
+    def index_health(status: str) -> dict:
+        deadline, index = time.monotonic() + 20, {}
+        while time.monotonic() < deadline and index.get("status") != status:
             time.sleep(0.5)
             index = httpx.get(f"{url}/health").json()["dependencies"]["index"]
-        assert index["status"] == "failing", index
-        assert index["generation"] == good and index["live"] == damaged
+        assert index["status"] == status, index
+        return index
+
+    def searched(generation: int, query: str = "card") -> httpx.Response:
+        deadline = time.monotonic() + 60  # the back-off's next try, then the warm-up
+        while True:
+            r = post(url, "/search", {"query": query, "tenant": "bank", "top_k": 1})
+            if r.status_code == 200 and r.json()["generation"] == generation:
+                return r
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.5)
+
+    with serve(home, tmp_path) as url:  # started with the damaged generation live
+        index = index_health("failing")
+        assert index["generation"] is None and index["live"] == damaged
         assert f"index generation {damaged} is incomplete" in index["detail"]
+        r = post(url, "/search", {"query": "card", "tenant": "bank"})
+        assert r.status_code == 503 and "is incomplete" in r.json()["error"], r.text
+        assert post(url, "/embed", {"texts": ["still works"]}).status_code == 200
+
+        durable_write(root / "LIVE", str(good))  # an operator points LIVE back: served at once
+        searched(good)
+        index_health("ok")
+        durable_write(root / "LIVE", str(damaged))  # ... and forward again
+        index = index_health("failing")
+        assert index["generation"] == good and index["live"] == damaged
         assert "try 1 failed" in index["detail"]
         r = post(url, "/search", {"query": "card", "tenant": "bank"})
         assert r.status_code == 200 and r.json()["generation"] == good and r.json()["results"]
 
         for i, f in enumerate(lost):
             shutil.move(tmp_path / f"lost-{i}", f)
-        deadline = time.monotonic() + 60  # the back-off's next try, then the warm-up
-        while time.monotonic() < deadline:
-            r = post(url, "/search", {"query": "stolen abroad", "tenant": "bank", "top_k": 1})
-            if r.json()["generation"] == damaged:
-                break
-            time.sleep(0.5)
-        assert r.json()["generation"] == damaged, r.json()
+        r = searched(damaged, "stolen abroad")
         assert r.json()["results"][0]["text"] == "card stolen abroad"
-        time.sleep(1.1)  # past the health page's one-second cache
-        assert httpx.get(f"{url}/health").json()["dependencies"]["index"]["status"] == "ok"
+        index_health("ok")
 
 
 def test_slow_request_is_504_and_the_server_stays_up(tmp_path: Path, embedder) -> None:
