@@ -32,8 +32,9 @@ def _publish(store: EdgeStore, start: int, n: int) -> int:
 
 @pytest.fixture
 def store(tmp_path: Path, lexical) -> EdgeStore:
-    """Sealed segments of 200 points, an appendable one, sparse vectors: every kind of file."""
-    return EdgeStore(tmp_path / "idx", lexical=lexical, segment_points=200)
+    """Sealed segments of 200 points with HNSW graphs, an appendable one, sparse vectors:
+    every kind of file."""
+    return EdgeStore(tmp_path / "idx", lexical=lexical, segment_points=200, indexing_threshold_kb=1)
 
 
 def test_every_published_generation_lists_its_files_and_reopens(store: EdgeStore) -> None:

@@ -11,8 +11,11 @@ the list before the engine sees the directory: a file missing or of another size
 the open with a sentence and leaves every byte as it was.
 
 The engine's journals (`*journal*`) are left out: it replays and deletes them when it opens
-a shard. Its `edge_config.json`, which it rewrites when it loads a shard, must be there at any
-size. Generations published before manifests are opened unchecked.
+a shard. Its JSON configs (`edge_config.json`, each segment's `segment.json`) must be there at
+any size: it rewrites them when it loads a shard (a copied segment's after `to_hot`, say).
+The data files, which it writes only when it changes points or repairs a shard, must be
+there at their published sizes. Generations published before manifests are opened
+unchecked.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from semflow.index.edge_tier import durable_write
 MANIFEST = "manifest.json"
 _OWN = ("meta.json", MANIFEST)  # the generation's own files, not the engine's
 _TRANSIENT = "*journal*"
-_REWRITTEN = ("edge_config.json",)  # by the engine when it loads the shard
+_REWRITTEN = "*.json"  # configs, rewritten by the engine when it loads the shard
 
 
 def file_sizes(path: Path) -> dict[str, int]:
@@ -62,7 +65,7 @@ def check_manifest(generation: int, path: Path) -> None:
     missing, resized = [], []
     for rel, size in listed.items():
         try:
-            if os.stat(path / rel).st_size != size and rel not in _REWRITTEN:
+            if os.stat(path / rel).st_size != size and not fnmatch.fnmatch(rel, _REWRITTEN):
                 resized.append(rel)
         except FileNotFoundError:
             missing.append(rel)
