@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from semflow.errors import IndexError_
-from semflow.index.edge_manifest import MANIFEST, file_sizes
+from semflow.index.edge_manifest import MANIFEST, MANIFEST_FLAG, file_sizes
 from semflow.index.qdrant_edge import EdgeStore
 from tests.unit.test_index_clone import DIM, MV, _hashes
 
@@ -86,7 +86,7 @@ def test_a_generation_copied_in_part_is_refused_untouched_and_served_once_comple
         assert len(idx.search(np.ones(DIM, np.float32), "t", 600)) == 510
 
 
-def test_a_generation_from_before_manifests_opens_and_a_corrupt_manifest_is_a_sentence(
+def test_a_lost_or_corrupt_manifest_is_refused_and_one_from_before_manifests_opens(
     store: EdgeStore,
 ) -> None:
     gen = _publish(store, 0, 30)
@@ -94,7 +94,10 @@ def test_a_generation_from_before_manifests_opens_and_a_corrupt_manifest_is_a_se
     (path / MANIFEST).write_text("{not json")
     with pytest.raises(IndexError_, match=f"index generation {gen}: .*manifest.json is corrupt"):
         store.open_generation(gen)
-    (path / MANIFEST).unlink()
+    (path / MANIFEST).unlink()  # lost in a copy: its metadata says it had one
+    with pytest.raises(IndexError_, match=f"index generation {gen} is incomplete: its manifest"):
+        store.open_generation(gen)
+    _forget_manifest(store, gen)  # as published before manifests
     with store.open_generation(gen) as idx:
         assert idx.verified_count() == 30
     # its copy lists its own files: the manifest is never carried over from the base
@@ -102,3 +105,13 @@ def test_a_generation_from_before_manifests_opens_and_a_corrupt_manifest_is_a_se
     assert json.loads((store._gen_dir(new) / MANIFEST).read_text())["files"] == file_sizes(
         store._gen_dir(new)
     )
+    assert store.meta(new)[MANIFEST_FLAG] is True
+
+
+def _forget_manifest(store: EdgeStore, gen: int) -> None:
+    """Make `gen` look published before manifests: no file list, no flag in its metadata."""
+    path = store._gen_dir(gen)
+    (path / MANIFEST).unlink(missing_ok=True)
+    meta = json.loads((path / "meta.json").read_text())
+    del meta[MANIFEST_FLAG]
+    (path / "meta.json").write_text(json.dumps(meta))

@@ -199,14 +199,14 @@ def test_a_generation_from_before_manifests_that_lost_points_is_refused_by_its_c
 ) -> None:
     """Without a file list to check first, the engine opens it, smaller: the count published
     in its metadata refuses it, in the service and in the writer."""
-    from semflow.index.edge_manifest import MANIFEST
+    from tests.unit.test_edge_manifest import _forget_manifest
 
     store = EdgeStore(tmp_path / "idx")
     _publish(store, 0, 20)
     w = _watch(store)
     try:
         gen = _publish(store, 100, 5)
-        (store.root / f"gen-{gen:06d}" / MANIFEST).unlink()  # as published before manifests
+        _forget_manifest(store, gen)  # as published before manifests
         _lose_id_trackers(store, gen, tmp_path / "aside")
         assert w.refresh() is False and w.current.generation == 1
         assert f"index generation {gen} holds 0 points but was published with 25" in (w.last_error)

@@ -14,8 +14,8 @@ The engine's journals (`*journal*`) are left out: it replays and deletes them wh
 a shard. Its JSON configs (`edge_config.json`, each segment's `segment.json`) must be there at
 any size: it rewrites them when it loads a shard (a copied segment's after `to_hot`, say).
 The data files, which it writes only when it changes points or repairs a shard, must be
-there at their published sizes. Generations published before manifests are opened
-unchecked.
+there at their published sizes. A generation whose metadata says it has a manifest is
+refused without one; generations published before manifests are opened unchecked.
 """
 
 from __future__ import annotations
@@ -23,12 +23,15 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from semflow.errors import IndexError_
 from semflow.index.edge_tier import durable_write
 
 MANIFEST = "manifest.json"
+MANIFEST_FLAG = "manifest"  # in meta.json: published with a manifest, so one must be there
 _OWN = ("meta.json", MANIFEST)  # the generation's own files, not the engine's
 _TRANSIENT = "*journal*"
 _REWRITTEN = "*.json"  # configs, rewritten by the engine when it loads the shard
@@ -52,12 +55,18 @@ def write_manifest(path: Path) -> None:
     durable_write(path / MANIFEST, json.dumps({"files": file_sizes(path)}, indent=0))
 
 
-def check_manifest(generation: int, path: Path) -> None:
-    """Refuse a generation whose files are not all there at their published sizes."""
+def check_manifest(generation: int, path: Path, meta: Mapping[str, Any]) -> None:
+    """Refuse a generation whose files are not all there at their published sizes (`meta`:
+    its metadata, which says whether it was published with a manifest)."""
     try:
         listed: dict[str, int] = json.loads((path / MANIFEST).read_text())["files"]
     except FileNotFoundError:
-        return  # published before manifests
+        if not meta.get(MANIFEST_FLAG):
+            return  # published before manifests
+        raise IndexError_(
+            f"index generation {generation} is incomplete: its {MANIFEST} is missing; complete "
+            f"the copy, or rebuild the index with `semflow sync --full-refresh` ({path})"
+        ) from None
     except (ValueError, KeyError, TypeError) as err:
         raise IndexError_(
             f"index generation {generation}: {path / MANIFEST} is corrupt ({err})"

@@ -51,7 +51,7 @@ from semflow.index.base import (
     hybrid_candidates,
     stored_embedder_version,
 )
-from semflow.index.edge_manifest import MANIFEST, check_manifest, write_manifest
+from semflow.index.edge_manifest import MANIFEST, MANIFEST_FLAG, check_manifest, write_manifest
 from semflow.index.edge_tier import durable_write, to_cold, to_hot
 from semflow.index.lock import file_lock
 
@@ -450,7 +450,7 @@ class EdgeStore(IndexStore):
 
         path = self._gen_dir(gen)
         meta = self.meta(gen)
-        check_manifest(gen, path)
+        check_manifest(gen, path, meta)
         try:
             shard = q.EdgeShard.load(str(path))
         except Exception as err:  # the engine raises a bare Exception
@@ -501,7 +501,7 @@ class EdgeStore(IndexStore):
         }
         clone = hot = None
         if base is not None:
-            check_manifest(base, self._gen_dir(base))
+            check_manifest(base, self._gen_dir(base), base_meta)
             clone = clone_generation(self._gen_dir(base), path)
             meta["clone"] = clone.to_meta()
             # see semflow.index.edge_tier: the copy does not read the vectors it keeps
@@ -549,6 +549,7 @@ class EdgeStore(IndexStore):
             if clone is not None:
                 _check_linked_untouched(clone, base)
             write_manifest(path)
+            meta[MANIFEST_FLAG] = True
             durable_write(path / "meta.json", json.dumps(meta, indent=1))
             durable_write(self.root / "LIVE", str(gen))
         except BaseException:
