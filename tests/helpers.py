@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 from contextlib import suppress
+from pathlib import Path
 
 PG_URL = os.environ.get("SEMFLOW_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("SEMFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -114,3 +117,19 @@ def text_of_chunks(chunker, chunks: int) -> str:
         n += 1
     assert len(chunker.split(garden_prose(n))) == chunks
     return garden_prose(n)
+
+
+def lose_id_trackers(gen_dir: Path, aside: Path) -> Callable[[], None]:
+    """Move an index generation's id-mapping files to `aside`, as an interrupted copy or
+    restore leaves it; returns what puts them back (the copy completed)."""
+    aside.mkdir(parents=True, exist_ok=True)
+    moved = []
+    for i, f in enumerate(sorted(gen_dir.rglob("*id_tracker.mappings"))):
+        shutil.move(f, aside / str(i))
+        moved.append((aside / str(i), f))
+
+    def restore() -> None:
+        for kept, f in moved:
+            shutil.move(kept, f)
+
+    return restore

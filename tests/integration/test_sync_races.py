@@ -24,7 +24,7 @@ from semflow.index.qdrant_server import ServerStore
 from semflow.sources import FieldMapping, FileSource
 from semflow.sync import apply_sync, embed_partition, plan_sync, run_sync
 from semflow.training.reindex import rebuild_generation
-from tests.helpers import PG_URL
+from tests.helpers import PG_URL, lose_id_trackers
 
 pytestmark = pytest.mark.integration
 
@@ -301,8 +301,7 @@ def test_a_full_refresh_replaces_a_live_generation_copied_in_part(
     store, catalog = open_store(get_settings()), Catalog(catalog_url)
     full, full_vectors = _full_refresh_outrun_by_a_sync(log, store, catalog, embedder, embedder)
     damaged = store.live_generation()
-    for i, f in enumerate(sorted(store._gen_dir(damaged).rglob("*id_tracker.mappings"))):
-        f.rename(tmp_path / f"lost-{i}")
+    lose_id_trackers(store._gen_dir(damaged), tmp_path / "lost")
     log.write(1, "note 1 edited while the index is damaged", W[2][0] + MINUTE)
     with pytest.raises(IndexError_, match=f"index generation {damaged} is incomplete"):
         _sync(log, store, catalog, embedder, W[2])

@@ -445,19 +445,16 @@ def test_a_damaged_generation_is_not_served_until_restored(tmp_path: Path, embed
     """A live generation whose files an interrupted copy lost: a server with nothing else to
     serve answers searches 503 with the reason; one that serves a generation keeps it and
     /health says why; both swap to the generation once it is whole."""
-    import shutil
-
     from semflow.config import load_settings
     from semflow.index.edge_tier import durable_write
+    from tests.helpers import lose_id_trackers
 
     home = tmp_path / "home"
     good = build_index(home, embedder, docs_for("bank", BANK_TEXTS))
     damaged = build_index(home, embedder, docs_for("bank", ["card stolen abroad"], prefix="n"))
     s = load_settings(home=home)
     root = s.index_dir / s.collection
-    lost = sorted((root / f"gen-{damaged:06d}").rglob("*id_tracker.mappings"))
-    for i, f in enumerate(lost):
-        shutil.move(f, tmp_path / f"lost-{i}")
+    restore = lose_id_trackers(root / f"gen-{damaged:06d}", tmp_path / "lost")
 
     def index_health(status: str) -> dict:
         deadline, index = time.monotonic() + 20, {}
@@ -494,8 +491,7 @@ def test_a_damaged_generation_is_not_served_until_restored(tmp_path: Path, embed
         r = post(url, "/search", {"query": "card", "tenant": "bank"})
         assert r.status_code == 200 and r.json()["generation"] == good and r.json()["results"]
 
-        for i, f in enumerate(lost):
-            shutil.move(tmp_path / f"lost-{i}", f)
+        restore()
         r = searched(damaged, "stolen abroad")
         assert r.json()["results"][0]["text"] == "card stolen abroad"
         index_health("ok")

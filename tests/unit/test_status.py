@@ -10,7 +10,7 @@ import pytest
 from semflow.app import Services
 from semflow.cli import main
 from semflow.config import get_settings
-from tests.helpers import free_port
+from tests.helpers import free_port, lose_id_trackers
 
 
 @pytest.fixture
@@ -94,8 +94,7 @@ def test_a_live_generation_copied_in_part_is_a_failed_part(synced, capsys, tmp_p
     """Files an interrupted copy lost: status names the generation and what repairs it."""
     store = Services.from_settings(get_settings()).store
     gen = store.live_generation()
-    for i, f in enumerate(sorted(store._gen_dir(gen).rglob("*id_tracker.mappings"))):
-        f.rename(tmp_path / f"lost-{i}")
+    lose_id_trackers(store._gen_dir(gen), tmp_path / "lost")
     with pytest.raises(SystemExit) as done:
         main(["status", "--json", "--service-url", ""])
     assert done.value.code == 1

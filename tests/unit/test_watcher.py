@@ -3,8 +3,6 @@ retried with a back-off, reported, and served once it is whole; the old one keep
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,6 +12,7 @@ from semflow.errors import IndexError_
 from semflow.index.qdrant_edge import EdgeIndex, EdgeStore
 from semflow.serving import watcher as watcher_mod
 from semflow.serving.watcher import MAX_RETRY_S, IndexWatcher
+from tests.helpers import lose_id_trackers
 
 DIM = 8
 MV = "test-model@000000000000"
@@ -29,19 +28,6 @@ def _publish(store: EdgeStore, start: int, n: int, fresh: bool = False) -> int:
     gen = store.live_generation()
     assert gen is not None
     return gen
-
-
-def _lose_id_trackers(store: EdgeStore, gen: int, aside: Path) -> None:
-    """What an interrupted copy or restore leaves: the generation opens, with points lost."""
-    for i, f in enumerate(sorted((store.root / f"gen-{gen:06d}").rglob("*id_tracker.mappings"))):
-        aside.mkdir(exist_ok=True)
-        shutil.move(f, aside / f"{i}")
-        (aside / f"{i}.path").write_text(str(f))
-
-
-def _restore(aside: Path) -> None:
-    for moved in sorted(p for p in aside.iterdir() if p.suffix != ".path"):
-        shutil.move(moved, Path((aside / f"{moved.name}.path").read_text()))
 
 
 @pytest.fixture
@@ -80,7 +66,7 @@ def test_a_damaged_generation_is_refused_backed_off_and_served_once_restored(
     try:
         assert w.current.generation == 1 and w.points == 20
         gen = _publish(store, 100, 5)
-        _lose_id_trackers(store, gen, tmp_path / "aside")
+        restore = lose_id_trackers(store._gen_dir(gen), tmp_path / "aside")
         opens.clear()
 
         assert w.refresh() is False
@@ -104,7 +90,7 @@ def test_a_damaged_generation_is_refused_backed_off_and_served_once_restored(
             assert w.refresh() is False and len(opens) == before + 1
         assert waits == [1, 2, 4, 8, 16, 32, MAX_RETRY_S, MAX_RETRY_S, MAX_RETRY_S]
 
-        _restore(tmp_path / "aside")  # the copy is completed: nothing was lost meanwhile
+        restore()  # the copy is completed: nothing was lost meanwhile
         clock.now += MAX_RETRY_S
         assert w.refresh() is True
         assert w.current.generation == gen and w.points == 25 and w.last_error is None
@@ -166,7 +152,7 @@ def test_no_writer_builds_on_a_damaged_live_generation(tmp_path, clock, opens) -
     w = _watch(store)
     try:
         damaged = _publish(store, 100, 5)
-        _lose_id_trackers(store, damaged, tmp_path / "aside")
+        lose_id_trackers(store._gen_dir(damaged), tmp_path / "aside")
         assert w.refresh() is False and "the next in 1 s" in w.last_error
         with pytest.raises(IndexError_, match=f"index generation {damaged} is incomplete"):
             _publish(store, 200, 1)
@@ -207,7 +193,7 @@ def test_a_generation_from_before_manifests_that_lost_points_is_refused_by_its_c
     try:
         gen = _publish(store, 100, 5)
         _forget_manifest(store, gen)  # as published before manifests
-        _lose_id_trackers(store, gen, tmp_path / "aside")
+        lose_id_trackers(store._gen_dir(gen), tmp_path / "aside")
         assert w.refresh() is False and w.current.generation == 1
         assert f"index generation {gen} holds 0 points but was published with 25" in (w.last_error)
         with pytest.raises(IndexError_, match="holds 0 points but was published with 25"):
